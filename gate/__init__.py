@@ -1,0 +1,46 @@
+"""onnx-gate: a deployment gate for ONNX models.
+
+The public surface for plugin authors lives here: the ``hookimpl`` marker and
+the record types a plugin registers. Plugins never import other ``gate``
+modules.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+__version__ = "0.1.0"
+
+PROJECT_NAME = "onnx_gate"
+"""pluggy marker name and entry-point group."""
+
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+from gate.exitcodes import ExitCode  # noqa: E402
+from gate.load import copy_model  # noqa: E402
+from gate.records import (  # noqa: E402
+    BuildContext,
+    ExecutionProvider,
+    Exporter,
+    GraphOptimizer,
+    Quantizer,
+    Reporter,
+    Validator,
+    ValidationContext,
+)
+
+__all__ = [
+    "PROJECT_NAME",
+    "BuildContext",
+    "ExecutionProvider",
+    "ExitCode",
+    "Exporter",
+    "GraphOptimizer",
+    "Quantizer",
+    "Reporter",
+    "ValidationContext",
+    "Validator",
+    "__version__",
+    "copy_model",
+    "hookimpl",
+]

@@ -1,0 +1,117 @@
+"""Step 2: build every candidate from its recipe. A failing recipe fails alone."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gate.errors import GateError
+from gate.host import Host, call_plugin
+from gate.load import LoadedModel
+from gate.policy import DEFAULT_GRAPH_PLUGIN, GRAPH_LEVELS, Policy, Recipe
+from gate.records import BuildContext, Sample
+
+ORIGINAL = "original"
+
+
+def default_recipes(has_calibration: bool) -> list[Recipe]:
+    """The set tried when a policy names no candidates.
+
+    Every graph level but ``all``, which is ONNX Runtime's default and so the
+    original itself; dynamic int8 with either weight type; static QDQ only when
+    real calibration data is given.
+    """
+    recipes = [
+        Recipe(f"graph-{level}", {"plugin": DEFAULT_GRAPH_PLUGIN, "level": level})
+        for level in GRAPH_LEVELS
+        if level != "all"
+    ]
+    graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all"}
+    recipes += [
+        Recipe("dynamic-u8", graph, {"plugin": "dynamic", "weight_type": "uint8"}),
+        Recipe("dynamic-s8", graph, {"plugin": "dynamic", "weight_type": "int8"}),
+    ]
+    if has_calibration:
+        recipes.append(Recipe("static-qdq", graph, {"plugin": "static", "format": "qdq"}))
+    return recipes
+
+
+@dataclass
+class Candidate:
+    """A model to judge: the original, or one built from a recipe."""
+
+    name: str
+    recipe: dict[str, Any] | None
+    path: Path | None = None
+    session: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+    stage: str | None = None
+    """Where it failed: build, load, validate or measure."""
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    def fail(self, stage: str, message: str) -> None:
+        self.stage, self.error = stage, message
+
+
+def original_candidate(model: LoadedModel, policy: Policy) -> Candidate:
+    return Candidate(
+        ORIGINAL,
+        None,
+        model.path,
+        {"graph_optimization_level": policy.baseline_graph["level"]},
+    )
+
+
+def build_candidate(
+    recipe: Recipe,
+    model: LoadedModel,
+    host: Host,
+    work_root: Path,
+    provider: str,
+    calibration: Callable[[], Iterator[Sample]],
+    calibration_source: str,
+) -> Candidate:
+    """Quantise (when the recipe says so), then graph-optimise; record any failure."""
+    candidate = Candidate(recipe.name, recipe.describe())
+    work_dir = work_root / recipe.name
+    shutil.rmtree(work_dir, ignore_errors=True)
+    work_dir.mkdir(parents=True)
+    context = BuildContext(
+        work_dir=work_dir,
+        input_shapes=model.input_shapes,
+        calibration_samples=calibration,
+        calibration_source=calibration_source,
+        provider=provider,
+        notes=candidate.notes,
+    )
+    source = model.path
+    try:
+        if recipe.quantize is not None:
+            quantizer = host.get("quantizer", recipe.quantize["plugin"])
+            options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
+            quantized = work_dir / "quantized.onnx"
+            call_plugin(quantizer, "quantize", quantizer.quantize, source, quantized, options, context)
+            if not quantized.is_file():
+                raise GateError(f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model")
+            source = quantized
+        optimizer = host.get("graph_optimizer", recipe.graph["plugin"])
+        options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
+        destination = work_dir / "model.onnx"
+        session = call_plugin(
+            optimizer, "optimize", optimizer.optimize, source, destination, options, context
+        )
+        if not destination.is_file():
+            raise GateError(f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model")
+        candidate.path, candidate.session = destination, dict(session or {})
+    except GateError as exc:
+        candidate.fail("build", exc.message)
+    except Exception as exc:  # the host itself must survive any recipe
+        candidate.fail("build", f"{type(exc).__name__}: {exc}")
+    return candidate

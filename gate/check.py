@@ -1,0 +1,105 @@
+"""Policy checks that need the registered plugins: names, plugin options, metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gate.errors import PolicyError, UnknownNameError
+from gate.host import Host
+from gate.metrics import MEASURED_METRICS, NEEDS_PRICE
+from gate.policy import DEFAULT_GRAPH_PLUGIN, Policy, schema_problems
+
+
+def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
+    """Every metric a budget may name, with the reason a missing one is unavailable."""
+    metrics = dict.fromkeys(MEASURED_METRICS, "")
+    for validator in active_validators(policy, host):
+        for metric in validator.metrics:
+            needs = "data.labels" if validator.needs_labels and policy.labels_path is None else ""
+            metrics[metric] = needs
+    for metric in NEEDS_PRICE:
+        if policy.usd_per_hour is None:
+            metrics[metric] = "target.usd_per_hour"
+    return metrics
+
+
+def active_validators(policy: Policy, host: Host) -> list[Any]:
+    names = policy.validators if policy.validators is not None else host.names("validator")
+    return [host.records["validator"][name] for name in names if name in host.records["validator"]]
+
+
+def check_policy(policy: Policy, host: Host) -> None:
+    """Raise :class:`PolicyError` with every problem found; return when the policy is usable."""
+    problems: list[str] = []
+
+    def lookup(kind: str, name: str, location: tuple[Any, ...]) -> Any:
+        try:
+            return host.get(kind, name)
+        except UnknownNameError as exc:
+            problems.append(policy.problem(location, exc.message))
+            return None
+
+    def check_options(record: Any, options: dict[str, Any], location: tuple[Any, ...]) -> None:
+        for where, message in schema_problems(options, record.options_schema, location):
+            problems.append(policy.problem(where, message))
+
+    if not policy.model_path.is_file():
+        problems.append(policy.problem(("model", "path"), f"file not found: {policy.model_path}"))
+    for key, path in (
+        ("calibration", policy.calibration_path),
+        ("validation", policy.validation_path),
+        ("labels", policy.labels_path),
+    ):
+        if path is not None and not path.is_file():
+            problems.append(policy.problem(("data", key), f"file not found: {path}"))
+    if policy.labels_path is not None and policy.validation_path is None:
+        problems.append(
+            policy.problem(("data", "labels"), "labels need data.validation (they label its samples)")
+        )
+
+    provider = lookup("execution_provider", policy.provider, ("target", "provider"))
+    del provider  # availability is a runtime question (exit 3), checked when the run starts
+    if policy.exporter is not None:
+        lookup("exporter", policy.exporter, ("model", "exporter"))
+    if policy.validators is not None:
+        for index, name in enumerate(policy.validators):
+            lookup("validator", name, ("validation", "validators", index))
+
+    if policy.baseline_graph.get("plugin") != DEFAULT_GRAPH_PLUGIN:
+        problems.append(
+            policy.problem(("baseline", "graph", "plugin"), "the baseline runs on ONNX Runtime: only 'ort'")
+        )
+    seen: dict[str, int] = {}
+    for index, recipe in enumerate(policy.recipes or []):
+        location: tuple[Any, ...] = ("candidates", index)
+        if recipe.name == "original":
+            problems.append(policy.problem((*location, "name"), "'original' is reserved for the model as given"))
+        if recipe.name in seen:
+            problems.append(
+                policy.problem((*location, "name"), f"duplicate candidate name '{recipe.name}' (first at candidates[{seen[recipe.name]}])")
+            )
+        seen.setdefault(recipe.name, index)
+        graph_options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
+        optimizer = lookup("graph_optimizer", recipe.graph["plugin"], (*location, "graph", "plugin"))
+        if optimizer is not None:
+            check_options(optimizer, graph_options, (*location, "graph"))
+        if recipe.quantize is not None:
+            quantizer = lookup("quantizer", recipe.quantize["plugin"], (*location, "quantize", "plugin"))
+            if quantizer is not None:
+                options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
+                check_options(quantizer, options, (*location, "quantize"))
+
+    metrics = available_metrics(policy, host)
+    for index, budget in enumerate(policy.budgets):
+        location = ("budgets", index, "metric")
+        if budget.metric not in metrics:
+            known = ", ".join(sorted(metrics))
+            problems.append(policy.problem(location, f"unknown metric '{budget.metric}' (known: {known})"))
+        elif metrics[budget.metric] and budget.level != "off":
+            problems.append(
+                policy.problem(location, f"'{budget.metric}' needs {metrics[budget.metric]} in the policy")
+            )
+    if policy.measure.min_runs > policy.measure.max_runs:
+        problems.append(policy.problem(("measure", "min_runs"), "must not exceed measure.max_runs"))
+    if problems:
+        raise PolicyError(f"{policy.path.name}: {len(problems)} problem(s)", problems)

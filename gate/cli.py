@@ -1,0 +1,147 @@
+"""The command line: the only place that prints or exits."""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.resources import as_file, files
+from pathlib import Path
+
+import click
+
+from gate import __version__
+from gate.errors import GateError
+from gate.exitcodes import ExitCode
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 pass, 1 a budget failed, 2 usage or policy error, "
+    "3 model, plugin or runtime error, 4 inconclusive."
+)
+
+output_dir_option = click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("gate-report"),
+    show_default=True,
+    help="Where report.json, summary.md and the chosen model.onnx are written.",
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+
+
+def _fail(error: GateError) -> None:
+    for line in error.lines():
+        click.echo(f"error: {line}", err=True)
+    raise SystemExit(int(error.exit_code))
+
+
+def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    return say
+
+
+@click.group(epilog=EXIT_CODES_HELP)
+@click.version_option(__version__, prog_name="onnx-gate")
+def cli() -> None:
+    """A deployment gate for ONNX models: build optimised candidates, validate them
+    against the original, measure them on the target, and fail the build when a
+    budget is exceeded."""
+
+
+def _run_and_exit(policy: Path, output_dir: Path, quiet: bool) -> None:
+    from gate.pipeline import run_gate
+    from gate.report import render_console
+
+    result = run_gate(policy, output_dir, progress=_progress(quiet))
+    click.echo(render_console(result.report))
+    click.echo(f"report: {result.output_dir / 'report.json'}", err=True)
+    raise SystemExit(int(result.exit_code))
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
+@output_dir_option
+@quiet_option
+def run(policy: Path, output_dir: Path, quiet: bool) -> None:
+    """Run the gate for POLICY (JSON or YAML) and write the reports."""
+    _run_and_exit(policy, output_dir, quiet)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@output_dir_option
+@quiet_option
+def demo(output_dir: Path, quiet: bool) -> None:
+    """Run the gate on the tiny classifier bundled with onnx-gate."""
+    with as_file(files("gate.demo").joinpath("policy.yaml")) as policy:
+        click.echo(f"demo policy: {policy}", err=True)
+        _run_and_exit(policy, output_dir, quiet)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
+def check(policy: Path) -> None:
+    """Validate POLICY against the schema and the installed plugins; run nothing."""
+    from gate.check import check_policy
+    from gate.host import get_host
+    from gate.policy import load_policy
+
+    try:
+        loaded = load_policy(policy)
+        check_policy(loaded, get_host())
+    except GateError as error:
+        _fail(error)
+    recipes = "default set" if loaded.recipes is None else f"{len(loaded.recipes)} candidate(s)"
+    click.echo(f"{policy}: OK ({recipes}, {len(loaded.budgets)} budget(s))")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List the loaded plugins, what they register and the hooks they implement."""
+    from gate.host import KINDS, get_host
+
+    try:
+        host = get_host()
+        records = host.records
+    except GateError as error:
+        _fail(error)
+    listing = []
+    for info in host.infos:
+        registered = {
+            kind: sorted(name for name, record in records[kind].items() if record.plugin == info.name)
+            for kind in KINDS
+        }
+        listing.append(
+            {
+                "name": info.name,
+                "module": info.module,
+                "distribution": info.distribution,
+                "version": info.version,
+                "source": info.source,
+                "kinds": [kind for kind, names in registered.items() if names],
+                "registers": {kind: names for kind, names in registered.items() if names},
+                "hooks": host.hooks_of(info.name),
+            }
+        )
+    if as_json:
+        click.echo(json.dumps(listing, indent=2))
+        return
+    for item in listing:
+        origin = f"{item['distribution']} {item['version']}" if item["distribution"] else item["source"]
+        names = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in item["registers"].items())
+        click.echo(f"{item['name']:<18} {origin:<22} {names}")
+
+
+def main() -> None:
+    try:
+        cli.main(prog_name="onnx-gate", standalone_mode=True)
+    except GateError as error:  # safety net: expected failures never show a traceback
+        _fail(error)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        raise SystemExit(int(ExitCode.USAGE_ERROR)) from None

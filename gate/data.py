@@ -1,0 +1,143 @@
+"""Validation and calibration feeds: read from .npz files, or synthesised and marked so."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gate.errors import PolicyError
+from gate.load import LoadedModel, TensorSpec
+from gate.policy import Policy
+from gate.records import Sample
+
+
+@dataclass
+class FeedSet:
+    feeds: list[Sample]
+    source: str  # "file" or "synthetic"
+    path: Path | None = None
+
+    def describe(self, base: Path) -> dict[str, object]:
+        return {
+            "source": self.source,
+            "path": _relative(self.path, base) if self.path else None,
+            "samples": len(self.feeds),
+        }
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return str(path.relative_to(base))
+    except ValueError:
+        return str(path)
+
+
+def synthesize(model: LoadedModel, policy: Policy, count: int, seed: int) -> list[Sample]:
+    """Random feeds of the fixed shapes; ``inputs.<name>.range`` bounds the values."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(count):
+        feed = {}
+        for spec in model.inputs:
+            value_range = policy.inputs.get(spec.name)
+            low_high = value_range.value_range if value_range else None
+            feed[spec.name] = _random(rng, spec, low_high)
+        feeds.append(feed)
+    return feeds
+
+
+def _random(rng: np.random.Generator, spec: TensorSpec, low_high: tuple[float, float] | None) -> np.ndarray:
+    shape = spec.shape
+    if spec.dtype == np.bool_:
+        return rng.integers(0, 2, size=shape).astype(np.bool_)
+    if np.issubdtype(spec.dtype, np.integer):
+        low, high = low_high or (0, 10)
+        return rng.integers(int(low), max(int(high), int(low) + 1), size=shape).astype(spec.dtype)
+    if low_high is not None:
+        return rng.uniform(low_high[0], low_high[1], size=shape).astype(spec.dtype)
+    return rng.standard_normal(size=shape).astype(spec.dtype)
+
+
+def load_feeds(path: Path, model: LoadedModel, where: str) -> list[Sample]:
+    """Feeds from an .npz keyed by input name whose first axis indexes samples.
+
+    Each ``array[i]`` must have the input's fixed shape. When the input's first
+    dimension is a batch of 1, the array may instead stack samples along that
+    axis (``array[i:i+1]`` is then one sample).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except Exception as exc:
+        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {type(exc).__name__}: {exc}") from None
+    names = [spec.name for spec in model.inputs]
+    missing = [name for name in names if name not in arrays]
+    extra = [key for key in arrays if key not in names]
+    problems = []
+    if missing:
+        problems.append(f"{where}: {path.name} lacks input(s) {', '.join(missing)} (has: {', '.join(arrays) or 'nothing'})")
+    if extra:
+        problems.append(f"{where}: {path.name} has array(s) {', '.join(extra)} that are not model inputs ({', '.join(names)})")
+    if problems:
+        raise PolicyError(f"{where}: data does not match the model", problems)
+
+    per_input: dict[str, list[np.ndarray]] = {}
+    for spec in model.inputs:
+        array = arrays[spec.name]
+        shape = tuple(spec.shape)
+        if array.ndim >= 1 and array.shape[1:] == shape:
+            samples = [array[i] for i in range(array.shape[0])]
+        elif shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
+            samples = [array[i : i + 1] for i in range(array.shape[0])]
+        else:
+            problems.append(
+                f"{where}: array '{spec.name}' has shape {list(array.shape)}; expected "
+                f"[samples, {', '.join(map(str, shape))}] for input shape {list(shape)}"
+            )
+            continue
+        if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+            problems.append(f"{where}: array '{spec.name}' is {array.dtype}; the input is {spec.dtype}")
+            continue
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            bad = int((~np.isfinite(array)).reshape(array.shape[0], -1).any(axis=1).sum())
+            problems.append(f"{where}: array '{spec.name}' has NaN or Inf values in {bad} sample(s)")
+            continue
+        per_input[spec.name] = [np.ascontiguousarray(s, dtype=spec.dtype) for s in samples]
+    counts = {name: len(samples) for name, samples in per_input.items()}
+    if len(set(counts.values())) > 1:
+        problems.append(f"{where}: arrays hold different sample counts: {counts}")
+    if counts and not any(counts.values()):
+        problems.append(f"{where}: {path.name} holds no samples")
+    if problems:
+        raise PolicyError(f"{where}: data does not match the model", problems)
+    count = next(iter(counts.values()))
+    return [{name: per_input[name][i] for name in per_input} for i in range(count)]
+
+
+def load_labels(path: Path, samples: int, where: str) -> np.ndarray:
+    try:
+        labels = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise PolicyError(f"{where}: cannot read {path.name} as .npy: {type(exc).__name__}: {exc}") from None
+    labels = np.asarray(labels).reshape(-1) if np.ndim(labels) > 1 and labels.shape[-1] == 1 else labels
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise PolicyError(f"{where}: expected a 1-D integer array of class labels; found {labels.dtype} {list(labels.shape)}")
+    if labels.shape[0] != samples:
+        raise PolicyError(f"{where}: {labels.shape[0]} labels for {samples} validation samples")
+    return labels
+
+
+def validation_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
+    if policy.validation_path is not None:
+        return FeedSet(load_feeds(policy.validation_path, model, "data.validation"), "file", policy.validation_path)
+    return FeedSet(synthesize(model, policy, policy.synthetic_samples, policy.seed), "synthetic")
+
+
+def calibration_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
+    if policy.calibration_path is not None:
+        feeds = load_feeds(policy.calibration_path, model, "data.calibration")
+        return FeedSet(feeds[: policy.calibration_samples], "file", policy.calibration_path)
+    # A different seed from validation, so synthetic calibration never sees the validation inputs.
+    return FeedSet(synthesize(model, policy, min(policy.calibration_samples, 32), policy.seed + 1), "synthetic")

@@ -1,0 +1,42 @@
+"""Expected failures. Each carries the exit code it maps to; the CLI prints
+its message on one line per problem and never a traceback."""
+
+from __future__ import annotations
+
+from gate.exitcodes import ExitCode
+
+
+class GateError(Exception):
+    """Base class for failures a user can act on."""
+
+    exit_code: ExitCode = ExitCode.RUNTIME_ERROR
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.problems = problems or []
+
+    def lines(self) -> list[str]:
+        return self.problems or [self.message]
+
+
+class UsageError(GateError):
+    """The command line or the policy is wrong (exit 2)."""
+
+    exit_code = ExitCode.USAGE_ERROR
+
+
+class PolicyError(UsageError):
+    """The policy file is unreadable or invalid; ``problems`` has one line each."""
+
+
+class ModelError(GateError):
+    """The model file cannot be read, checked or run (exit 3)."""
+
+
+class PluginError(GateError):
+    """A plugin failed to load, registered a clashing name, or raised (exit 3)."""
+
+
+class UnknownNameError(UsageError):
+    """A policy names a backend no plugin registered; the message lists valid ones."""

@@ -1,0 +1,28 @@
+"""The one place exit codes are defined."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """What ``onnx-gate`` exits with. CI systems key on these numbers."""
+
+    PASS = 0
+    """Every error-level budget held for the chosen model (warnings allowed)."""
+    BUDGET_FAILED = 1
+    """No candidate, the original included, passed every error-level budget."""
+    USAGE_ERROR = 2
+    """Bad command line, invalid policy, or a file the policy names is missing."""
+    RUNTIME_ERROR = 3
+    """The model, a plugin or ONNX Runtime failed; nothing could be decided."""
+    INCONCLUSIVE = 4
+    """Measurements could not decide a budget (reserved for statistical verdicts)."""
+
+    @property
+    def verdict(self) -> str:
+        return {
+            ExitCode.PASS: "pass",
+            ExitCode.BUDGET_FAILED: "fail",
+            ExitCode.INCONCLUSIVE: "inconclusive",
+        }.get(self, "error")

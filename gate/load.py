@@ -1,0 +1,198 @@
+"""Step 1: turn the policy's model into a checked ONNX file with fixed input shapes."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gate.errors import ModelError, PolicyError
+from gate.host import Host, call_plugin
+from gate.policy import Policy
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: np.dtype
+    dims: list[int | str | None]
+    """As declared in the model; strings are symbolic dimensions."""
+    shape: list[int] = field(default_factory=list)
+    """Fixed shape the gate feeds (inputs only)."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "dtype": str(self.dtype),
+            "declared_shape": self.dims,
+            "shape": self.shape or None,
+        }
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    sha256: str
+    size_bytes: int
+    opsets: dict[str, int]
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    exporter: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def input_shapes(self) -> dict[str, list[int]]:
+        return {spec.name: spec.shape for spec in self.inputs}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_size_bytes(path: Path) -> int:
+    """The model file plus the external-data files it references."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    total = path.stat().st_size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return total
+    seen: set[str] = set()
+    for tensor in proto.graph.initializer:
+        if uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value not in seen:
+                    seen.add(entry.value)
+                    extra = path.parent / entry.value
+                    if extra.is_file():
+                        total += extra.stat().st_size
+    return total
+
+
+def copy_model(source: Path, destination: Path) -> None:
+    """Copy an ONNX model; one with external data is re-saved with it alongside."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    proto = onnx.load(str(source), load_external_data=False)
+    if any(uses_external_data(t) for t in proto.graph.initializer):
+        full = onnx.load(str(source))
+        onnx.save_model(full, str(destination), save_as_external_data=True, location=f"{destination.name}.data")
+    else:
+        shutil.copyfile(source, destination)
+
+
+def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
+    import onnx
+
+    specs = []
+    for value in values:
+        if value.name in exclude:
+            continue
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise ModelError(f"input/output '{value.name}' is a {kind}; only tensors are supported")
+        tensor = value.type.tensor_type
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+        dims: list[int | str | None] = []
+        for dim in tensor.shape.dim:
+            if dim.HasField("dim_value"):
+                dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_param"):
+                dims.append(dim.dim_param)
+            else:
+                dims.append(None)
+        specs.append(TensorSpec(value.name, dtype, dims))
+    return specs
+
+
+def _fix_shapes(policy: Policy, declared: list[TensorSpec], warnings: list[str]) -> list[TensorSpec]:
+    names = [spec.name for spec in declared]
+    problems = [
+        policy.problem(("inputs", name), f"the model has no input '{name}' (inputs: {', '.join(names)})")
+        for name in policy.inputs
+        if name not in names
+    ]
+    fixed = []
+    for spec in declared:
+        wanted = policy.inputs.get(spec.name)
+        if wanted is not None and wanted.shape is not None:
+            if len(wanted.shape) != len(spec.dims):
+                problems.append(
+                    policy.problem(
+                        ("inputs", spec.name, "shape"),
+                        f"has {len(wanted.shape)} dimensions; the model's input has {len(spec.dims)} {spec.dims}",
+                    )
+                )
+                continue
+            for axis, (want, have) in enumerate(zip(wanted.shape, spec.dims, strict=True)):
+                if isinstance(have, int) and have != want:
+                    problems.append(
+                        policy.problem(
+                            ("inputs", spec.name, "shape", axis),
+                            f"is {want} but the model fixes this dimension to {have}",
+                        )
+                    )
+            shape = list(wanted.shape)
+        else:
+            shape = [d if isinstance(d, int) else 1 for d in spec.dims]
+            dynamic = [str(d) for d in spec.dims if not isinstance(d, int)]
+            if dynamic:
+                warnings.append(
+                    f"input '{spec.name}' has dynamic dimension(s) {', '.join(dynamic)}; measured with "
+                    f"shape {shape} (set inputs.{spec.name}.shape to choose)"
+                )
+        fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape))
+    if problems:
+        raise PolicyError(f"{policy.path.name}: inputs do not match the model", problems)
+    return fixed
+
+
+def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
+    """Export (when needed), check and describe the policy's model."""
+    import onnx
+
+    if policy.exporter is not None:
+        exporter = host.get("exporter", policy.exporter, "model.exporter")
+    else:
+        suffix = policy.model_path.suffix.lower()
+        matches = [e for e in host.records["exporter"].values() if suffix in e.suffixes]
+        if not matches:
+            raise PolicyError(
+                policy.problem(("model", "path"), f"no exporter handles '{suffix}' files; set model.exporter")
+            )
+        exporter = matches[0]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = Path(call_plugin(exporter, "export", exporter.export, policy.model_path, work_dir, policy.exporter_options))
+
+    try:
+        onnx.checker.check_model(str(path))
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"model {policy.model_path.name} is not a valid ONNX model: {first_line}") from exc
+
+    initializers = {tensor.name for tensor in proto.graph.initializer}
+    warnings: list[str] = []
+    inputs = _fix_shapes(policy, _tensor_specs(proto.graph.input, initializers), warnings)
+    outputs = _tensor_specs(proto.graph.output, set())
+    return LoadedModel(
+        path=path,
+        sha256=file_sha256(path),
+        size_bytes=model_size_bytes(path),
+        opsets={entry.domain or "ai.onnx": entry.version for entry in proto.opset_import},
+        inputs=inputs,
+        outputs=outputs,
+        exporter=exporter.name,
+        warnings=warnings,
+    )

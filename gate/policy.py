@@ -1,0 +1,283 @@
+"""Read a policy file (JSON or YAML), validate it, and turn it into typed settings.
+
+Schema problems come back as one line each, ``FILE:LINE: LOCATION: MESSAGE``,
+so a user (or an editor, or a CI annotation) can jump to the place.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from gate.errors import PolicyError
+
+POLICY_SCHEMA = "policy.schema.json"
+REPORT_SCHEMA = "report.schema.json"
+GRAPH_LEVELS = ("disabled", "basic", "extended", "layout", "all")
+DEFAULT_GRAPH_PLUGIN = "ort"
+
+
+@cache
+def load_schema(name: str) -> dict[str, Any]:
+    """A JSON schema shipped in the package (``gate.schemas``)."""
+    return json.loads(files("gate.schemas").joinpath(name).read_text(encoding="utf-8"))
+
+
+def format_location(path: Iterable[Any]) -> str:
+    """``("budgets", 1, "max")`` -> ``budgets[1].max``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _line_index(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each location in a YAML/JSON document to its 1-based line."""
+    import yaml
+
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: Any, path: tuple[Any, ...]) -> None:
+        lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, key.value)
+                walk(value, child)
+                lines[child] = key.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return lines
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+@dataclass(frozen=True)
+class Budget:
+    metric: str
+    op: str  # "<=" for max, ">=" for min
+    threshold: float
+    level: str
+    location: str
+
+    def holds(self, actual: float) -> bool:
+        return actual <= self.threshold if self.op == "<=" else actual >= self.threshold
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One named way to build a candidate: an optional quantiser, then a graph optimiser."""
+
+    name: str
+    graph: dict[str, Any]
+    quantize: dict[str, Any] | None = None
+    location: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"graph": dict(self.graph), "quantize": dict(self.quantize) if self.quantize else None}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    shape: list[int] | None = None
+    value_range: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    warmup_runs: int = 10
+    min_runs: int = 30
+    max_runs: int = 20000
+    max_seconds: float = 4.0
+
+
+@dataclass
+class Policy:
+    path: Path
+    raw: dict[str, Any]
+    model_path: Path
+    exporter: str | None
+    exporter_options: dict[str, Any]
+    inputs: dict[str, InputSpec]
+    calibration_path: Path | None
+    validation_path: Path | None
+    labels_path: Path | None
+    synthetic_samples: int
+    calibration_samples: int
+    seed: int
+    provider: str
+    provider_options: dict[str, Any]
+    threads: int
+    usd_per_hour: float | None
+    baseline_graph: dict[str, Any]
+    recipes: list[Recipe] | None
+    budgets: list[Budget]
+    validation_output: str | None
+    validators: list[str] | None
+    measure: MeasureSettings
+    min_gain: float
+    lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, location: tuple[Any, ...]) -> int | None:
+        """The policy-file line of a location, walking up to the nearest known one."""
+        while True:
+            if location in self.lines:
+                return self.lines[location]
+            if not location:
+                return None
+            location = location[:-1]
+
+    def problem(self, location: tuple[Any, ...], message: str) -> str:
+        line = self.line_of(location)
+        where = f"{self.path.name}:{line}" if line else self.path.name
+        return f"{where}: {format_location(location)}: {message}"
+
+
+def _parse(path: Path) -> tuple[Any, str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"policy file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc}") from None
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text), text
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"{path.name}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text), text
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}" if mark else path.name
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PolicyError(f"{where}: invalid YAML: {problem}") from None
+
+
+def schema_problems(
+    document: Any, schema: Mapping[str, Any], where: tuple[Any, ...] = ()
+) -> list[tuple[tuple[Any, ...], str]]:
+    """Validate ``document``; one (location, message) per problem, sorted by location."""
+    from jsonschema import Draft202012Validator
+
+    problems = []
+    for error in Draft202012Validator(schema).iter_errors(document):
+        message = error.message
+        custom = error.schema.get("x-error") if isinstance(error.schema, dict) else None
+        if custom and error.validator in ("oneOf", "anyOf", "not"):
+            message = custom
+        if len(message) > 240:
+            message = message[:237] + "..."
+        problems.append(((*where, *error.absolute_path), message))
+    return sorted(problems, key=lambda item: [str(p) for p in item[0]])
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy; raise :class:`PolicyError` listing every problem.
+
+    Checks needing plugins (names, plugin options, metric names) are done by
+    :func:`gate.check.check_policy`.
+    """
+    path = Path(path).absolute()
+    document, text = _parse(path)
+    lines = _line_index(text)
+
+    def where(location: tuple[Any, ...]) -> str:
+        probe = location
+        while probe not in lines and probe:
+            probe = probe[:-1]
+        line = lines.get(probe)
+        prefix = f"{path.name}:{line}" if line else path.name
+        return f"{prefix}: {format_location(location)}"
+
+    if not isinstance(document, dict):
+        raise PolicyError(f"{path.name}: the policy must be a mapping with 'version: 1' and 'model'")
+    problems = schema_problems(document, load_schema(POLICY_SCHEMA))
+    if problems:
+        raise PolicyError(
+            f"{path.name}: {len(problems)} problem(s)",
+            [f"{where(location)}: {message}" for location, message in problems],
+        )
+    return _build(path, document, lines)
+
+
+def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> Policy:
+    base = path.parent
+
+    def resolve(value: str | None) -> Path | None:
+        return None if value is None else (base / value).resolve()
+
+    model = doc["model"]
+    data = doc.get("data", {})
+    target = doc.get("target", {})
+    measure = doc.get("measure", {})
+    validation = doc.get("validation", {})
+    recipes = None
+    if "candidates" in doc:
+        recipes = []
+        for index, item in enumerate(doc["candidates"]):
+            graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all", **item.get("graph", {})}
+            recipes.append(Recipe(item["name"], graph, item.get("quantize"), f"candidates[{index}]"))
+    budgets = [
+        Budget(
+            metric=item["metric"],
+            op="<=" if "max" in item else ">=",
+            threshold=float(item["max"] if "max" in item else item["min"]),
+            level=item.get("level", "error"),
+            location=f"budgets[{index}]",
+        )
+        for index, item in enumerate(doc.get("budgets", []))
+    ]
+    return Policy(
+        path=path,
+        raw=doc,
+        model_path=resolve(model["path"]),  # type: ignore[arg-type]
+        exporter=model.get("exporter"),
+        exporter_options=model.get("options", {}),
+        inputs={
+            name: InputSpec(spec.get("shape"), tuple(spec["range"]) if "range" in spec else None)
+            for name, spec in doc.get("inputs", {}).items()
+        },
+        calibration_path=resolve(data.get("calibration")),
+        validation_path=resolve(data.get("validation")),
+        labels_path=resolve(data.get("labels")),
+        synthetic_samples=data.get("samples", 16),
+        calibration_samples=data.get("calibration_samples", 64),
+        seed=data.get("seed", 0),
+        provider=target.get("provider", "cpu"),
+        provider_options=target.get("provider_options", {}),
+        threads=target.get("threads", 0),
+        usd_per_hour=target.get("usd_per_hour"),
+        baseline_graph={"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all", **doc.get("baseline", {}).get("graph", {})},
+        recipes=recipes,
+        budgets=budgets,
+        validation_output=validation.get("output"),
+        validators=validation.get("validators"),
+        measure=MeasureSettings(
+            warmup_runs=measure.get("warmup_runs", 10),
+            min_runs=measure.get("min_runs", 30),
+            max_runs=measure.get("max_runs", 20000),
+            max_seconds=float(measure.get("max_seconds", 4.0)),
+        ),
+        min_gain=float(doc.get("selection", {}).get("min_gain", 0.03)),
+        lines=lines,
+    )

@@ -1,0 +1,119 @@
+"""Step 6: the report - report.json (the contract with CI), the console summary,
+and the chosen model. Reporter plugins add more files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gate import __version__
+
+REPORT_FILE = "report.json"
+MODEL_FILE = "model.onnx"
+KEY_METRICS = ("latency_ms.p50", "latency_ms.p95", "speedup", "size_mb", "top1_agreement", "accuracy_drop")
+
+
+def environment() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for module in ("onnxruntime", "onnx", "numpy"):
+        imported = sys.modules.get(module)
+        versions[module] = getattr(imported, "__version__", "not loaded") if imported else "not loaded"
+    return versions
+
+
+def new_report(policy_path: Path) -> dict[str, Any]:
+    return {
+        "report_version": 1,
+        "tool": {"name": "onnx-gate", "version": __version__},
+        "verdict": "error",
+        "exit_code": 3,
+        "message": "",
+        "policy": str(policy_path),
+        "model": None,
+        "target": None,
+        "baseline": None,
+        "data": None,
+        "validation": None,
+        "measurement": None,
+        "cost": None,
+        "candidates": [],
+        "chosen": None,
+        "decision": "",
+        "output_model": None,
+        "warnings": [],
+        "errors": [],
+        "environment": {},
+        "duration_s": 0.0,
+    }
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def write_report_json(report: Mapping[str, Any], output_dir: Path) -> Path:
+    path = output_dir / REPORT_FILE
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    return path
+
+
+def _format(metric: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    if metric == "speedup":
+        return f"{value:.2f}x"
+    if metric.startswith("latency_ms"):
+        return f"{value:.3f}"
+    return f"{value:.4g}"
+
+
+def render_console(report: Mapping[str, Any]) -> str:
+    """One screen: a line per candidate with key metrics, then each failing budget."""
+    lines = []
+    candidates = report.get("candidates") or []
+    if candidates:
+        header = f"{'candidate':<18} {'status':<9} " + " ".join(f"{m:>15}" for m in KEY_METRICS)
+        lines.append(header)
+        for item in candidates:
+            marker = "*" if item.get("chosen") else " "
+            metrics = item.get("metrics") or {}
+            row = f"{marker}{item['name']:<17} {item['status']:<9} " + " ".join(
+                f"{_format(m, metrics.get(m)):>15}" for m in KEY_METRICS
+            )
+            lines.append(row)
+        lines.append("")
+        for item in candidates:
+            if item.get("error"):
+                lines.append(f"  {item['name']}: failed to {item.get('stage')}: {item['error']}")
+            for result in item.get("budgets") or []:
+                if result["passed"] or result["level"] == "off":
+                    continue
+                found = "not measured" if result["actual"] is None else f"{result['actual']:.6g}"
+                lines.append(
+                    f"  {item['name']}: {result['level']}: {result['metric']} expected "
+                    f"{result['op']} {result['threshold']:g}, found {found}"
+                )
+    for warning in report.get("warnings") or []:
+        lines.append(f"warning: {warning}")
+    for error in report.get("errors") or []:
+        lines.append(f"error: {error}")
+    verdict = str(report.get("verdict", "error")).upper()
+    chosen = report.get("chosen")
+    tail = f"chosen: {chosen}" if chosen else "nothing chosen"
+    lines.append(f"verdict: {verdict} (exit {report.get('exit_code')}) - {tail}. {report.get('decision') or report.get('message') or ''}".rstrip())
+    return "\n".join(lines)

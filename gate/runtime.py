@@ -1,0 +1,80 @@
+"""ONNX Runtime sessions, created the same way for the original and every candidate."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gate.records import Sample
+
+ORT_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "layout": "ORT_ENABLE_LAYOUT",
+    "all": "ORT_ENABLE_ALL",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where models run: one provider, one thread setting, for every session."""
+
+    provider: str
+    provider_options: dict[str, Any] = field(default_factory=dict)
+    threads: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "ort_provider": self.provider,
+            "provider_options": self.provider_options,
+            "intra_op_threads": self.threads or "onnxruntime default",
+            "inter_op_threads": 1,
+            "execution_mode": "sequential",
+            "allow_spinning": False,
+        }
+
+
+def graph_level(name: str) -> Any:
+    import onnxruntime as ort
+
+    level = getattr(ort.GraphOptimizationLevel, ORT_LEVELS[name], None)
+    if level is None:  # ORT_ENABLE_LAYOUT arrived in onnxruntime 1.22
+        level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL if name == "layout" else None
+    return level
+
+
+def session_options(settings: Mapping[str, Any], threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = graph_level(settings.get("graph_optimization_level", "all"))
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle sessions that keep spinning steal the cores the timed one needs: an A/A
+    # pair measured 0.87x with spinning on, 1.03x with it off (anchors/optimisers.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    for key, value in settings.get("config_entries", {}).items():
+        options.add_session_config_entry(key, str(value))
+    return options
+
+
+def make_session(path: Path, settings: Mapping[str, Any], target: Target) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(
+        str(path),
+        sess_options=session_options(settings, target.threads),
+        providers=[(target.provider, target.provider_options)],
+    )
+
+
+def run_all(session: Any, feeds: Sequence[Sample]) -> list[Sample]:
+    """Outputs for every feed, keyed by output name."""
+    names = [output.name for output in session.get_outputs()]
+    return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]

@@ -1,0 +1,79 @@
+"""summary.md: the report as a Markdown table for a CI job summary or a PR comment."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gate import Reporter, hookimpl
+
+COLUMNS = [
+    ("latency_ms.p50", "p50 ms", "{:.3f}"),
+    ("latency_ms.p95", "p95 ms", "{:.3f}"),
+    ("speedup", "speedup", "{:.2f}x"),
+    ("throughput_per_s", "per s", "{:.1f}"),
+    ("size_mb", "MB", "{:.2f}"),
+    ("usd_per_million", "USD / M", "{:.4f}"),
+    ("top1_agreement", "top-1 agree", "{:.3f}"),
+    ("cosine_similarity", "cosine", "{:.4f}"),
+    ("accuracy_drop", "acc. drop", "{:.4f}"),
+]
+ICONS = {"pass": "✅", "fail": "❌", "error": "💥", "inconclusive": "❔"}
+
+
+def render(report: Mapping[str, Any]) -> str:
+    verdict = report.get("verdict", "error")
+    lines = [f"## {ICONS.get(verdict, '')} onnx-gate: {verdict.upper()}", ""]
+    model = report.get("model") or {}
+    if model:
+        lines.append(f"Model `{model.get('path')}` ({model.get('size_mb', 0):.2f} MB)")
+    chosen = report.get("chosen")
+    lines.append(f"**Chosen:** `{chosen}` - {report.get('decision', '')}" if chosen else f"**Nothing chosen:** {report.get('message', '')}")
+    lines.append("")
+    candidates = report.get("candidates") or []
+    present = [c for c in COLUMNS if any(c[0] in (item.get("metrics") or {}) for item in candidates)]
+    if candidates:
+        lines.append("| candidate | status | " + " | ".join(c[1] for c in present) + " |")
+        lines.append("|---|---|" + "---:|" * len(present))
+        for item in candidates:
+            metrics = item.get("metrics") or {}
+            cells = [fmt.format(metrics[key]) if key in metrics else "" for key, _, fmt in present]
+            name = f"**{item['name']}** ⭐" if item.get("chosen") else item["name"]
+            lines.append(f"| {name} | {item['status']} | " + " | ".join(cells) + " |")
+        lines.append("")
+    problems = []
+    for item in candidates:
+        if item.get("error"):
+            problems.append(f"- `{item['name']}` failed to {item.get('stage')}: {item['error']}")
+        for result in item.get("budgets") or []:
+            if not result["passed"] and result["level"] != "off":
+                found = "not measured" if result["actual"] is None else f"{result['actual']:.6g}"
+                problems.append(
+                    f"- `{item['name']}` {result['level']}: `{result['metric']}` expected "
+                    f"{result['op']} {result['threshold']:g}, found {found}"
+                )
+    if problems:
+        lines += ["<details><summary>Budgets missed and failures</summary>", "", *problems, "", "</details>", ""]
+    for warning in report.get("warnings") or []:
+        lines.append(f"> ⚠️ {warning}")
+    for error in report.get("errors") or []:
+        lines.append(f"> 💥 {error}")
+    validation = report.get("validation") or {}
+    if validation.get("synthetic_inputs"):
+        lines.append("")
+        lines.append("_Accuracy metrics were measured on synthetic inputs._")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
+    path = output_dir / "summary.md"
+    temp = path.with_suffix(".md.tmp")
+    temp.write_text(render(report), encoding="utf-8")
+    temp.replace(path)
+    return [path]
+
+
+@hookimpl
+def onnx_gate_reporters() -> list[Reporter]:
+    return [Reporter("markdown", _write, "summary.md: a Markdown table for CI summaries")]

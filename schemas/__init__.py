@@ -1,0 +1,1 @@
+"""JSON schemas shipped with onnx-gate (installed as ``gate.schemas``)."""

@@ -1,0 +1,114 @@
+"""Shared fixtures: small real models built with onnx.helper, their data, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from gate.cli import cli
+from gate.demo.build import mlp_model
+
+# Keep timing short: these tests check behaviour, never speed.
+FAST_MEASURE = {"warmup_runs": 2, "min_runs": 5, "max_runs": 40, "max_seconds": 0.05}
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def gate_cli() -> Callable[..., CliResult]:
+    runner = CliRunner()
+
+    def invoke(*args: str) -> CliResult:
+        result = runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
+    for index, (weight, bias) in enumerate(layers):
+        x = x @ weight.astype(np.float32) + bias.astype(np.float32)
+        if index < len(layers) - 1:
+            x = np.maximum(x, 0)
+    return x
+
+
+@dataclass
+class ModelCase:
+    folder: Path
+    model: Path
+    layers: list[tuple[np.ndarray, np.ndarray]]
+
+    def write_policy(self, body: dict[str, Any], name: str = "policy.yaml") -> Path:
+        path = self.folder / name
+        document = {"version": 1, "model": {"path": self.model.name}, "measure": dict(FAST_MEASURE), **body}
+        if path.suffix == ".json":
+            path.write_text(json.dumps(document))
+        else:
+            path.write_text(yaml.safe_dump(document, sort_keys=False))
+        return path
+
+
+def _write_case(folder: Path, layers: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> ModelCase:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "model.onnx"
+    onnx.save_model(mlp_model(layers), str(model))
+    features = layers[0][0].shape[0]
+    validation = rng.normal(size=(64, features)).astype(np.float32)
+    calibration = rng.normal(size=(32, features)).astype(np.float32)
+    np.savez(folder / "validation.npz", x=validation)
+    np.savez(folder / "calibration.npz", x=calibration)
+    labels = forward(layers, validation).argmax(axis=1)
+    # Flip a few labels so the original's own accuracy is realistic (not 100%).
+    labels[:6] = (labels[:6] + 1) % layers[-1][0].shape[1]
+    np.save(folder / "labels.npy", labels.astype(np.int64))
+    return ModelCase(folder, model, layers)
+
+
+@pytest.fixture
+def classifier(tmp_path: Path) -> ModelCase:
+    """A well-behaved MLP classifier whose quantisation keeps its predictions."""
+    rng = np.random.default_rng(1)
+    layers = [
+        (rng.normal(scale=1 / np.sqrt(32), size=(32, 64)), rng.normal(scale=0.1, size=64)),
+        (rng.normal(scale=1 / np.sqrt(64), size=(64, 10)) * 4, np.zeros(10)),
+    ]
+    return _write_case(tmp_path / "classifier", layers, rng)
+
+
+@pytest.fixture
+def fragile_classifier(tmp_path: Path) -> ModelCase:
+    """A classifier that int8 activation quantisation destroys.
+
+    One hidden unit carries huge values that never reach the logits; with one
+    scale for the whole tensor, every informative activation rounds to zero.
+    """
+    rng = np.random.default_rng(2)
+    w0 = rng.normal(scale=1 / np.sqrt(32), size=(32, 64))
+    w0[:, 63] *= 3000.0
+    w1 = rng.normal(size=(64, 10))
+    w1[63, :] = 0.0
+    layers = [(w0, rng.normal(scale=0.1, size=64)), (w1, np.zeros(10))]
+    return _write_case(tmp_path / "fragile", layers, rng)
+
+
+def load_report(output_dir: Path) -> dict[str, Any]:
+    return json.loads((output_dir / "report.json").read_text())
+
+
+def candidate(report: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(item for item in report["candidates"] if item["name"] == name)
