@@ -25,8 +25,8 @@ from gate.records import (  # noqa: E402
     GraphOptimizer,
     Quantizer,
     Reporter,
-    Validator,
     ValidationContext,
+    Validator,
 )
 
 __all__ = [

@@ -97,9 +97,13 @@ def build_candidate(
             quantizer = host.get("quantizer", recipe.quantize["plugin"])
             options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
             quantized = work_dir / "quantized.onnx"
-            call_plugin(quantizer, "quantize", quantizer.quantize, source, quantized, options, context)
+            call_plugin(
+                quantizer, "quantize", quantizer.quantize, source, quantized, options, context
+            )
             if not quantized.is_file():
-                raise GateError(f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model")
+                raise GateError(
+                    f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model"
+                )
             source = quantized
         optimizer = host.get("graph_optimizer", recipe.graph["plugin"])
         options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
@@ -108,7 +112,9 @@ def build_candidate(
             optimizer, "optimize", optimizer.optimize, source, destination, options, context
         )
         if not destination.is_file():
-            raise GateError(f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model")
+            raise GateError(
+                f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"
+            )
         candidate.path, candidate.session = destination, dict(session or {})
     except GateError as exc:
         candidate.fail("build", exc.message)

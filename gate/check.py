@@ -54,7 +54,9 @@ def check_policy(policy: Policy, host: Host) -> None:
             problems.append(policy.problem(("data", key), f"file not found: {path}"))
     if policy.labels_path is not None and policy.validation_path is None:
         problems.append(
-            policy.problem(("data", "labels"), "labels need data.validation (they label its samples)")
+            policy.problem(
+                ("data", "labels"), "labels need data.validation (they label its samples)"
+            )
         )
 
     provider = lookup("execution_provider", policy.provider, ("target", "provider"))
@@ -67,24 +69,35 @@ def check_policy(policy: Policy, host: Host) -> None:
 
     if policy.baseline_graph.get("plugin") != DEFAULT_GRAPH_PLUGIN:
         problems.append(
-            policy.problem(("baseline", "graph", "plugin"), "the baseline runs on ONNX Runtime: only 'ort'")
+            policy.problem(
+                ("baseline", "graph", "plugin"), "the baseline runs on ONNX Runtime: only 'ort'"
+            )
         )
     seen: dict[str, int] = {}
     for index, recipe in enumerate(policy.recipes or []):
         location: tuple[Any, ...] = ("candidates", index)
         if recipe.name == "original":
-            problems.append(policy.problem((*location, "name"), "'original' is reserved for the model as given"))
+            problems.append(
+                policy.problem((*location, "name"), "'original' is reserved for the model as given")
+            )
         if recipe.name in seen:
             problems.append(
-                policy.problem((*location, "name"), f"duplicate candidate name '{recipe.name}' (first at candidates[{seen[recipe.name]}])")
+                policy.problem(
+                    (*location, "name"),
+                    f"duplicate candidate name '{recipe.name}' (first at candidates[{seen[recipe.name]}])",
+                )
             )
         seen.setdefault(recipe.name, index)
         graph_options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
-        optimizer = lookup("graph_optimizer", recipe.graph["plugin"], (*location, "graph", "plugin"))
+        optimizer = lookup(
+            "graph_optimizer", recipe.graph["plugin"], (*location, "graph", "plugin")
+        )
         if optimizer is not None:
             check_options(optimizer, graph_options, (*location, "graph"))
         if recipe.quantize is not None:
-            quantizer = lookup("quantizer", recipe.quantize["plugin"], (*location, "quantize", "plugin"))
+            quantizer = lookup(
+                "quantizer", recipe.quantize["plugin"], (*location, "quantize", "plugin")
+            )
             if quantizer is not None:
                 options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
                 check_options(quantizer, options, (*location, "quantize"))
@@ -94,10 +107,14 @@ def check_policy(policy: Policy, host: Host) -> None:
         location = ("budgets", index, "metric")
         if budget.metric not in metrics:
             known = ", ".join(sorted(metrics))
-            problems.append(policy.problem(location, f"unknown metric '{budget.metric}' (known: {known})"))
+            problems.append(
+                policy.problem(location, f"unknown metric '{budget.metric}' (known: {known})")
+            )
         elif metrics[budget.metric] and budget.level != "off":
             problems.append(
-                policy.problem(location, f"'{budget.metric}' needs {metrics[budget.metric]} in the policy")
+                policy.problem(
+                    location, f"'{budget.metric}' needs {metrics[budget.metric]} in the policy"
+                )
             )
     if policy.measure.min_runs > policy.measure.max_runs:
         problems.append(policy.problem(("measure", "min_runs"), "must not exceed measure.max_runs"))

@@ -53,11 +53,15 @@ def cli() -> None:
     budget is exceeded."""
 
 
-def _run_and_exit(policy: Path, output_dir: Path, quiet: bool) -> None:
+def _run_and_exit(
+    policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool = False
+) -> None:
     from gate.pipeline import run_gate
     from gate.report import render_console
 
-    result = run_gate(policy, output_dir, progress=_progress(quiet))
+    result = run_gate(
+        policy, output_dir, progress=_progress(quiet), keep_candidates=keep_candidates
+    )
     click.echo(render_console(result.report))
     click.echo(f"report: {result.output_dir / 'report.json'}", err=True)
     raise SystemExit(int(result.exit_code))
@@ -67,9 +71,12 @@ def _run_and_exit(policy: Path, output_dir: Path, quiet: bool) -> None:
 @click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
 @output_dir_option
 @quiet_option
-def run(policy: Path, output_dir: Path, quiet: bool) -> None:
+@click.option(
+    "--keep-candidates", is_flag=True, help="Also save every candidate as candidates/NAME.onnx."
+)
+def run(policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool) -> None:
     """Run the gate for POLICY (JSON or YAML) and write the reports."""
-    _run_and_exit(policy, output_dir, quiet)
+    _run_and_exit(policy, output_dir, quiet, keep_candidates)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -113,7 +120,9 @@ def plugins(as_json: bool) -> None:
     listing = []
     for info in host.infos:
         registered = {
-            kind: sorted(name for name, record in records[kind].items() if record.plugin == info.name)
+            kind: sorted(
+                name for name, record in records[kind].items() if record.plugin == info.name
+            )
             for kind in KINDS
         }
         listing.append(
@@ -132,8 +141,12 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps(listing, indent=2))
         return
     for item in listing:
-        origin = f"{item['distribution']} {item['version']}" if item["distribution"] else item["source"]
-        names = "; ".join(f"{kind}: {', '.join(names)}" for kind, names in item["registers"].items())
+        origin = (
+            f"{item['distribution']} {item['version']}" if item["distribution"] else item["source"]
+        )
+        names = "; ".join(
+            f"{kind}: {', '.join(names)}" for kind, names in item["registers"].items()
+        )
         click.echo(f"{item['name']:<18} {origin:<22} {names}")
 
 

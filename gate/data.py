@@ -48,7 +48,9 @@ def synthesize(model: LoadedModel, policy: Policy, count: int, seed: int) -> lis
     return feeds
 
 
-def _random(rng: np.random.Generator, spec: TensorSpec, low_high: tuple[float, float] | None) -> np.ndarray:
+def _random(
+    rng: np.random.Generator, spec: TensorSpec, low_high: tuple[float, float] | None
+) -> np.ndarray:
     shape = spec.shape
     if spec.dtype == np.bool_:
         return rng.integers(0, 2, size=shape).astype(np.bool_)
@@ -71,15 +73,21 @@ def load_feeds(path: Path, model: LoadedModel, where: str) -> list[Sample]:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:
-        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {type(exc).__name__}: {exc}") from None
+        raise PolicyError(
+            f"{where}: cannot read {path.name} as .npz: {type(exc).__name__}: {exc}"
+        ) from None
     names = [spec.name for spec in model.inputs]
     missing = [name for name in names if name not in arrays]
     extra = [key for key in arrays if key not in names]
     problems = []
     if missing:
-        problems.append(f"{where}: {path.name} lacks input(s) {', '.join(missing)} (has: {', '.join(arrays) or 'nothing'})")
+        problems.append(
+            f"{where}: {path.name} lacks input(s) {', '.join(missing)} (has: {', '.join(arrays) or 'nothing'})"
+        )
     if extra:
-        problems.append(f"{where}: {path.name} has array(s) {', '.join(extra)} that are not model inputs ({', '.join(names)})")
+        problems.append(
+            f"{where}: {path.name} has array(s) {', '.join(extra)} that are not model inputs ({', '.join(names)})"
+        )
     if problems:
         raise PolicyError(f"{where}: data does not match the model", problems)
 
@@ -98,11 +106,15 @@ def load_feeds(path: Path, model: LoadedModel, where: str) -> list[Sample]:
             )
             continue
         if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-            problems.append(f"{where}: array '{spec.name}' is {array.dtype}; the input is {spec.dtype}")
+            problems.append(
+                f"{where}: array '{spec.name}' is {array.dtype}; the input is {spec.dtype}"
+            )
             continue
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).reshape(array.shape[0], -1).any(axis=1).sum())
-            problems.append(f"{where}: array '{spec.name}' has NaN or Inf values in {bad} sample(s)")
+            problems.append(
+                f"{where}: array '{spec.name}' has NaN or Inf values in {bad} sample(s)"
+            )
             continue
         per_input[spec.name] = [np.ascontiguousarray(s, dtype=spec.dtype) for s in samples]
     counts = {name: len(samples) for name, samples in per_input.items()}
@@ -120,10 +132,16 @@ def load_labels(path: Path, samples: int, where: str) -> np.ndarray:
     try:
         labels = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise PolicyError(f"{where}: cannot read {path.name} as .npy: {type(exc).__name__}: {exc}") from None
-    labels = np.asarray(labels).reshape(-1) if np.ndim(labels) > 1 and labels.shape[-1] == 1 else labels
+        raise PolicyError(
+            f"{where}: cannot read {path.name} as .npy: {type(exc).__name__}: {exc}"
+        ) from None
+    labels = (
+        np.asarray(labels).reshape(-1) if np.ndim(labels) > 1 and labels.shape[-1] == 1 else labels
+    )
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise PolicyError(f"{where}: expected a 1-D integer array of class labels; found {labels.dtype} {list(labels.shape)}")
+        raise PolicyError(
+            f"{where}: expected a 1-D integer array of class labels; found {labels.dtype} {list(labels.shape)}"
+        )
     if labels.shape[0] != samples:
         raise PolicyError(f"{where}: {labels.shape[0]} labels for {samples} validation samples")
     return labels
@@ -131,7 +149,11 @@ def load_labels(path: Path, samples: int, where: str) -> np.ndarray:
 
 def validation_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
     if policy.validation_path is not None:
-        return FeedSet(load_feeds(policy.validation_path, model, "data.validation"), "file", policy.validation_path)
+        return FeedSet(
+            load_feeds(policy.validation_path, model, "data.validation"),
+            "file",
+            policy.validation_path,
+        )
     return FeedSet(synthesize(model, policy, policy.synthetic_samples, policy.seed), "synthetic")
 
 
@@ -140,4 +162,6 @@ def calibration_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
         feeds = load_feeds(policy.calibration_path, model, "data.calibration")
         return FeedSet(feeds[: policy.calibration_samples], "file", policy.calibration_path)
     # A different seed from validation, so synthetic calibration never sees the validation inputs.
-    return FeedSet(synthesize(model, policy, min(policy.calibration_samples, 32), policy.seed + 1), "synthetic")
+    return FeedSet(
+        synthesize(model, policy, min(policy.calibration_samples, 32), policy.seed + 1), "synthetic"
+    )

@@ -81,4 +81,7 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
             f"the fastest passing candidate, {fastest.name}, is {fastest.speedup:.2f}x: below the "
             f"{1 + min_gain:.2f}x needed to replace the original (selection.min_gain)"
         )
-    return fastest.name, f"fastest candidate passing every error-level budget ({fastest.speedup:.2f}x)"
+    return (
+        fastest.name,
+        f"fastest candidate passing every error-level budget ({fastest.speedup:.2f}x)",
+    )

@@ -74,7 +74,9 @@ class Host:
         """Register a plugin object directly (tests, embedding applications)."""
         _register(self.pm, plugin, name)
         self.infos.append(
-            PluginInfo(name, getattr(plugin, "__name__", type(plugin).__name__), None, None, "registered")
+            PluginInfo(
+                name, getattr(plugin, "__name__", type(plugin).__name__), None, None, "registered"
+            )
         )
         self.__dict__.pop("records", None)
 
@@ -169,7 +171,9 @@ def get_host(*, load_entry_points: bool = True, plugins: Iterable[tuple[str, obj
                 ) from exc
             _register(pm, plugin, ep.name)
             infos.append(
-                PluginInfo(ep.name, ep.value, dist_name, dist.version if dist else None, "entry point")
+                PluginInfo(
+                    ep.name, ep.value, dist_name, dist.version if dist else None, "entry point"
+                )
             )
     for module_name in _names_from_env(EXTRA_PLUGINS_ENV):
         try:

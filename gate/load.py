@@ -87,7 +87,9 @@ def copy_model(source: Path, destination: Path) -> None:
     proto = onnx.load(str(source), load_external_data=False)
     if any(uses_external_data(t) for t in proto.graph.initializer):
         full = onnx.load(str(source))
-        onnx.save_model(full, str(destination), save_as_external_data=True, location=f"{destination.name}.data")
+        onnx.save_model(
+            full, str(destination), save_as_external_data=True, location=f"{destination.name}.data"
+        )
     else:
         shutil.copyfile(source, destination)
 
@@ -116,10 +118,14 @@ def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
     return specs
 
 
-def _fix_shapes(policy: Policy, declared: list[TensorSpec], warnings: list[str]) -> list[TensorSpec]:
+def _fix_shapes(
+    policy: Policy, declared: list[TensorSpec], warnings: list[str]
+) -> list[TensorSpec]:
     names = [spec.name for spec in declared]
     problems = [
-        policy.problem(("inputs", name), f"the model has no input '{name}' (inputs: {', '.join(names)})")
+        policy.problem(
+            ("inputs", name), f"the model has no input '{name}' (inputs: {', '.join(names)})"
+        )
         for name in policy.inputs
         if name not in names
     ]
@@ -169,18 +175,31 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         matches = [e for e in host.records["exporter"].values() if suffix in e.suffixes]
         if not matches:
             raise PolicyError(
-                policy.problem(("model", "path"), f"no exporter handles '{suffix}' files; set model.exporter")
+                policy.problem(
+                    ("model", "path"), f"no exporter handles '{suffix}' files; set model.exporter"
+                )
             )
         exporter = matches[0]
     work_dir.mkdir(parents=True, exist_ok=True)
-    path = Path(call_plugin(exporter, "export", exporter.export, policy.model_path, work_dir, policy.exporter_options))
+    path = Path(
+        call_plugin(
+            exporter,
+            "export",
+            exporter.export,
+            policy.model_path,
+            work_dir,
+            policy.exporter_options,
+        )
+    )
 
     try:
         onnx.checker.check_model(str(path))
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"model {policy.model_path.name} is not a valid ONNX model: {first_line}") from exc
+        raise ModelError(
+            f"model {policy.model_path.name} is not a valid ONNX model: {first_line}"
+        ) from exc
 
     initializers = {tensor.name for tensor in proto.graph.initializer}
     warnings: list[str] = []

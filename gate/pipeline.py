@@ -6,6 +6,7 @@ exit code, and report.json is written whatever happened.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import traceback
@@ -16,7 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from gate.candidates import ORIGINAL, Candidate, build_candidate, default_recipes, original_candidate
+from gate.candidates import (
+    ORIGINAL,
+    Candidate,
+    build_candidate,
+    default_recipes,
+    original_candidate,
+)
 from gate.check import active_validators, check_policy
 from gate.data import FeedSet, calibration_feeds, load_labels, validation_feeds
 from gate.decide import Standing, choose, evaluate
@@ -54,7 +61,9 @@ def _prepare_output_dir(output_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UsageError(f"output directory {output_dir} is not writable: {exc.strerror or exc}") from None
+        raise UsageError(
+            f"output directory {output_dir} is not writable: {exc.strerror or exc}"
+        ) from None
     # A model left by an earlier run must never be mistaken for this run's choice.
     for stale in (output_dir / MODEL_FILE, output_dir / f"{MODEL_FILE}.data"):
         stale.unlink(missing_ok=True)
@@ -66,8 +75,13 @@ def run_gate(
     *,
     host: Host | None = None,
     progress: Progress | None = None,
+    keep_candidates: bool = False,
 ) -> GateResult:
-    """Run the gate for one policy and write its reports into ``output_dir``."""
+    """Run the gate for one policy and write its reports into ``output_dir``.
+
+    With ``keep_candidates`` every built candidate is also saved as
+    ``candidates/NAME.onnx`` for inspection.
+    """
     started = time.perf_counter()
     policy_path, output_dir = Path(policy_path), Path(output_dir)
     report = new_report(Path(_relative(policy_path)))
@@ -78,7 +92,7 @@ def run_gate(
         policy = load_policy(policy_path)
         check_policy(policy, host)
         with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
-            _execute(policy, host, Path(work), output_dir, report, say)
+            _execute(policy, host, Path(work), output_dir, report, say, keep_candidates)
     except GateError as exc:
         report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
         report["errors"].extend(exc.lines())
@@ -118,7 +132,13 @@ def _records_ok(host: Host) -> bool:
 
 
 def _execute(
-    policy: Policy, host: Host, work: Path, output_dir: Path, report: dict[str, Any], say: Progress
+    policy: Policy,
+    host: Host,
+    work: Path,
+    output_dir: Path,
+    report: dict[str, Any],
+    say: Progress,
+    keep_candidates: bool,
 ) -> None:
     provider = host.get("execution_provider", policy.provider, "target.provider")
     if not call_plugin(provider, "check availability", provider.is_available):
@@ -126,9 +146,15 @@ def _execute(
             f"execution provider '{provider.name}' ({provider.ort_name}) is not available here; "
             f"it needs the package {provider.package}"
         )
-    options = call_plugin(provider, "map options", provider.provider_options, policy.provider_options)
+    options = call_plugin(
+        provider, "map options", provider.provider_options, policy.provider_options
+    )
     target = Target(provider.ort_name, options, policy.threads)
-    report["target"] = {"provider": provider.name, "usd_per_hour": policy.usd_per_hour, **target.describe()}
+    report["target"] = {
+        "provider": provider.name,
+        "usd_per_hour": policy.usd_per_hour,
+        **target.describe(),
+    }
 
     say(f"loading {policy.model_path.name}")
     model = load_model(policy, host, work / "export")
@@ -137,24 +163,39 @@ def _execute(
     output_names = [spec.name for spec in model.outputs]
     judged = policy.validation_output or output_names[0]
     if judged not in output_names:
-        raise PolicyError(policy.problem(("validation", "output"), f"the model has no output '{judged}' (outputs: {', '.join(output_names)})"))
+        raise PolicyError(
+            policy.problem(
+                ("validation", "output"),
+                f"the model has no output '{judged}' (outputs: {', '.join(output_names)})",
+            )
+        )
 
     validation = validation_feeds(policy, model)
-    labels = load_labels(policy.labels_path, len(validation.feeds), "data.labels") if policy.labels_path else None
+    labels = (
+        load_labels(policy.labels_path, len(validation.feeds), "data.labels")
+        if policy.labels_path
+        else None
+    )
     calibration = calibration_feeds(policy, model)
     if validation.source == "synthetic":
         report["warnings"].append(
             f"no data.validation: validated on {len(validation.feeds)} synthetic samples; "
             "accuracy metrics show agreement on random inputs only"
         )
-    recipes = policy.recipes if policy.recipes is not None else default_recipes(policy.calibration_path is not None)
+    recipes = (
+        policy.recipes
+        if policy.recipes is not None
+        else default_recipes(policy.calibration_path is not None)
+    )
     validators = active_validators(policy, host)
     report["data"] = {
         "validation": validation.describe(policy.base_dir),
         "calibration": calibration.describe(policy.base_dir),
         "labels": _relative(policy.labels_path) if policy.labels_path else None,
     }
-    report["validation"] = describe_validation(judged, validation.source == "synthetic", validators, labels)
+    report["validation"] = describe_validation(
+        judged, validation.source == "synthetic", validators, labels
+    )
     batch = _batch_size(model)
     report["measurement"] = {
         "method": (
@@ -193,8 +234,13 @@ def _execute(
         say(f"building {recipe.name}")
         candidates.append(
             build_candidate(
-                recipe, model, host, work / "candidates", target.provider,
-                lambda: iter(calibration.feeds), calibration.source,
+                recipe,
+                model,
+                host,
+                work / "candidates",
+                target.provider,
+                lambda: iter(calibration.feeds),
+                calibration.source,
             )
         )
 
@@ -203,16 +249,41 @@ def _execute(
     for candidate in candidates:
         say(f"validating and measuring {candidate.name}")
         entries[candidate.name] = _judge(
-            candidate, model, policy, target, original_session, reference, validation, labels,
-            validators, judged, timings,
+            candidate,
+            model,
+            policy,
+            target,
+            original_session,
+            reference,
+            validation,
+            labels,
+            validators,
+            judged,
+            timings,
         )
+
+    if keep_candidates:
+        kept = output_dir / "candidates"
+        shutil.rmtree(kept, ignore_errors=True)
+        kept.mkdir()
+        for item in candidates:
+            if item.path is not None and item.name != ORIGINAL and entries[item.name]["artifact"]:
+                copy_model(item.path, kept / f"{item.name}.onnx")
+                entries[item.name]["artifact"]["path"] = f"candidates/{item.name}.onnx"
+
+    if original.failed:  # without a judged reference nothing can be decided
+        report["candidates"] = [entries[c.name] for c in candidates]
+        raise GateError(f"the original model failed to {original.stage}: {original.error}")
 
     original_runs = [ms for timing in timings.values() for ms in timing.original_ms]
     if not original_runs:  # every candidate failed: time the original against itself
         timing = time_pair(original_session, original_session, validation.feeds[0], policy.measure)
         original_runs = timing.original_ms + timing.candidate_ms
     entries[ORIGINAL]["metrics"].update(latency_metrics(original_runs, batch), speedup=1.0)
-    entries[ORIGINAL]["timing"] = {"runs": len(original_runs), "note": "all of the original's paired runs"}
+    entries[ORIGINAL]["timing"] = {
+        "runs": len(original_runs),
+        "note": "all of the original's paired runs",
+    }
 
     standings = []
     for candidate in candidates:
@@ -222,7 +293,9 @@ def _execute(
             continue
         metrics = entry["metrics"]
         if policy.usd_per_hour is not None:
-            metrics["usd_per_million"] = usd_per_million(policy.usd_per_hour, metrics["throughput_per_s"])
+            metrics["usd_per_million"] = usd_per_million(
+                policy.usd_per_hour, metrics["throughput_per_s"]
+            )
         results = evaluate(policy.budgets, metrics)
         entry["budgets"] = [result.to_json() for result in results]
         standing = Standing(candidate.name, metrics["speedup"], results)
@@ -243,7 +316,9 @@ def _execute(
     report["output_model"]["session"] = winner.session
     for item in entries[chosen]["budgets"]:
         if item["level"] == "warn" and not item["passed"]:
-            report["warnings"].append(f"{chosen}: {item['metric']} expected {item['op']} {item['threshold']:g}, found {item['actual']}")
+            report["warnings"].append(
+                f"{chosen}: {item['metric']} expected {item['op']} {item['threshold']:g}, found {item['actual']}"
+            )
     report.update(verdict="pass", exit_code=int(ExitCode.PASS), message=f"chosen: {chosen}")
 
 
@@ -278,7 +353,10 @@ def _judge(
     }
     if not candidate.failed:
         assert candidate.path is not None
-        entry["artifact"] = {"sha256": file_sha256(candidate.path), "size_bytes": model_size_bytes(candidate.path)}
+        entry["artifact"] = {
+            "sha256": file_sha256(candidate.path),
+            "size_bytes": model_size_bytes(candidate.path),
+        }
         entry["metrics"]["size_mb"] = entry["artifact"]["size_bytes"] / 1e6
         session = original_session
         if candidate.name != ORIGINAL:
@@ -288,9 +366,18 @@ def _judge(
                 candidate.fail("load", f"ONNX Runtime cannot load it: {_first_line(exc)}")
         if not candidate.failed:
             try:
-                outputs = reference if candidate.name == ORIGINAL else run_all(session, validation.feeds)
+                outputs = (
+                    reference if candidate.name == ORIGINAL else run_all(session, validation.feeds)
+                )
                 entry["metrics"].update(
-                    validate_outputs(validators, reference, outputs, judged, labels, validation.source == "synthetic")
+                    validate_outputs(
+                        validators,
+                        reference,
+                        outputs,
+                        judged,
+                        labels,
+                        validation.source == "synthetic",
+                    )
                 )
             except GateError as exc:
                 candidate.fail("validate", exc.message)
@@ -343,4 +430,8 @@ def _describe_model(model: LoadedModel, policy: Policy) -> dict[str, Any]:
 
 def _save_model(source: Path, destination: Path) -> dict[str, Any]:
     copy_model(source, destination)
-    return {"path": destination.name, "sha256": file_sha256(destination), "size_bytes": model_size_bytes(destination)}
+    return {
+        "path": destination.name,
+        "sha256": file_sha256(destination),
+        "size_bytes": model_size_bytes(destination),
+    }

@@ -87,7 +87,10 @@ class Recipe:
     location: str = ""
 
     def describe(self) -> dict[str, Any]:
-        return {"graph": dict(self.graph), "quantize": dict(self.quantize) if self.quantize else None}
+        return {
+            "graph": dict(self.graph),
+            "quantize": dict(self.quantize) if self.quantize else None,
+        }
 
 
 @dataclass(frozen=True)
@@ -210,7 +213,9 @@ def load_policy(path: str | Path) -> Policy:
         return f"{prefix}: {format_location(location)}"
 
     if not isinstance(document, dict):
-        raise PolicyError(f"{path.name}: the policy must be a mapping with 'version: 1' and 'model'")
+        raise PolicyError(
+            f"{path.name}: the policy must be a mapping with 'version: 1' and 'model'"
+        )
     problems = schema_problems(document, load_schema(POLICY_SCHEMA))
     if problems:
         raise PolicyError(
@@ -236,7 +241,9 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         recipes = []
         for index, item in enumerate(doc["candidates"]):
             graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all", **item.get("graph", {})}
-            recipes.append(Recipe(item["name"], graph, item.get("quantize"), f"candidates[{index}]"))
+            recipes.append(
+                Recipe(item["name"], graph, item.get("quantize"), f"candidates[{index}]")
+            )
     budgets = [
         Budget(
             metric=item["metric"],
@@ -267,7 +274,11 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         provider_options=target.get("provider_options", {}),
         threads=target.get("threads", 0),
         usd_per_hour=target.get("usd_per_hour"),
-        baseline_graph={"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all", **doc.get("baseline", {}).get("graph", {})},
+        baseline_graph={
+            "plugin": DEFAULT_GRAPH_PLUGIN,
+            "level": "all",
+            **doc.get("baseline", {}).get("graph", {}),
+        },
         recipes=recipes,
         budgets=budgets,
         validation_output=validation.get("output"),

@@ -16,14 +16,23 @@ from gate import __version__
 
 REPORT_FILE = "report.json"
 MODEL_FILE = "model.onnx"
-KEY_METRICS = ("latency_ms.p50", "latency_ms.p95", "speedup", "size_mb", "top1_agreement", "accuracy_drop")
+KEY_METRICS = (
+    "latency_ms.p50",
+    "latency_ms.p95",
+    "speedup",
+    "size_mb",
+    "top1_agreement",
+    "accuracy_drop",
+)
 
 
 def environment() -> dict[str, str]:
     versions = {"python": platform.python_version(), "platform": platform.platform()}
     for module in ("onnxruntime", "onnx", "numpy"):
         imported = sys.modules.get(module)
-        versions[module] = getattr(imported, "__version__", "not loaded") if imported else "not loaded"
+        versions[module] = (
+            getattr(imported, "__version__", "not loaded") if imported else "not loaded"
+        )
     return versions
 
 
@@ -115,5 +124,7 @@ def render_console(report: Mapping[str, Any]) -> str:
     verdict = str(report.get("verdict", "error")).upper()
     chosen = report.get("chosen")
     tail = f"chosen: {chosen}" if chosen else "nothing chosen"
-    lines.append(f"verdict: {verdict} (exit {report.get('exit_code')}) - {tail}. {report.get('decision') or report.get('message') or ''}".rstrip())
+    lines.append(
+        f"verdict: {verdict} (exit {report.get('exit_code')}) - {tail}. {report.get('decision') or report.get('message') or ''}".rstrip()
+    )
     return "\n".join(lines)

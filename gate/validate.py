@@ -35,7 +35,9 @@ def validate_outputs(
     return metrics
 
 
-def describe_validation(output: str, synthetic: bool, validators: Sequence[Validator], labels: Any) -> dict[str, Any]:
+def describe_validation(
+    output: str, synthetic: bool, validators: Sequence[Validator], labels: Any
+) -> dict[str, Any]:
     return {
         "output": output,
         "validators": [v.name for v in validators if not (v.needs_labels and labels is None)],

@@ -31,13 +31,22 @@ def _validate(context: ValidationContext) -> dict[str, float]:
     reference = [sample[context.output] for sample in context.reference]
     candidate = [sample[context.output] for sample in context.candidate]
     metrics: dict[str, float] = {}
-    diffs = [np.abs(r.astype(np.float64) - c.astype(np.float64)).max(initial=0.0) for r, c in zip(reference, candidate, strict=True)]
+    diffs = [
+        np.abs(r.astype(np.float64) - c.astype(np.float64)).max(initial=0.0)
+        for r, c in zip(reference, candidate, strict=True)
+    ]
     metrics["max_abs_diff"] = float(max(diffs, default=0.0))
     if np.issubdtype(reference[0].dtype, np.floating):
-        metrics["cosine_similarity"] = min(_cosine(r, c) for r, c in zip(reference, candidate, strict=True))
-    classifies = not np.issubdtype(reference[0].dtype, np.floating) or (reference[0].ndim >= 1 and reference[0].shape[-1] > 1)
+        metrics["cosine_similarity"] = min(
+            _cosine(r, c) for r, c in zip(reference, candidate, strict=True)
+        )
+    classifies = not np.issubdtype(reference[0].dtype, np.floating) or (
+        reference[0].ndim >= 1 and reference[0].shape[-1] > 1
+    )
     if classifies:
-        matches = np.concatenate([_top1(r) == _top1(c) for r, c in zip(reference, candidate, strict=True)])
+        matches = np.concatenate(
+            [_top1(r) == _top1(c) for r, c in zip(reference, candidate, strict=True)]
+        )
         metrics["top1_agreement"] = float(matches.mean())
     return metrics
 

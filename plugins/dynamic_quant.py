@@ -6,15 +6,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gate_plugins._quantization import COMMON_OPTIONS, QUANT_TYPES, prepare
+
 from gate import BuildContext, Quantizer, hookimpl
-from gate_plugins._quantization import COMMON_OPTIONS, QUANT_TYPES, preprocess
 
 
-def _quantize(source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext) -> None:
+def _quantize(
+    source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext
+) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    if options.get("preprocess", True):
-        source = preprocess(source, context)
+    source = prepare(source, options, context)
     quantize_dynamic(
         str(source),
         str(destination),

@@ -9,7 +9,9 @@ from typing import Any
 from gate import BuildContext, Quantizer, hookimpl
 
 
-def _quantize(source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext) -> None:
+def _quantize(
+    source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext
+) -> None:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
@@ -34,7 +36,11 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                 "additionalProperties": False,
                 "properties": {
                     "keep_io_types": {"type": "boolean", "default": True},
-                    "op_block_list": {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+                    "op_block_list": {
+                        "type": "array",
+                        "items": {"type": "string"},
+                        "uniqueItems": True,
+                    },
                 },
             },
         )

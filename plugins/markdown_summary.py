@@ -29,10 +29,16 @@ def render(report: Mapping[str, Any]) -> str:
     if model:
         lines.append(f"Model `{model.get('path')}` ({model.get('size_mb', 0):.2f} MB)")
     chosen = report.get("chosen")
-    lines.append(f"**Chosen:** `{chosen}` - {report.get('decision', '')}" if chosen else f"**Nothing chosen:** {report.get('message', '')}")
+    lines.append(
+        f"**Chosen:** `{chosen}` - {report.get('decision', '')}"
+        if chosen
+        else f"**Nothing chosen:** {report.get('message', '')}"
+    )
     lines.append("")
     candidates = report.get("candidates") or []
-    present = [c for c in COLUMNS if any(c[0] in (item.get("metrics") or {}) for item in candidates)]
+    present = [
+        c for c in COLUMNS if any(c[0] in (item.get("metrics") or {}) for item in candidates)
+    ]
     if candidates:
         lines.append("| candidate | status | " + " | ".join(c[1] for c in present) + " |")
         lines.append("|---|---|" + "---:|" * len(present))
@@ -54,7 +60,14 @@ def render(report: Mapping[str, Any]) -> str:
                     f"{result['op']} {result['threshold']:g}, found {found}"
                 )
     if problems:
-        lines += ["<details><summary>Budgets missed and failures</summary>", "", *problems, "", "</details>", ""]
+        lines += [
+            "<details><summary>Budgets missed and failures</summary>",
+            "",
+            *problems,
+            "",
+            "</details>",
+            "",
+        ]
     for warning in report.get("warnings") or []:
         lines.append(f"> ⚠️ {warning}")
     for error in report.get("errors") or []:

@@ -15,21 +15,31 @@ from typing import Any
 from gate import BuildContext, GraphOptimizer, copy_model, hookimpl
 
 LEVELS = ["disabled", "basic", "extended", "layout", "all"]
-PORTABLE = {"disabled": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED"}
+PORTABLE = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+}
 
 
-def _optimize(source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext) -> dict[str, Any]:
+def _optimize(
+    source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext
+) -> dict[str, Any]:
     level = options.get("level", "all")
     if options.get("save_optimized", False):
         import onnxruntime as ort
 
         offline = level if level in PORTABLE else "extended"
         session_options = ort.SessionOptions()
-        session_options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, PORTABLE[offline])
+        session_options.graph_optimization_level = getattr(
+            ort.GraphOptimizationLevel, PORTABLE[offline]
+        )
         session_options.optimized_model_filepath = str(destination)
         ort.InferenceSession(str(source), session_options, providers=[context.provider])
         if offline != level:
-            context.note(f"saved the graph optimised at '{offline}'; '{level}' is applied when the session loads")
+            context.note(
+                f"saved the graph optimised at '{offline}'; '{level}' is applied when the session loads"
+            )
     else:
         copy_model(source, destination)
     return {"graph_optimization_level": level}

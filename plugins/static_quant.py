@@ -6,14 +6,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gate_plugins._quantization import COMMON_OPTIONS, QUANT_TYPES, prepare
+
 from gate import BuildContext, Quantizer, hookimpl
-from gate_plugins._quantization import COMMON_OPTIONS, QUANT_TYPES, preprocess
 
 FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 
 
-def _quantize(source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext) -> None:
+def _quantize(
+    source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext
+) -> None:
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -30,9 +33,10 @@ def _quantize(source: Path, destination: Path, options: Mapping[str, Any], conte
             return next(self.samples, None)
 
     if context.calibration_source == "synthetic":
-        context.note("calibrated on synthetic inputs: give data.calibration for a meaningful calibration")
-    if options.get("preprocess", True):
-        source = preprocess(source, context)
+        context.note(
+            "calibrated on synthetic inputs: give data.calibration for a meaningful calibration"
+        )
+    source = prepare(source, options, context)
     quantize_static(
         str(source),
         str(destination),
@@ -42,7 +46,9 @@ def _quantize(source: Path, destination: Path, options: Mapping[str, Any], conte
         weight_type=getattr(QuantType, QUANT_TYPES[options.get("weight_type", "int8")]),
         per_channel=options.get("per_channel", False),
         reduce_range=options.get("reduce_range", False),
-        calibrate_method=getattr(CalibrationMethod, CALIBRATION[options.get("calibration_method", "minmax")]),
+        calibrate_method=getattr(
+            CalibrationMethod, CALIBRATION[options.get("calibration_method", "minmax")]
+        ),
         op_types_to_quantize=options.get("op_types_to_quantize"),
         nodes_to_exclude=options.get("nodes_to_exclude"),
         extra_options=dict(options.get("extra_options", {})),

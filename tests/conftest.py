@@ -55,7 +55,12 @@ class ModelCase:
 
     def write_policy(self, body: dict[str, Any], name: str = "policy.yaml") -> Path:
         path = self.folder / name
-        document = {"version": 1, "model": {"path": self.model.name}, "measure": dict(FAST_MEASURE), **body}
+        document = {
+            "version": 1,
+            "model": {"path": self.model.name},
+            "measure": dict(FAST_MEASURE),
+            **body,
+        }
         if path.suffix == ".json":
             path.write_text(json.dumps(document))
         else:
@@ -63,7 +68,9 @@ class ModelCase:
         return path
 
 
-def _write_case(folder: Path, layers: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator) -> ModelCase:
+def _write_case(
+    folder: Path, layers: list[tuple[np.ndarray, np.ndarray]], rng: np.random.Generator
+) -> ModelCase:
     folder.mkdir(parents=True, exist_ok=True)
     model = folder / "model.onnx"
     onnx.save_model(mlp_model(layers), str(model))

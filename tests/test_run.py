@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from conftest import candidate, load_report
 from jsonschema import Draft202012Validator
@@ -21,7 +22,11 @@ def assert_valid_report(report: dict) -> None:
 def test_accuracy_budget_rejects_destructive_quantisation(fragile_classifier, gate_cli, tmp_path):
     policy = fragile_classifier.write_policy(
         {
-            "data": {"calibration": "calibration.npz", "validation": "validation.npz", "labels": "labels.npy"},
+            "data": {
+                "calibration": "calibration.npz",
+                "validation": "validation.npz",
+                "labels": "labels.npy",
+            },
             "budgets": [
                 {"metric": "top1_agreement", "min": 0.95},
                 {"metric": "accuracy_drop", "max": 0.02},
@@ -44,7 +49,9 @@ def test_accuracy_budget_rejects_destructive_quantisation(fragile_classifier, ga
     assert report["verdict"] == "pass"
     chosen = candidate(report, report["chosen"])
     assert chosen["status"] == "passed" and chosen["metrics"]["top1_agreement"] == 1.0
-    assert report["chosen"] in {"original"} | {f"graph-{lvl}" for lvl in ("disabled", "basic", "extended", "layout")}
+    assert report["chosen"] in {"original"} | {
+        f"graph-{lvl}" for lvl in ("disabled", "basic", "extended", "layout")
+    }
 
 
 def test_pass_writes_report_summary_and_chosen_model(classifier, gate_cli, tmp_path):
@@ -107,7 +114,10 @@ def test_pass_writes_report_summary_and_chosen_model(classifier, gate_cli, tmp_p
 
 def test_impossible_latency_budget_fails_with_reason(classifier, gate_cli, tmp_path):
     policy = classifier.write_policy(
-        {"candidates": [{"name": "basic", "graph": {"level": "basic"}}], "budgets": [{"metric": "latency_ms.p50", "max": 0.000001}]}
+        {
+            "candidates": [{"name": "basic", "graph": {"level": "basic"}}],
+            "budgets": [{"metric": "latency_ms.p50", "max": 0.000001}],
+        }
     )
     out = tmp_path / "out"
     result = gate_cli("run", policy, "-o", out, "-q")
@@ -127,13 +137,20 @@ def test_stale_model_from_an_earlier_run_is_removed(classifier, gate_cli, tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     (out / "model.onnx").write_bytes(b"an older run's model")
-    policy = classifier.write_policy({"candidates": [{"name": "b", "graph": {"level": "basic"}}], "budgets": [{"metric": "speedup", "min": 100}]})
+    policy = classifier.write_policy(
+        {
+            "candidates": [{"name": "b", "graph": {"level": "basic"}}],
+            "budgets": [{"metric": "speedup", "min": 100}],
+        }
+    )
     assert gate_cli("run", policy, "-o", out, "-q").exit_code == 1
     assert not (out / "model.onnx").exists()
 
 
 def test_without_data_inputs_are_synthesised_and_marked(classifier, gate_cli, tmp_path):
-    policy = classifier.write_policy({"candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}]})
+    policy = classifier.write_policy(
+        {"candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}]}
+    )
     out = tmp_path / "out"
     result = gate_cli("run", policy, "-o", out, "-q")
     assert result.exit_code == 0
@@ -151,41 +168,84 @@ def test_default_candidate_set(classifier, gate_cli, tmp_path):
     assert gate_cli("run", with_calibration, "-o", out, "-q").exit_code == 0
     names = [c["name"] for c in load_report(out)["candidates"]]
     assert names == [
-        "original", "graph-disabled", "graph-basic", "graph-extended", "graph-layout",
-        "dynamic-u8", "dynamic-s8", "static-qdq",
+        "original",
+        "graph-disabled",
+        "graph-basic",
+        "graph-extended",
+        "graph-layout",
+        "dynamic-u8",
+        "dynamic-s8",
+        "static-qdq",
     ]
     without = classifier.write_policy({}, name="plain.yaml")
     assert gate_cli("run", without, "-o", out, "-q").exit_code == 0
     assert "static-qdq" not in [c["name"] for c in load_report(out)["candidates"]]
 
 
-def test_static_options_reach_the_quantiser(classifier, gate_cli, tmp_path):
+def test_quantiser_options_reach_the_quantiser(classifier, gate_cli, tmp_path):
     policy = classifier.write_policy(
         {
             "data": {"calibration": "calibration.npz", "validation": "validation.npz"},
             "candidates": [
-                {"name": "qop-pc", "quantize": {"plugin": "static", "format": "qoperator", "per_channel": True, "reduce_range": True, "calibration_method": "entropy"}},
-                {"name": "only-first", "quantize": {"plugin": "static", "nodes_to_exclude": ["matmul1"]}},
+                {
+                    "name": "qop",
+                    "quantize": {
+                        "plugin": "static",
+                        "format": "qoperator",
+                        "per_channel": True,
+                        "reduce_range": True,
+                        "calibration_method": "entropy",
+                    },
+                },
+                {
+                    "name": "qdq-first-only",
+                    "quantize": {"plugin": "static", "nodes_to_exclude": ["matmul1"]},
+                },
+                {
+                    "name": "matmul-only",
+                    "quantize": {
+                        "plugin": "dynamic",
+                        "op_types_to_quantize": ["MatMul"],
+                        "preprocess": False,
+                    },
+                },
                 {"name": "half", "quantize": {"plugin": "fp16"}},
             ],
         }
     )
     out = tmp_path / "out"
-    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    assert gate_cli("run", policy, "-o", out, "-q", "--keep-candidates").exit_code == 0
     report = load_report(out)
-    import onnx
+    assert [c["status"] for c in report["candidates"]].count("failed") == 0
 
-    for item in report["candidates"]:
-        assert item["status"] != "failed", item
-    # QOperator format shows up as QLinearMatMul / MatMulInteger nodes; QDQ with exclusions keeps matmul1 in float.
-    # Rebuild the candidates the same way to inspect them is overkill; the recipe is reported verbatim instead.
-    assert candidate(report, "qop-pc")["recipe"]["quantize"]["format"] == "qoperator"
+    def op_types(name: str) -> list[str]:
+        path = out / candidate(report, name)["artifact"]["path"]
+        return [node.op_type for node in onnx.load(str(path)).graph.node]
+
+    # QOperator format: quantised operators, no QuantizeLinear/DequantizeLinear pair around each weight.
+    assert {"QGemm", "QLinearMatMul"} & set(op_types("qop"))
+    assert any("nodes_to_exclude" in n for n in candidate(report, "qdq-first-only")["notes"])
+    qdq = onnx.load(str(out / "candidates" / "qdq-first-only.onnx"))
+    second = next(n for n in qdq.graph.node if n.name == "matmul1")
+    assert not any(
+        "DequantizeLinear" in n.op_type and n.output[0] == second.input[1] for n in qdq.graph.node
+    )
+    assert "QuantizeLinear" in op_types("qdq-first-only")
+    assert "MatMulInteger" in op_types("matmul-only")
+    half = onnx.load(str(out / "candidates" / "half.onnx"))
+    assert half.graph.initializer[0].data_type == onnx.TensorProto.FLOAT16
     assert candidate(report, "half")["metrics"]["cosine_similarity"] > 0.99
-    assert onnx.load(str(out / "model.onnx"))  # whatever won is a loadable model
 
 
-def test_example_policy_paths_are_relative_to_the_policy_file(classifier, gate_cli, tmp_path, monkeypatch):
-    policy = classifier.write_policy({"data": {"validation": "validation.npz"}, "candidates": [{"name": "b", "graph": {"level": "basic"}}]})
+def test_example_policy_paths_are_relative_to_the_policy_file(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    policy = classifier.write_policy(
+        {
+            "data": {"validation": "validation.npz"},
+            "candidates": [{"name": "b", "graph": {"level": "basic"}}],
+        }
+    )
     monkeypatch.chdir(tmp_path)
     out = Path("elsewhere")
     assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
@@ -199,6 +259,10 @@ def test_demo_runs_end_to_end(gate_cli, tmp_path):
     report = load_report(out)
     assert_valid_report(report)
     assert report["verdict"] == "pass"
-    assert report["data"]["validation"] == {"source": "file", "path": "validation.npz", "samples": 200}
+    assert report["data"]["validation"] == {
+        "source": "file",
+        "path": "validation.npz",
+        "samples": 200,
+    }
     assert (out / "model.onnx").is_file()
     assert "verdict: PASS (exit 0)" in result.stdout

@@ -16,7 +16,9 @@ import numpy as np
 HERE = Path(__file__).parent
 
 
-def mlp_model(layers: Sequence[tuple[np.ndarray, np.ndarray]], opset: int = 17, batch: str | int = "batch"):  # type: ignore[no-untyped-def]
+def mlp_model(
+    layers: Sequence[tuple[np.ndarray, np.ndarray]], opset: int = 17, batch: str | int = "batch"
+):  # type: ignore[no-untyped-def]
     """An ONNX MLP: MatMul + Add per layer, ReLU between layers, input ``x``, output ``logits``."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -24,8 +26,13 @@ def mlp_model(layers: Sequence[tuple[np.ndarray, np.ndarray]], opset: int = 17, 
     current = "x"
     for index, (weight, bias) in enumerate(layers):
         w, b = f"w{index}", f"b{index}"
-        initializers += [numpy_helper.from_array(weight.astype(np.float32), w), numpy_helper.from_array(bias.astype(np.float32), b)]
-        nodes.append(helper.make_node("MatMul", [current, w], [f"mm{index}"], name=f"matmul{index}"))
+        initializers += [
+            numpy_helper.from_array(weight.astype(np.float32), w),
+            numpy_helper.from_array(bias.astype(np.float32), b),
+        ]
+        nodes.append(
+            helper.make_node("MatMul", [current, w], [f"mm{index}"], name=f"matmul{index}")
+        )
         last = index == len(layers) - 1
         added = "logits" if last else f"add{index}"
         nodes.append(helper.make_node("Add", [f"mm{index}", b], [added], name=f"add{index}"))
@@ -36,21 +43,31 @@ def mlp_model(layers: Sequence[tuple[np.ndarray, np.ndarray]], opset: int = 17, 
         nodes,
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, layers[0][0].shape[0]])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, layers[-1][0].shape[1]])],
+        [
+            helper.make_tensor_value_info(
+                "logits", TensorProto.FLOAT, [batch, layers[-1][0].shape[1]]
+            )
+        ],
         initializers,
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnx-gate")
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="onnx-gate"
+    )
     model.ir_version = 8
     return model
 
 
-def cluster_data(rng: np.random.Generator, count: int, features: int, classes: int, centres: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def cluster_data(
+    rng: np.random.Generator, count: int, features: int, classes: int, centres: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.integers(0, classes, size=count)
     x = centres[labels] + rng.normal(scale=1.6, size=(count, features))
     return x.astype(np.float32), labels.astype(np.int64)
 
 
-def fit_classifier(rng: np.random.Generator, x: np.ndarray, labels: np.ndarray, classes: int, hidden: int = 512) -> list[tuple[np.ndarray, np.ndarray]]:
+def fit_classifier(
+    rng: np.random.Generator, x: np.ndarray, labels: np.ndarray, classes: int, hidden: int = 512
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Random ReLU features with a ridge-regression readout: a real classifier in closed form."""
     features = x.shape[1]
     w0 = rng.normal(scale=1 / np.sqrt(features), size=(features, hidden))
