@@ -108,8 +108,10 @@ def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         dims: list[int | str | None] = []
         for dim in tensor.shape.dim:
-            if dim.HasField("dim_value"):
+            if dim.HasField("dim_value") and dim.dim_value > 0:
                 dims.append(int(dim.dim_value))
+            elif dim.HasField("dim_value"):  # some exporters (Paddle) write -1 for "dynamic"
+                dims.append(f"dim{len(dims)}")
             elif dim.HasField("dim_param"):
                 dims.append(dim.dim_param)
             else:

@@ -140,6 +140,10 @@ def _execute(
     say: Progress,
     keep_candidates: bool,
 ) -> None:
+    import onnxruntime
+
+    # Quantisers and optimisers open their own sessions; keep their warnings out of CI logs.
+    onnxruntime.set_default_logger_severity(3)
     provider = host.get("execution_provider", policy.provider, "target.provider")
     if not call_plugin(provider, "check availability", provider.is_available):
         raise GateError(
