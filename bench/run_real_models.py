@@ -26,7 +26,14 @@ import numpy as np
 import yaml
 
 BENCH = Path(__file__).resolve().parent
-DEFAULT_MODELS = ["magika", "ppocr_cls", "ppocr_rec", "silero_vad", "paraphrase_minilm_l3", "nudenet_320n"]
+DEFAULT_MODELS = [
+    "magika",
+    "ppocr_cls",
+    "ppocr_rec",
+    "silero_vad",
+    "paraphrase_minilm_l3",
+    "nudenet_320n",
+]
 
 
 def synthetic(inputs: list[dict[str, Any]], count: int, seed: int) -> dict[str, np.ndarray]:
@@ -36,7 +43,9 @@ def synthetic(inputs: list[dict[str, Any]], count: int, seed: int) -> dict[str, 
         low, high = spec["range"]
         shape = (count, *spec["shape"])
         if spec["dtype"].startswith("int"):
-            arrays[spec["name"]] = rng.integers(int(low), max(int(high), int(low) + 1), size=shape).astype(spec["dtype"])
+            arrays[spec["name"]] = rng.integers(
+                int(low), max(int(high), int(low) + 1), size=shape
+            ).astype(spec["dtype"])
         else:
             arrays[spec["name"]] = rng.uniform(low, high, size=shape).astype(spec["dtype"])
     return arrays
@@ -58,10 +67,25 @@ def write_case(name: str, entry: dict[str, Any], out: Path, max_seconds: float) 
             {"name": "graph-disabled", "graph": {"level": "disabled"}},
             {"name": "graph-basic", "graph": {"level": "basic"}},
             {"name": "graph-extended", "graph": {"level": "extended"}},
-            {"name": "dynamic-u8", "graph": graph, "quantize": {"plugin": "dynamic", "weight_type": "uint8"}},
-            {"name": "dynamic-s8", "graph": graph, "quantize": {"plugin": "dynamic", "weight_type": "int8"}},
+            {
+                "name": "dynamic-u8",
+                "graph": graph,
+                "quantize": {"plugin": "dynamic", "weight_type": "uint8"},
+            },
+            {
+                "name": "dynamic-s8",
+                "graph": graph,
+                "quantize": {"plugin": "dynamic", "weight_type": "int8"},
+            },
             {"name": "static-qdq", "graph": graph, "quantize": {"plugin": "static"}},
-            {"name": "static-mm-conv", "graph": graph, "quantize": {"plugin": "static", "op_types_to_quantize": ["MatMul", "Conv", "Gemm"]}},
+            {
+                "name": "static-mm-conv",
+                "graph": graph,
+                "quantize": {
+                    "plugin": "static",
+                    "op_types_to_quantize": ["MatMul", "Conv", "Gemm"],
+                },
+            },
         ],
         "budgets": [
             {"metric": "cosine_similarity", "min": 0.99},
@@ -81,7 +105,9 @@ def fmt(value: float | None, pattern: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--only", action="append", help="model name from bench/models.json (repeatable)")
+    parser.add_argument(
+        "--only", action="append", help="model name from bench/models.json (repeatable)"
+    )
     parser.add_argument("--max-seconds", type=float, default=3.0, help="timing time per candidate")
     args = parser.parse_args(argv)
 
@@ -91,8 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     names = args.only or DEFAULT_MODELS
     import onnxruntime
 
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
-          f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
+        f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
+    )
     print()
     print("| model | kind | candidate | status | speedup | p50 ms | MB | cosine | top-1 | note |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|---|")
@@ -124,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     print("| model | verdict | chosen | gate wall time s |")
     print("|---|---|---|---:|")
     for name, verdict, chosen, seconds, message in summary:
-        print(f"| {name} | {verdict} | {chosen or '-'} | {seconds:.1f} |" + ("" if chosen else f" {message}"))
+        print(
+            f"| {name} | {verdict} | {chosen or '-'} | {seconds:.1f} |"
+            + ("" if chosen else f" {message}")
+        )
     return 0
 
 

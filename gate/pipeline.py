@@ -165,7 +165,9 @@ def _execute(
     report["model"] = _describe_model(model, policy)
     report["warnings"].extend(model.warnings)
     output_names = [spec.name for spec in model.outputs]
-    judged = policy.validation_output or output_names[0]
+    # Default to the first float output: exporters often pass ids or masks straight through first.
+    floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
+    judged = policy.validation_output or (floats or output_names)[0]
     if judged not in output_names:
         raise PolicyError(
             policy.problem(

@@ -289,6 +289,6 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             max_runs=measure.get("max_runs", 20000),
             max_seconds=float(measure.get("max_seconds", 4.0)),
         ),
-        min_gain=float(doc.get("selection", {}).get("min_gain", 0.03)),
+        min_gain=float(doc.get("selection", {}).get("min_gain", 0.05)),
         lines=lines,
     )
