@@ -17,17 +17,18 @@ from gate.records import BuildContext, Sample
 ORIGINAL = "original"
 
 
-def default_recipes(has_calibration: bool) -> list[Recipe]:
+def default_recipes(has_calibration: bool, baseline_level: str = "all") -> list[Recipe]:
     """The set tried when a policy names no candidates.
 
-    Every graph level but ``all``, which is ONNX Runtime's default and so the
-    original itself; dynamic int8 with either weight type; static QDQ only when
-    real calibration data is given.
+    Every graph level but the baseline's (ONNX Runtime's default, ``all``,
+    unless the policy's ``baseline`` says otherwise), which is the original
+    itself; dynamic int8 with either weight type; static QDQ only when real
+    calibration data is given.
     """
     recipes = [
         Recipe(f"graph-{level}", {"plugin": DEFAULT_GRAPH_PLUGIN, "level": level})
         for level in GRAPH_LEVELS
-        if level != "all"
+        if level != baseline_level
     ]
     graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all"}
     recipes += [

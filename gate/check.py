@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gate.errors import PolicyError, UnknownNameError
 from gate.host import Host
-from gate.metrics import MEASURED_METRICS, NEEDS_PRICE
-from gate.policy import DEFAULT_GRAPH_PLUGIN, Policy, schema_problems
+from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, NEEDS_PRICE, TIMING_METRICS
+from gate.policy import Policy, schema_problems
 
 
 def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
@@ -20,6 +21,9 @@ def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
     for metric in NEEDS_PRICE:
         if policy.usd_per_hour is None:
             metrics[metric] = "target.usd_per_hour"
+    for metric in MEMORY_METRICS:
+        if not policy.measure.memory:
+            metrics[metric] = "measure.memory: true"
     return metrics
 
 
@@ -67,12 +71,6 @@ def check_policy(policy: Policy, host: Host) -> None:
         for index, name in enumerate(policy.validators):
             lookup("validator", name, ("validation", "validators", index))
 
-    if policy.baseline_graph.get("plugin") != DEFAULT_GRAPH_PLUGIN:
-        problems.append(
-            policy.problem(
-                ("baseline", "graph", "plugin"), "the baseline runs on ONNX Runtime: only 'ort'"
-            )
-        )
     seen: dict[str, int] = {}
     for index, recipe in enumerate(policy.recipes or []):
         location: tuple[Any, ...] = ("candidates", index)
@@ -115,6 +113,17 @@ def check_policy(policy: Policy, host: Host) -> None:
                 policy.problem(
                     location, f"'{budget.metric}' needs {metrics[budget.metric]} in the policy"
                 )
+            )
+        if budget.metric not in TIMING_METRICS and "aggregation" in policy.raw["budgets"][index]:
+            problems.append(
+                policy.problem(
+                    ("budgets", index, "aggregation"),
+                    f"applies to timing metrics only; '{budget.metric}' is not measured with an interval",
+                )
+            )
+        if not math.isfinite(budget.threshold):
+            problems.append(
+                policy.problem(("budgets", index), "the threshold must be a finite number")
             )
     if policy.measure.min_runs > policy.measure.max_runs:
         problems.append(policy.problem(("measure", "min_runs"), "must not exceed measure.max_runs"))

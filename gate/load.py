@@ -205,7 +205,12 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
 
     initializers = {tensor.name for tensor in proto.graph.initializer}
     warnings: list[str] = []
-    inputs = _fix_shapes(policy, _tensor_specs(proto.graph.input, initializers), warnings)
+    declared = _tensor_specs(proto.graph.input, initializers)
+    if not declared:
+        raise ModelError(
+            f"model {policy.model_path.name} has no inputs: there is nothing to feed or time"
+        )
+    inputs = _fix_shapes(policy, declared, warnings)
     outputs = _tensor_specs(proto.graph.output, set())
     return LoadedModel(
         path=path,

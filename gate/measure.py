@@ -5,12 +5,16 @@ then run in alternating order (original first on even rounds, candidate first
 on odd ones) on the same bound inputs, so drift and cache effects hit both
 equally. A shared loop over all candidates would leave the rarely-run ones
 cold (an identical copy measured 0.60x that way; see anchors/optimisers.md).
+
+Sampling is adaptive: after ``min_runs`` pairs the block stops as soon as
+``is_decided`` says every question asked of it is answered, or at
+``max_seconds`` / ``max_runs``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +22,24 @@ import numpy as np
 
 from gate.policy import MeasureSettings
 from gate.records import Sample
+from gate.stats import (
+    CONFIDENCE,
+    Estimate,
+    coefficient_of_variation,
+    quantile_estimate,
+    ratio_estimate,
+)
+
+QUANTILE_METRICS = {"latency_ms.p50": 0.50, "latency_ms.p95": 0.95, "latency_ms.p99": 0.99}
+TIMING_METRICS = (
+    *QUANTILE_METRICS,
+    "latency_ms.mean",
+    "throughput_per_s",
+    "speedup",
+    "usd_per_million",
+)
+MIN_PAIRS = 5
+COST_FORMULA = "usd_per_million = usd_per_hour / (throughput_per_s * 3600) * 1e6"
 
 
 @dataclass
@@ -27,15 +49,17 @@ class Timing:
     stopped_by: str = ""
     seconds: float = 0.0
 
-    @property
-    def speedup(self) -> float:
-        return float(np.median(self.original_ms) / np.median(self.candidate_ms))
-
-    @property
-    def paired_speedup(self) -> float:
-        """Median of per-round ratios: robust to slow drift within the block."""
+    def describe(self) -> dict[str, Any]:
         ratios = np.asarray(self.original_ms) / np.asarray(self.candidate_ms)
-        return float(np.median(ratios))
+        return {
+            "pairs": len(self.candidate_ms),
+            "stopped_by": self.stopped_by,
+            "seconds": round(self.seconds, 3),
+            "cv_candidate": coefficient_of_variation(self.candidate_ms),
+            "cv_original": coefficient_of_variation(self.original_ms),
+            "cv_paired_ratio": coefficient_of_variation(ratios),
+            "original_p50_ms_in_block": float(np.median(self.original_ms)),
+        }
 
 
 class BoundRunner:
@@ -55,15 +79,21 @@ class BoundRunner:
         return (time.perf_counter_ns() - start) / 1e6
 
 
-def time_pair(original: Any, candidate: Any, feed: Sample, settings: MeasureSettings) -> Timing:
-    """Alternate original and candidate until enough runs or the time cap."""
+def time_pair(
+    original: Any,
+    candidate: Any,
+    feed: Sample,
+    settings: MeasureSettings,
+    is_decided: Callable[[Timing], bool] | None = None,
+) -> Timing:
+    """Alternate original and candidate until decided, or until a cap."""
     base, cand = BoundRunner(original, feed), BoundRunner(candidate, feed)
     for _ in range(settings.warmup_runs):
         base.timed_run()
         cand.timed_run()
     timing = Timing()
     started = time.perf_counter()
-    rounds = 0
+    rounds, next_check = 0, settings.min_runs
     while True:
         if rounds % 2 == 0:
             timing.original_ms.append(base.timed_run())
@@ -72,31 +102,67 @@ def time_pair(original: Any, candidate: Any, feed: Sample, settings: MeasureSett
             timing.candidate_ms.append(cand.timed_run())
             timing.original_ms.append(base.timed_run())
         rounds += 1
-        elapsed = time.perf_counter() - started
         if rounds >= settings.max_runs:
             timing.stopped_by = "max_runs"
             break
-        if rounds >= settings.min_runs and elapsed >= settings.max_seconds:
+        # The time cap wins over min_runs for slow models, but never below a handful of pairs.
+        if rounds >= MIN_PAIRS and time.perf_counter() - started >= settings.max_seconds:
             timing.stopped_by = "max_seconds"
             break
+        if rounds >= next_check:
+            # Checks cost a sort; space them out so they stay a small share of the block.
+            next_check = rounds + max(10, rounds // 10)
+            if is_decided is not None and is_decided(timing):
+                timing.stopped_by = "decided"
+                break
     timing.seconds = time.perf_counter() - started
     return timing
 
 
-def latency_metrics(samples_ms: list[float], batch: int) -> dict[str, float]:
-    values = np.asarray(samples_ms)
-    p50 = float(np.percentile(values, 50))
-    return {
-        "latency_ms.p50": p50,
-        "latency_ms.p95": float(np.percentile(values, 95)),
-        "latency_ms.p99": float(np.percentile(values, 99)),
-        "latency_ms.mean": float(values.mean()),
-        "throughput_per_s": batch * 1000.0 / p50,
-    }
+def _mean_estimate(samples: list[float], confidence: float) -> Estimate:
+    from statistics import NormalDist
+
+    values = np.asarray(samples, dtype=np.float64)
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    half = z * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    mean = float(values.mean())
+    return Estimate(mean, mean - half, mean + half, len(values), confidence)
 
 
 def usd_per_million(usd_per_hour: float, throughput_per_s: float) -> float:
     return usd_per_hour / (throughput_per_s * 3600.0) * 1e6
 
 
-COST_FORMULA = "usd_per_million = usd_per_hour / (throughput_per_s * 3600) * 1e6"
+def timing_estimates(
+    candidate_ms: list[float],
+    original_ms: list[float] | None,
+    batch: int,
+    usd_per_hour: float | None,
+    confidence: float = CONFIDENCE,
+) -> dict[str, Estimate]:
+    """Every timing metric with its interval. ``original_ms`` None means this is the original."""
+    estimates = {
+        name: quantile_estimate(candidate_ms, q, confidence) for name, q in QUANTILE_METRICS.items()
+    }
+    estimates["latency_ms.mean"] = _mean_estimate(candidate_ms, confidence)
+    estimates["throughput_per_s"] = estimates["latency_ms.p50"].map(
+        lambda ms: batch * 1000.0 / ms, decreasing=True
+    )
+    if usd_per_hour is not None:
+        estimates["usd_per_million"] = estimates["throughput_per_s"].map(
+            lambda per_s: usd_per_million(usd_per_hour, per_s), decreasing=True
+        )
+    if original_ms is None:
+        estimates["speedup"] = Estimate(1.0, 1.0, 1.0, len(candidate_ms), confidence)
+    else:
+        estimates["speedup"] = ratio_estimate(original_ms, candidate_ms, confidence)
+    return estimates
+
+
+def timer_overhead_ns(repeats: int = 2000) -> float:
+    """Median cost of the two clock reads around every timed run."""
+    deltas = []
+    for _ in range(repeats):
+        start = time.perf_counter_ns()
+        deltas.append(time.perf_counter_ns() - start)
+    return float(np.median(deltas))

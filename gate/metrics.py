@@ -11,6 +11,21 @@ MEASURED_METRICS: dict[str, str] = {
     "speedup": "original median latency / candidate median latency, paired in one run",
     "size_mb": "model file size (with external data), 10^6 bytes",
     "usd_per_million": "instance USD per million samples, from target.usd_per_hour and throughput",
+    "peak_memory_mb": "peak resident memory of a process that loads and runs the model, 10^6 bytes",
+    "model_memory_mb": "peak_memory_mb less the same process's footprint before loading the model",
 }
+
+TIMING_METRICS = {
+    "latency_ms.p50",
+    "latency_ms.p95",
+    "latency_ms.p99",
+    "latency_ms.mean",
+    "throughput_per_s",
+    "speedup",
+    "usd_per_million",
+}
+"""Measured with a confidence interval; budgets on them may declare an aggregation."""
+
+MEMORY_METRICS = {"peak_memory_mb", "model_memory_mb"}
 
 NEEDS_PRICE = {"usd_per_million"}

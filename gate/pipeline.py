@@ -1,11 +1,13 @@
 """The whole run: load -> candidates -> validate -> measure -> decide -> report.
 
 ``run_gate`` never raises for an expected failure: it returns the report and
-exit code, and report.json is written whatever happened.
+exit code, and report.json is written whatever happened (an interrupted run
+writes a partial one).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -25,16 +27,20 @@ from gate.candidates import (
     original_candidate,
 )
 from gate.check import active_validators, check_policy
-from gate.data import FeedSet, calibration_feeds, load_labels, validation_feeds
-from gate.decide import Standing, choose, evaluate
+from gate.data import calibration_feeds, load_labels, validation_feeds
+from gate.decide import BudgetResult, Standing, choose, evaluate
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
 from gate.host import Host, call_plugin, get_host
 from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
-from gate.measure import COST_FORMULA, Timing, latency_metrics, time_pair, usd_per_million
+from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
+from gate.memory import measure_memory
+from gate.metrics import TIMING_METRICS
 from gate.policy import Policy, load_policy
-from gate.report import MODEL_FILE, environment, new_report, write_report_json
+from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
 from gate.runtime import Target, make_session, run_all
+from gate.stats import PASS, UNDECIDED, Estimate, decide
+from gate.testbed import fingerprint, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
 Progress = Callable[[str], None]
@@ -54,6 +60,11 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:400] if text else type(exc).__name__
+
+
 def _prepare_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -64,9 +75,23 @@ def _prepare_output_dir(output_dir: Path) -> None:
         raise UsageError(
             f"output directory {output_dir} is not writable: {exc.strerror or exc}"
         ) from None
-    # A model left by an earlier run must never be mistaken for this run's choice.
-    for stale in (output_dir / MODEL_FILE, output_dir / f"{MODEL_FILE}.data"):
-        stale.unlink(missing_ok=True)
+
+
+def _remove_previous_output(output_dir: Path) -> None:
+    """Delete the model an earlier run chose, so it is never mistaken for this run's.
+
+    Only a file whose digest an earlier report.json recorded is removed: a model
+    of the user's that happens to be called model.onnx is never touched.
+    """
+    model = output_dir / MODEL_FILE
+    try:
+        previous = json.loads((output_dir / REPORT_FILE).read_text())
+        recorded = (previous.get("output_model") or {}).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return
+    if recorded and model.is_file() and file_sha256(model) == recorded:
+        model.unlink()
+        (output_dir / f"{MODEL_FILE}.data").unlink(missing_ok=True)
 
 
 def run_gate(
@@ -86,16 +111,30 @@ def run_gate(
     policy_path, output_dir = Path(policy_path), Path(output_dir)
     report = new_report(Path(_relative(policy_path)))
     say = progress or (lambda message: None)
+    interrupted: BaseException | None = None
     try:
         _prepare_output_dir(output_dir)
+        _remove_previous_output(output_dir)
         host = host or get_host()
         policy = load_policy(policy_path)
         check_policy(policy, host)
+        if (output_dir / MODEL_FILE).resolve() == policy.model_path:
+            raise UsageError(
+                f"--output-dir {output_dir} holds the policy's model as {MODEL_FILE}; "
+                "the chosen model would overwrite it: choose another output directory"
+            )
         with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
-            _execute(policy, host, Path(work), output_dir, report, say, keep_candidates)
+            GateRun(policy, host, Path(work), output_dir, report, say, keep_candidates).execute()
     except GateError as exc:
         report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
         report["errors"].extend(exc.lines())
+    except KeyboardInterrupt as exc:  # Ctrl-C or the CLI's SIGTERM handler: report what is known
+        interrupted = exc
+        message = "interrupted before the run finished; this report is partial"
+        report.update(
+            verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message, partial=True
+        )
+        report["errors"].append(message)
     except Exception as exc:  # a bug in the gate: still report, and say where
         where = traceback.extract_tb(exc.__traceback__)[-1]
         message = f"internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
@@ -110,328 +149,446 @@ def run_gate(
             message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
             report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
             report["errors"].append(message)
+    if interrupted is not None:
+        raise interrupted
     return GateResult(report, ExitCode(report["exit_code"]), output_dir)
 
 
 def _write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -> None:
+    reporters: list[Any] = []
     if host is not None:
-        for reporter in host.records["reporter"].values() if _records_ok(host) else []:
-            try:
-                call_plugin(reporter, "write", reporter.write, report, output_dir)
-            except GateError as exc:
-                report["errors"].append(exc.message)
+        try:
+            reporters = list(host.records["reporter"].values())
+        except GateError:  # the registry itself is what failed; report.json still goes out
+            reporters = []
+    for reporter in reporters:
+        try:
+            call_plugin(reporter, "write", reporter.write, report, output_dir)
+        except GateError as exc:
+            report["errors"].append(exc.message)
     write_report_json(report, output_dir)
 
 
-def _records_ok(host: Host) -> bool:
-    try:
-        host.records  # noqa: B018 - building the registry may itself fail
-    except GateError:
-        return False
-    return True
+class GateRun:
+    """One run's state, filled in stage by stage; ``report`` always says how far it got."""
 
+    def __init__(
+        self,
+        policy: Policy,
+        host: Host,
+        work: Path,
+        output_dir: Path,
+        report: dict[str, Any],
+        say: Progress,
+        keep_candidates: bool,
+    ) -> None:
+        self.policy, self.host, self.work, self.output_dir = policy, host, work, output_dir
+        self.report, self.say, self.keep_candidates = report, say, keep_candidates
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.timings: dict[str, Timing] = {}
+        self.estimates: dict[str, dict[str, Estimate]] = {}
 
-def _execute(
-    policy: Policy,
-    host: Host,
-    work: Path,
-    output_dir: Path,
-    report: dict[str, Any],
-    say: Progress,
-    keep_candidates: bool,
-) -> None:
-    import onnxruntime
+    # -- stages --------------------------------------------------------------
 
-    # Quantisers and optimisers open their own sessions; keep their warnings out of CI logs.
-    onnxruntime.set_default_logger_severity(3)
-    provider = host.get("execution_provider", policy.provider, "target.provider")
-    if not call_plugin(provider, "check availability", provider.is_available):
-        raise GateError(
-            f"execution provider '{provider.name}' ({provider.ort_name}) is not available here; "
-            f"it needs the package {provider.package}"
+    def execute(self) -> None:
+        import onnxruntime
+
+        # Quantisers and optimisers open their own sessions; keep ORT's log lines out of CI logs.
+        onnxruntime.set_default_logger_severity(4)
+        self.target = self._target()
+        self.say(f"loading {self.policy.model_path.name}")
+        self.model = load_model(self.policy, self.host, self.work / "export")
+        self.report["model"] = self._describe_model()
+        self.report["warnings"].extend(self.model.warnings)
+        self._prepare_data()
+        self._describe_run()
+
+        original = original_candidate(self.model, self.policy)
+        try:
+            self.original_session = make_session(self.model.path, original.session, self.target)
+            self.reference = run_all(self.original_session, self.validation.feeds)
+        except Exception as exc:
+            raise ModelError(
+                f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
+            ) from exc
+
+        candidates = [original]
+        for recipe in self.recipes:
+            self.say(f"building {recipe.name}")
+            candidates.append(
+                build_candidate(
+                    recipe, self.model, self.host, self.work / "candidates", self.target.provider,
+                    lambda: iter(self.calibration.feeds), self.calibration.source,
+                )
+            )  # fmt: skip
+        for candidate in candidates:
+            self.say(f"validating and measuring {candidate.name}")
+            self.entries[candidate.name] = self._judge(candidate)
+        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        if original.failed:  # without a judged reference nothing can be decided
+            raise GateError(f"the original model failed to {original.stage}: {original.error}")
+        self._require_budget_metrics()
+        self._measure_original()
+        if self.policy.measure.memory:
+            self._measure_memory(candidates)
+        if self.keep_candidates:
+            self._keep(candidates)
+        self._decide(candidates)
+
+    def _target(self) -> Target:
+        policy = self.policy
+        provider = self.host.get("execution_provider", policy.provider, "target.provider")
+        if not call_plugin(provider, "check availability", provider.is_available):
+            raise GateError(
+                f"execution provider '{provider.name}' ({provider.ort_name}) is not available here; "
+                f"it needs the package {provider.package}"
+            )
+        options = call_plugin(
+            provider, "map options", provider.provider_options, policy.provider_options
         )
-    options = call_plugin(
-        provider, "map options", provider.provider_options, policy.provider_options
-    )
-    target = Target(provider.ort_name, options, policy.threads)
-    report["target"] = {
-        "provider": provider.name,
-        "usd_per_hour": policy.usd_per_hour,
-        **target.describe(),
-    }
+        threads = physical_cores() if policy.threads is None else policy.threads
+        target = Target(provider.ort_name, options, threads)
+        self.report["target"] = {
+            "provider": provider.name,
+            "usd_per_hour": policy.usd_per_hour,
+            **target.describe(),
+            "threads_source": "target.threads" if policy.threads is not None else "physical cores",
+        }
+        self.report["testbed"] = fingerprint(self.report["target"])
+        return target
 
-    say(f"loading {policy.model_path.name}")
-    model = load_model(policy, host, work / "export")
-    report["model"] = _describe_model(model, policy)
-    report["warnings"].extend(model.warnings)
-    output_names = [spec.name for spec in model.outputs]
-    # Default to the first float output: exporters often pass ids or masks straight through first.
-    floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
-    judged = policy.validation_output or (floats or output_names)[0]
-    if judged not in output_names:
-        raise PolicyError(
-            policy.problem(
-                ("validation", "output"),
-                f"the model has no output '{judged}' (outputs: {', '.join(output_names)})",
+    def _prepare_data(self) -> None:
+        policy, model = self.policy, self.model
+        output_names = [spec.name for spec in model.outputs]
+        # Default to the first float output: exporters often pass ids or masks straight through first.
+        floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
+        self.judged = policy.validation_output or (floats or output_names)[0]
+        if self.judged not in output_names:
+            raise PolicyError(
+                policy.problem(
+                    ("validation", "output"),
+                    f"the model has no output '{self.judged}' (outputs: {', '.join(output_names)})",
+                )
+            )
+        self.validation = validation_feeds(policy, model)
+        self.labels = (
+            load_labels(policy.labels_path, len(self.validation.feeds), "data.labels")
+            if policy.labels_path
+            else None
+        )
+        self.calibration = calibration_feeds(policy, model)
+        if self.validation.source == "synthetic":
+            self.report["warnings"].append(
+                f"no data.validation: validated on {len(self.validation.feeds)} synthetic samples; "
+                "accuracy metrics show agreement on random inputs only"
+            )
+        self.recipes = (
+            policy.recipes
+            if policy.recipes is not None
+            else default_recipes(
+                policy.calibration_path is not None, policy.baseline_graph["level"]
             )
         )
+        self.validators = active_validators(policy, self.host)
+        self.batch = policy.measure.batch or _leading_batch(model)
 
-    validation = validation_feeds(policy, model)
-    labels = (
-        load_labels(policy.labels_path, len(validation.feeds), "data.labels")
-        if policy.labels_path
-        else None
-    )
-    calibration = calibration_feeds(policy, model)
-    if validation.source == "synthetic":
-        report["warnings"].append(
-            f"no data.validation: validated on {len(validation.feeds)} synthetic samples; "
-            "accuracy metrics show agreement on random inputs only"
+    def _describe_run(self) -> None:
+        policy, report = self.policy, self.report
+        report["data"] = {
+            "validation": self.validation.describe(policy.base_dir),
+            "calibration": self.calibration.describe(policy.base_dir),
+            "labels": _relative(policy.labels_path) if policy.labels_path else None,
+        }
+        report["validation"] = describe_validation(
+            self.judged, self.validation.source == "synthetic", self.validators, self.labels
         )
-    recipes = (
-        policy.recipes
-        if policy.recipes is not None
-        else default_recipes(policy.calibration_path is not None)
-    )
-    validators = active_validators(policy, host)
-    report["data"] = {
-        "validation": validation.describe(policy.base_dir),
-        "calibration": calibration.describe(policy.base_dir),
-        "labels": _relative(policy.labels_path) if policy.labels_path else None,
-    }
-    report["validation"] = describe_validation(
-        judged, validation.source == "synthetic", validators, labels
-    )
-    batch = _batch_size(model)
-    report["measurement"] = {
-        "method": (
-            "each candidate timed against the original in its own block of alternating runs "
-            "(order flipped every round) after warm-up, inputs bound once with IOBinding, "
-            "thread spinning off for every session"
-        ),
-        "warmup_runs": policy.measure.warmup_runs,
-        "min_runs": policy.measure.min_runs,
-        "max_runs": policy.measure.max_runs,
-        "max_seconds": policy.measure.max_seconds,
-        "input": "the first validation sample",
-        "batch": batch,
-    }
-    if policy.usd_per_hour is not None:
-        report["cost"] = {"formula": COST_FORMULA, "usd_per_hour": policy.usd_per_hour}
-    report["baseline"] = {
-        "candidate": ORIGINAL,
-        "description": (
-            "the original model on the target provider with ONNX Runtime's default session options"
-            if policy.baseline_graph["level"] == "all"
-            else f"the original model with graph_optimization_level={policy.baseline_graph['level']}"
-        ),
-        "session": {"graph_optimization_level": policy.baseline_graph["level"]},
-    }
+        report["measurement"] = {
+            "method": (
+                "each candidate timed against the original in its own block of alternating runs "
+                "(order flipped every round) after warm-up, inputs bound once with IOBinding, "
+                "thread spinning off for every session; speedup is the median of paired ratios; "
+                "sampling stops once every timing budget's interval is on one side of its threshold"
+            ),
+            "warmup_runs": policy.measure.warmup_runs,
+            "min_runs": policy.measure.min_runs,
+            "max_runs": policy.measure.max_runs,
+            "max_seconds": policy.measure.max_seconds,
+            "confidence": policy.measure.confidence,
+            "interval": "distribution-free order-statistic interval of the quantile",
+            "on_inconclusive": policy.measure.on_inconclusive,
+            "input": "the first validation sample",
+            "batch": self.batch,
+            "timer_overhead_ns": timer_overhead_ns(),
+            "memory": "peak RSS of a child process per model" if policy.measure.memory else "off",
+        }
+        if policy.usd_per_hour is not None:
+            report["cost"] = {"formula": COST_FORMULA, "usd_per_hour": policy.usd_per_hour}
+        report["baseline"] = {
+            "candidate": ORIGINAL,
+            "description": (
+                "the original model on the target provider with ONNX Runtime's default session options"
+                if policy.baseline_graph["level"] == "all"
+                else f"the original model with graph_optimization_level={policy.baseline_graph['level']}"
+            ),
+            "session": {"graph_optimization_level": policy.baseline_graph["level"]},
+        }
 
-    original = original_candidate(model, policy)
-    try:
-        original_session = make_session(model.path, original.session, target)
-        reference = run_all(original_session, validation.feeds)
-    except Exception as exc:
-        raise ModelError(f"ONNX Runtime cannot run the original model: {_first_line(exc)}") from exc
+    def _judge(self, candidate: Candidate) -> dict[str, Any]:
+        """Validate and time one candidate; a failure is recorded on it, never raised."""
+        entry: dict[str, Any] = {
+            "name": candidate.name,
+            "status": "failed",
+            "chosen": False,
+            "recipe": candidate.recipe,
+            "session": candidate.session,
+            "stage": None,
+            "error": None,
+            "notes": candidate.notes,
+            "metrics": {},
+            "intervals": {},
+            "budgets": [],
+            "reasons": [],
+            "timing": None,
+            "artifact": None,
+        }
+        if not candidate.failed:
+            assert candidate.path is not None
+            size = model_size_bytes(candidate.path)
+            entry["artifact"] = {"sha256": file_sha256(candidate.path), "size_bytes": size}
+            entry["metrics"]["size_mb"] = size / 1e6
+            session = self.original_session
+            if candidate.name != ORIGINAL:
+                try:
+                    session = make_session(candidate.path, candidate.session, self.target)
+                except Exception as exc:
+                    candidate.fail("load", f"ONNX Runtime cannot load it: {_first_line(exc)}")
+            if not candidate.failed:
+                self._validate(candidate, session, entry)
+            if not candidate.failed and candidate.name != ORIGINAL:
+                self._time(candidate, session, entry)
+        entry["stage"], entry["error"] = candidate.stage, candidate.error
+        return entry
 
-    candidates = [original]
-    for recipe in recipes:
-        say(f"building {recipe.name}")
-        candidates.append(
-            build_candidate(
-                recipe,
-                model,
-                host,
-                work / "candidates",
-                target.provider,
-                lambda: iter(calibration.feeds),
-                calibration.source,
+    def _validate(self, candidate: Candidate, session: Any, entry: dict[str, Any]) -> None:
+        try:
+            outputs = (
+                self.reference
+                if candidate.name == ORIGINAL
+                else run_all(session, self.validation.feeds)
             )
+            entry["metrics"].update(
+                validate_outputs(
+                    self.validators, self.reference, outputs, self.judged, self.labels,
+                    self.validation.source == "synthetic",
+                )
+            )  # fmt: skip
+        except GateError as exc:
+            candidate.fail("validate", exc.message)
+        except Exception as exc:
+            candidate.fail("validate", f"{type(exc).__name__}: {_first_line(exc)}")
+
+    def _time(self, candidate: Candidate, session: Any, entry: dict[str, Any]) -> None:
+        try:
+            timing = time_pair(
+                self.original_session, session, self.validation.feeds[0], self.policy.measure,
+                self._decided_rule(),
+            )  # fmt: skip
+        except Exception as exc:
+            candidate.fail("measure", f"{type(exc).__name__}: {_first_line(exc)}")
+            return
+        self.timings[candidate.name] = timing
+        estimates = self._estimates(timing.candidate_ms, timing.original_ms)
+        self._record_timing(entry, estimates)
+        entry["timing"] = timing.describe()
+
+    def _estimates(
+        self, samples: list[float], original_ms: list[float] | None
+    ) -> dict[str, Estimate]:
+        return timing_estimates(
+            samples,
+            original_ms,
+            self.batch,
+            self.policy.usd_per_hour,
+            self.policy.measure.confidence,
         )
 
-    entries: dict[str, dict[str, Any]] = {}
-    timings: dict[str, Timing] = {}
-    for candidate in candidates:
-        say(f"validating and measuring {candidate.name}")
-        entries[candidate.name] = _judge(
-            candidate,
-            model,
-            policy,
-            target,
-            original_session,
-            reference,
-            validation,
-            labels,
-            validators,
-            judged,
-            timings,
-        )
+    def _record_timing(self, entry: dict[str, Any], estimates: dict[str, Estimate]) -> None:
+        self.estimates[entry["name"]] = estimates
+        for name, estimate in estimates.items():
+            entry["metrics"][name] = estimate.point
+            entry["intervals"][name] = [estimate.low, estimate.high]
 
-    if keep_candidates:
-        kept = output_dir / "candidates"
+    def _decided_rule(self) -> Callable[[Timing], bool]:
+        """When a block may stop: every interval-aggregated timing budget and the
+        question "is it surely faster, or surely not enough faster" are answered."""
+        budgets = [
+            b for b in self.policy.budgets
+            if b.metric in TIMING_METRICS and b.aggregation == "interval" and b.level != "off"
+        ]  # fmt: skip
+        min_gain = self.policy.min_gain
+
+        def is_decided(timing: Timing) -> bool:
+            estimates = self._estimates(timing.candidate_ms, timing.original_ms)
+            for budget in budgets:
+                estimate = estimates.get(budget.metric)
+                if (
+                    estimate is not None
+                    and decide(estimate, budget.op, budget.threshold) == UNDECIDED
+                ):
+                    return False
+            speedup = estimates["speedup"]
+            return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
+
+        return is_decided
+
+    def _measure_original(self) -> None:
+        runs = [ms for timing in self.timings.values() for ms in timing.original_ms]
+        if not runs:  # no other candidate was timed: time the original against itself
+            timing = time_pair(
+                self.original_session,
+                self.original_session,
+                self.validation.feeds[0],
+                self.policy.measure,
+            )
+            runs = timing.original_ms + timing.candidate_ms
+        entry = self.entries[ORIGINAL]
+        self._record_timing(entry, self._estimates(runs, None))
+        entry["timing"] = {
+            "pairs": len(runs),
+            "note": "every run of the original, pooled over all blocks",
+        }
+
+    def _measure_memory(self, candidates: list[Candidate]) -> None:
+        feed = self.validation.feeds[0]
+        target = {
+            "provider": self.target.provider,
+            "options": self.target.provider_options,
+            "threads": self.target.threads,
+        }
+        for candidate in candidates:
+            if candidate.failed or candidate.path is None:
+                continue
+            self.say(f"measuring memory of {candidate.name}")
+            try:
+                figures = measure_memory(candidate.path, candidate.session, target, feed)
+            except Exception as exc:
+                self.entries[candidate.name]["notes"].append(
+                    f"memory not measured: {_first_line(exc)}"
+                )
+                continue
+            self.entries[candidate.name]["metrics"].update(figures)
+
+    def _require_budget_metrics(self) -> None:
+        """A budget on a metric the original did not produce can never be met: a policy error."""
+        produced = self.entries[ORIGINAL]["metrics"]
+        output = next(spec for spec in self.model.outputs if spec.name == self.judged)
+        problems = []
+        for index, budget in enumerate(self.policy.budgets):
+            if budget.level == "off" or budget.metric in produced:
+                continue
+            if budget.metric in TIMING_METRICS or budget.metric.endswith("memory_mb"):
+                continue  # measured later
+            problems.append(
+                self.policy.problem(
+                    ("budgets", index, "metric"),
+                    f"'{budget.metric}' is not produced for output '{output.name}' "
+                    f"({output.dtype}, shape {output.dims}); choose validation.output or another metric",
+                )
+            )
+        if problems:
+            raise PolicyError(
+                f"{self.policy.path.name}: budgets name metrics this model does not produce",
+                problems,
+            )
+
+    def _keep(self, candidates: list[Candidate]) -> None:
+        kept = self.output_dir / "candidates"
         shutil.rmtree(kept, ignore_errors=True)
         kept.mkdir()
         for item in candidates:
-            if item.path is not None and item.name != ORIGINAL and entries[item.name]["artifact"]:
+            entry = self.entries[item.name]
+            if item.path is not None and item.name != ORIGINAL and entry["artifact"]:
                 copy_model(item.path, kept / f"{item.name}.onnx")
-                entries[item.name]["artifact"]["path"] = f"candidates/{item.name}.onnx"
+                entry["artifact"]["path"] = f"candidates/{item.name}.onnx"
 
-    if original.failed:  # without a judged reference nothing can be decided
-        report["candidates"] = [entries[c.name] for c in candidates]
-        raise GateError(f"the original model failed to {original.stage}: {original.error}")
-
-    original_runs = [ms for timing in timings.values() for ms in timing.original_ms]
-    if not original_runs:  # every candidate failed: time the original against itself
-        timing = time_pair(original_session, original_session, validation.feeds[0], policy.measure)
-        original_runs = timing.original_ms + timing.candidate_ms
-    entries[ORIGINAL]["metrics"].update(latency_metrics(original_runs, batch), speedup=1.0)
-    entries[ORIGINAL]["timing"] = {
-        "runs": len(original_runs),
-        "note": "all of the original's paired runs",
-    }
-
-    standings = []
-    for candidate in candidates:
-        entry = entries[candidate.name]
-        if candidate.failed:
-            entry["status"] = "failed"
-            continue
-        metrics = entry["metrics"]
-        if policy.usd_per_hour is not None:
-            metrics["usd_per_million"] = usd_per_million(
-                policy.usd_per_hour, metrics["throughput_per_s"]
+    def _decide(self, candidates: list[Candidate]) -> None:
+        policy, report = self.policy, self.report
+        on_inconclusive = policy.measure.on_inconclusive
+        standings = []
+        for candidate in candidates:
+            entry = self.entries[candidate.name]
+            if candidate.failed:
+                entry["status"] = "failed"
+                continue
+            results = evaluate(
+                policy.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
             )
-        results = evaluate(policy.budgets, metrics)
-        entry["budgets"] = [result.to_json() for result in results]
-        standing = Standing(candidate.name, metrics["speedup"], results)
-        entry["status"] = "passed" if standing.eligible else "rejected"
-        entry["reasons"] = [r.explain() for r in results if r.counts]
-        standings.append(standing)
-
-    chosen, reason = choose(standings, policy.min_gain)
-    report["candidates"] = [entries[c.name] for c in candidates]
-    report["chosen"], report["decision"] = chosen, reason
-    if chosen is None:
-        report.update(verdict="fail", exit_code=int(ExitCode.BUDGET_FAILED), message=reason)
-        return
-    entries[chosen]["chosen"] = True
-    winner = next(c for c in candidates if c.name == chosen)
-    assert winner.path is not None
-    report["output_model"] = _save_model(winner.path, output_dir / MODEL_FILE)
-    report["output_model"]["session"] = winner.session
-    for item in entries[chosen]["budgets"]:
-        if item["level"] == "warn" and not item["passed"]:
-            report["warnings"].append(
-                f"{chosen}: {item['metric']} expected {item['op']} {item['threshold']:g}, found {item['actual']}"
+            entry["budgets"] = [result.to_json() for result in results]
+            standing = Standing(
+                candidate.name, self.estimates[candidate.name]["speedup"], results, on_inconclusive
             )
-    report.update(verdict="pass", exit_code=int(ExitCode.PASS), message=f"chosen: {chosen}")
+            entry["status"] = standing.status
+            entry["reasons"] = [r.explain() for r in standing.blocking()]
+            standings.append(standing)
 
-
-def _judge(
-    candidate: Candidate,
-    model: LoadedModel,
-    policy: Policy,
-    target: Target,
-    original_session: Any,
-    reference: list[dict[str, np.ndarray]],
-    validation: FeedSet,
-    labels: np.ndarray | None,
-    validators: list[Any],
-    judged: str,
-    timings: dict[str, Timing],
-) -> dict[str, Any]:
-    """Validate and time one candidate; a failure is recorded on it, never raised."""
-    entry: dict[str, Any] = {
-        "name": candidate.name,
-        "status": "failed",
-        "chosen": False,
-        "recipe": candidate.recipe,
-        "session": candidate.session,
-        "stage": None,
-        "error": None,
-        "notes": candidate.notes,
-        "metrics": {},
-        "budgets": [],
-        "reasons": [],
-        "timing": None,
-        "artifact": None,
-    }
-    if not candidate.failed:
-        assert candidate.path is not None
-        entry["artifact"] = {
-            "sha256": file_sha256(candidate.path),
-            "size_bytes": model_size_bytes(candidate.path),
-        }
-        entry["metrics"]["size_mb"] = entry["artifact"]["size_bytes"] / 1e6
-        session = original_session
-        if candidate.name != ORIGINAL:
-            try:
-                session = make_session(candidate.path, candidate.session, target)
-            except Exception as exc:
-                candidate.fail("load", f"ONNX Runtime cannot load it: {_first_line(exc)}")
-        if not candidate.failed:
-            try:
-                outputs = (
-                    reference if candidate.name == ORIGINAL else run_all(session, validation.feeds)
+        chosen, reason = choose(standings, policy.min_gain)
+        report["chosen"], report["decision"] = chosen, reason
+        if chosen is None:
+            if any(s.status == "inconclusive" for s in standings):
+                report.update(
+                    verdict="inconclusive",
+                    exit_code=int(ExitCode.INCONCLUSIVE),
+                    message=(
+                        "no candidate surely passed, and a timing budget could not be decided within "
+                        "measure.max_seconds: raise it, use a relative budget, or set measure.on_inconclusive"
+                    ),
                 )
-                entry["metrics"].update(
-                    validate_outputs(
-                        validators,
-                        reference,
-                        outputs,
-                        judged,
-                        labels,
-                        validation.source == "synthetic",
-                    )
-                )
-            except GateError as exc:
-                candidate.fail("validate", exc.message)
-            except Exception as exc:
-                candidate.fail("validate", f"{type(exc).__name__}: {_first_line(exc)}")
-        if not candidate.failed and candidate.name != ORIGINAL:
-            try:
-                timing = time_pair(original_session, session, validation.feeds[0], policy.measure)
-            except Exception as exc:
-                candidate.fail("measure", f"{type(exc).__name__}: {_first_line(exc)}")
             else:
-                timings[candidate.name] = timing
-                entry["metrics"].update(latency_metrics(timing.candidate_ms, _batch_size(model)))
-                entry["metrics"]["speedup"] = timing.speedup
-                entry["timing"] = {
-                    "runs": len(timing.candidate_ms),
-                    "stopped_by": timing.stopped_by,
-                    "seconds": round(timing.seconds, 3),
-                    "original_p50_ms_in_block": float(np.median(timing.original_ms)),
-                    "paired_ratio_median": timing.paired_speedup,
-                }
-    entry["stage"], entry["error"] = candidate.stage, candidate.error
-    return entry
+                report.update(verdict="fail", exit_code=int(ExitCode.BUDGET_FAILED), message=reason)
+            return
+        entry = self.entries[chosen]
+        entry["chosen"] = True
+        winner = next(c for c in candidates if c.name == chosen)
+        assert winner.path is not None
+        report["output_model"] = _save_model(winner.path, self.output_dir / MODEL_FILE)
+        report["output_model"]["session"] = winner.session
+        chosen_standing = next(s for s in standings if s.name == chosen)
+        report["warnings"].extend(_warnings(chosen, chosen_standing.results, on_inconclusive))
+        report.update(verdict="pass", exit_code=int(ExitCode.PASS), message=f"chosen: {chosen}")
+
+    def _describe_model(self) -> dict[str, Any]:
+        model, policy = self.model, self.policy
+        return {
+            "path": _relative(policy.model_path),
+            "exporter": model.exporter,
+            "sha256": model.sha256,
+            "size_mb": model.size_bytes / 1e6,
+            "opsets": model.opsets,
+            "inputs": [spec.describe() for spec in model.inputs],
+            "outputs": [spec.describe() for spec in model.outputs],
+        }
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:400] if text else type(exc).__name__
+def _warnings(chosen: str, results: list[BudgetResult], on_inconclusive: str) -> list[str]:
+    warnings = []
+    for result in results:
+        if result.budget.level == "warn" and result.decision != PASS:
+            warnings.append(f"{chosen}: {result.explain()}")
+        elif (
+            result.budget.level == "error"
+            and result.decision == UNDECIDED
+            and on_inconclusive == "warn"
+        ):
+            warnings.append(f"{chosen}: {result.explain()} (measure.on_inconclusive: warn)")
+    return warnings
 
 
-def _batch_size(model: LoadedModel) -> int:
-    """Samples per inference: the first input's leading dimension when it is symbolic."""
+def _leading_batch(model: LoadedModel) -> int:
+    """Samples per inference when the policy does not say: a symbolic leading dimension's size."""
     first = model.inputs[0]
     if first.dims and not isinstance(first.dims[0], int) and first.shape:
         return max(int(first.shape[0]), 1)
     return 1
-
-
-def _describe_model(model: LoadedModel, policy: Policy) -> dict[str, Any]:
-    return {
-        "path": _relative(policy.model_path),
-        "exporter": model.exporter,
-        "sha256": model.sha256,
-        "size_mb": model.size_bytes / 1e6,
-        "opsets": model.opsets,
-        "inputs": [spec.describe() for spec in model.inputs],
-        "outputs": [spec.describe() for spec in model.outputs],
-    }
 
 
 def _save_model(source: Path, destination: Path) -> dict[str, Any]:

@@ -72,6 +72,7 @@ class Budget:
     threshold: float
     level: str
     location: str
+    aggregation: str = "interval"
 
     def holds(self, actual: float) -> bool:
         return actual <= self.threshold if self.op == "<=" else actual >= self.threshold
@@ -105,6 +106,10 @@ class MeasureSettings:
     min_runs: int = 30
     max_runs: int = 20000
     max_seconds: float = 4.0
+    confidence: float = 0.95
+    on_inconclusive: str = "inconclusive"
+    memory: bool = True
+    batch: int | None = None
 
 
 @dataclass
@@ -123,7 +128,7 @@ class Policy:
     seed: int
     provider: str
     provider_options: dict[str, Any]
-    threads: int
+    threads: int | None
     usd_per_hour: float | None
     baseline_graph: dict[str, Any]
     recipes: list[Recipe] | None
@@ -251,6 +256,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             threshold=float(item["max"] if "max" in item else item["min"]),
             level=item.get("level", "error"),
             location=f"budgets[{index}]",
+            aggregation=item.get("aggregation", "interval"),
         )
         for index, item in enumerate(doc.get("budgets", []))
     ]
@@ -272,7 +278,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         seed=data.get("seed", 0),
         provider=target.get("provider", "cpu"),
         provider_options=target.get("provider_options", {}),
-        threads=target.get("threads", 0),
+        threads=target.get("threads"),
         usd_per_hour=target.get("usd_per_hour"),
         baseline_graph={
             "plugin": DEFAULT_GRAPH_PLUGIN,
@@ -288,6 +294,10 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             min_runs=measure.get("min_runs", 30),
             max_runs=measure.get("max_runs", 20000),
             max_seconds=float(measure.get("max_seconds", 4.0)),
+            confidence=float(measure.get("confidence", 0.95)),
+            on_inconclusive=measure.get("on_inconclusive", "inconclusive"),
+            memory=measure.get("memory", True),
+            batch=measure.get("batch"),
         ),
         min_gain=float(doc.get("selection", {}).get("min_gain", 0.05)),
         lines=lines,

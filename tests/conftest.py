@@ -18,7 +18,13 @@ from gate.cli import cli
 from gate.demo.build import mlp_model
 
 # Keep timing short: these tests check behaviour, never speed.
-FAST_MEASURE = {"warmup_runs": 2, "min_runs": 5, "max_runs": 40, "max_seconds": 0.05}
+FAST_MEASURE = {
+    "warmup_runs": 2,
+    "min_runs": 5,
+    "max_runs": 40,
+    "max_seconds": 0.05,
+    "memory": False,
+}
 
 
 @dataclass

@@ -133,18 +133,32 @@ def test_impossible_latency_budget_fails_with_reason(classifier, gate_cli, tmp_p
     assert "verdict: FAIL (exit 1)" in result.stdout
 
 
-def test_stale_model_from_an_earlier_run_is_removed(classifier, gate_cli, tmp_path):
+def test_a_model_chosen_by_an_earlier_run_is_removed_when_nothing_is_chosen(classifier, gate_cli, tmp_path):
+    out = tmp_path / "out"
+    passing = classifier.write_policy({"candidates": [{"name": "b", "graph": {"level": "basic"}}]})
+    assert gate_cli("run", passing, "-o", out, "-q").exit_code == 0
+    assert (out / "model.onnx").is_file()
+    failing = classifier.write_policy(
+        {"candidates": [{"name": "b", "graph": {"level": "basic"}}], "budgets": [{"metric": "size_mb", "max": 0.001}]},
+        name="failing.yaml",
+    )
+    assert gate_cli("run", failing, "-o", out, "-q").exit_code == 1
+    assert not (out / "model.onnx").exists()
+
+
+def test_a_users_own_model_onnx_is_never_deleted_or_overwritten(classifier, gate_cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "model.onnx").write_bytes(b"an older run's model")
-    policy = classifier.write_policy(
-        {
-            "candidates": [{"name": "b", "graph": {"level": "basic"}}],
-            "budgets": [{"metric": "speedup", "min": 100}],
-        }
-    )
-    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 1
-    assert not (out / "model.onnx").exists()
+    (out / "model.onnx").write_bytes(b"not written by onnx-gate")
+    failing = classifier.write_policy({"budgets": [{"metric": "size_mb", "max": 0.001}]})
+    assert gate_cli("run", failing, "-o", out, "-q").exit_code == 1
+    assert (out / "model.onnx").read_bytes() == b"not written by onnx-gate"
+    # Writing the reports into the model's own folder would overwrite the model: refused.
+    original = classifier.model.read_bytes()
+    result = gate_cli("run", classifier.write_policy({}), "-o", classifier.folder, "-q")
+    assert result.exit_code == 2
+    assert "holds the policy's model as model.onnx" in result.stdout
+    assert classifier.model.read_bytes() == original
 
 
 def test_without_data_inputs_are_synthesised_and_marked(classifier, gate_cli, tmp_path):

@@ -1,0 +1,138 @@
+"""Distribution-free intervals for timing figures.
+
+Latency samples on a shared runner are skewed and heavy-tailed, so nothing
+here assumes normality: an interval for a quantile (the median, p95, ...)
+comes from order statistics. The number of samples at or below the true
+q-quantile is Binomial(n, q), so the interval [x_(l), x_(u)] covers it with
+the probability that Binomial(n, q) falls in [l, u-1].
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+CONFIDENCE = 0.95
+
+
+def _binomial_cdf(n: int, q: float) -> np.ndarray:
+    """P(B <= k) for k = 0..n, B ~ Binomial(n, q), computed in log space (n may be large)."""
+    k = np.arange(n + 1)
+    log_pmf = (
+        math.lgamma(n + 1)
+        - np.array([math.lgamma(i + 1) + math.lgamma(n - i + 1) for i in k])
+        + k * math.log(q)
+        + (n - k) * math.log1p(-q)
+    )
+    pmf = np.exp(log_pmf - log_pmf.max())
+    return np.cumsum(pmf) / pmf.sum()
+
+
+def quantile_interval_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """0-based ranks (lo, hi) into sorted samples bracketing the q-quantile.
+
+    Coverage is at least ``confidence`` when n is large enough; for tiny n the
+    widest interval (min, max) is returned, which simply stays undecided.
+    """
+    if n < 1:
+        raise ValueError("no samples")
+    alpha = (1.0 - confidence) / 2.0
+    cdf = _binomial_cdf(n, q)
+    # 1-based l: the largest l with P(B <= l-1) <= alpha; u: the smallest u with P(B <= u-1) >= 1-alpha.
+    lower = np.nonzero(cdf <= alpha)[0]
+    l_one_based = int(lower[-1]) + 1 if lower.size else 1
+    upper = np.nonzero(cdf >= 1.0 - alpha)[0]
+    u_one_based = int(upper[0]) + 1 if upper.size else n
+    return max(l_one_based - 1, 0), min(u_one_based - 1, n - 1)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A point estimate with its confidence interval."""
+
+    point: float
+    low: float
+    high: float
+    samples: int
+    confidence: float = CONFIDENCE
+
+    def map(self, function, decreasing: bool = False) -> Estimate:  # type: ignore[no-untyped-def]
+        """The estimate of a monotone function of this quantity."""
+        low, high = function(self.low), function(self.high)
+        if decreasing:
+            low, high = high, low
+        return Estimate(function(self.point), low, high, self.samples, self.confidence)
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "point": self.point,
+            "low": self.low,
+            "high": self.high,
+            "samples": self.samples,
+            "confidence": self.confidence,
+        }
+
+
+def quantile_estimate(
+    samples: Sequence[float], q: float, confidence: float = CONFIDENCE
+) -> Estimate:
+    ordered = np.sort(np.asarray(samples, dtype=np.float64))
+    lo, hi = quantile_interval_ranks(len(ordered), q, confidence)
+    return Estimate(
+        float(np.quantile(ordered, q)),
+        float(ordered[lo]),
+        float(ordered[hi]),
+        len(ordered),
+        confidence,
+    )
+
+
+def ratio_estimate(
+    numerators: Sequence[float], denominators: Sequence[float], confidence: float = CONFIDENCE
+) -> Estimate:
+    """Median of paired ratios with its interval: the speedup of one block."""
+    ratios = np.asarray(numerators, dtype=np.float64) / np.asarray(denominators, dtype=np.float64)
+    return quantile_estimate(ratios, 0.5, confidence)
+
+
+def coefficient_of_variation(samples: Sequence[float]) -> float:
+    values = np.asarray(samples, dtype=np.float64)
+    mean = values.mean()
+    return float(values.std(ddof=1) / mean) if len(values) > 1 and mean else 0.0
+
+
+# -- decisions -----------------------------------------------------------------
+
+PASS, FAIL, UNDECIDED = "pass", "fail", "inconclusive"
+AGGREGATIONS = ("interval", "median", "optimistic", "pessimistic")
+
+
+def decide(estimate: Estimate, op: str, threshold: float, aggregation: str = "interval") -> str:
+    """Hold an estimate against ``op threshold`` (``<=`` for max, ``>=`` for min).
+
+    ``interval``: pass or fail only when the whole interval is on one side,
+    else inconclusive. ``median`` compares the point estimate; ``optimistic``
+    the bound most favourable to passing; ``pessimistic`` the least (the
+    Lighthouse CI aggregations).
+    """
+
+    def holds(value: float) -> bool:
+        return value <= threshold if op == "<=" else value >= threshold
+
+    favourable, unfavourable = (
+        (estimate.low, estimate.high) if op == "<=" else (estimate.high, estimate.low)
+    )
+    if aggregation == "median":
+        return PASS if holds(estimate.point) else FAIL
+    if aggregation == "optimistic":
+        return PASS if holds(favourable) else FAIL
+    if aggregation == "pessimistic":
+        return PASS if holds(unfavourable) else FAIL
+    if holds(unfavourable):
+        return PASS
+    if not holds(favourable):
+        return FAIL
+    return UNDECIDED
