@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
+from collections.abc import Callable
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -13,10 +15,7 @@ from gate import __version__
 from gate.errors import GateError
 from gate.exitcodes import ExitCode
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 pass, 1 a budget failed, 2 usage or policy error, "
-    "3 model, plugin or runtime error, 4 inconclusive."
-)
+EXIT_CODES_HELP = "Exit codes: " + ", ".join(f"{int(code)} {code.description}" for code in ExitCode)
 
 output_dir_option = click.option(
     "--output-dir",
@@ -35,7 +34,7 @@ def _fail(error: GateError) -> None:
     raise SystemExit(int(error.exit_code))
 
 
-def _progress(quiet: bool):  # type: ignore[no-untyped-def]
+def _progress(quiet: bool) -> Callable[[str], None]:
     started = time.perf_counter()
 
     def say(message: str) -> None:
@@ -63,7 +62,9 @@ def _run_and_exit(
         policy, output_dir, progress=_progress(quiet), keep_candidates=keep_candidates
     )
     click.echo(render_console(result.report))
-    click.echo(f"report: {result.output_dir / 'report.json'}", err=True)
+    written = result.output_dir / "report.json"
+    if not quiet and written.is_file():
+        click.echo(f"report: {written}", err=True)
     raise SystemExit(int(result.exit_code))
 
 
@@ -104,6 +105,38 @@ def check(policy: Path) -> None:
         _fail(error)
     recipes = "default set" if loaded.recipes is None else f"{len(loaded.recipes)} candidate(s)"
     click.echo(f"{policy}: OK ({recipes}, {len(loaded.budgets)} budget(s))")
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="How long to time the A/A pair.",
+)
+@output_dir_option
+def noise(policy: Path, seconds: float, output_dir: Path) -> None:
+    """Time POLICY's model against itself (A/A) and report this machine's timing noise."""
+    from gate.noise import measure_noise, write_noise
+
+    try:
+        result = measure_noise(policy, seconds)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        written = write_noise(result, output_dir)
+    except GateError as error:
+        _fail(error)
+    speedup = result["aa_speedup"]
+    low, high = result["paired_ratio_p5_p95"]
+    click.echo(
+        f"A/A: {result['rounds']} rounds in {result['seconds']} s, median latency {result['latency_ms_p50']:.3f} ms\n"
+        f"A/A speedup {speedup['point']:.3f}x, {speedup['confidence']:.0%} interval "
+        f"{speedup['low']:.3f}-{speedup['high']:.3f}; paired (ABBA) ratios p5-p95 {low:.3f}-{high:.3f}; "
+        f"CV of latency {result['cv_latency']:.1%}, of paired ratios {result['cv_paired_ratio']:.1%}\n"
+        f"{result['advice']}"
+    )
+    click.echo(f"written: {written}", err=True)
 
 
 @cli.command()
@@ -150,11 +183,23 @@ def plugins(as_json: bool) -> None:
         click.echo(f"{item['name']:<18} {origin:<22} {names}")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # The job's timeout sends SIGTERM: unwind like Ctrl-C so run_gate writes a partial report.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     try:
-        cli.main(prog_name="onnx-gate", standalone_mode=True)
+        code = cli.main(prog_name="onnx-gate", standalone_mode=False)
     except GateError as error:  # safety net: expected failures never show a traceback
         _fail(error)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        raise SystemExit(int(ExitCode.USAGE_ERROR)) from None
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        code = int(ExitCode.USAGE_ERROR)
+    except (KeyboardInterrupt, click.Abort):
+        click.echo("onnx-gate: interrupted; report.json (if any) is marked partial", err=True)
+        code = int(ExitCode.RUNTIME_ERROR)
+    raise SystemExit(code or 0)

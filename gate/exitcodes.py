@@ -20,9 +20,22 @@ class ExitCode(IntEnum):
     """Measurements could not decide a budget (reserved for statistical verdicts)."""
 
     @property
+    def description(self) -> str:
+        return DESCRIPTIONS[self]
+
+    @property
     def verdict(self) -> str:
         return {
             ExitCode.PASS: "pass",
             ExitCode.BUDGET_FAILED: "fail",
             ExitCode.INCONCLUSIVE: "inconclusive",
         }.get(self, "error")
+
+
+DESCRIPTIONS = {
+    ExitCode.PASS: "pass",
+    ExitCode.BUDGET_FAILED: "a budget failed",
+    ExitCode.USAGE_ERROR: "usage or policy error",
+    ExitCode.RUNTIME_ERROR: "model, plugin or runtime error",
+    ExitCode.INCONCLUSIVE: "inconclusive",
+}

@@ -21,6 +21,7 @@ import pluggy
 
 from gate import PROJECT_NAME, hookspecs
 from gate.errors import PluginError, UnknownNameError
+from gate.metrics import MEASURED_METRICS
 from gate.records import (
     ExecutionProvider,
     Exporter,
@@ -44,6 +45,8 @@ KINDS: dict[str, tuple[str, type]] = {
     "validator": ("onnx_gate_validators", Validator),
     "reporter": ("onnx_gate_reporters", Reporter),
 }
+
+KIND_NAMES = {record_type: kind.replace("_", " ") for kind, (_, record_type) in KINDS.items()}
 
 R = TypeVar("R")
 
@@ -100,6 +103,13 @@ class Host:
                             f"from {hook_name}; expected {record_type.__name__}"
                         )
                     record = dataclasses.replace(record, plugin=impl.plugin_name)
+                    if isinstance(record, Validator):
+                        clash = sorted(set(record.metrics) & set(MEASURED_METRICS))
+                        if clash:
+                            raise PluginError(
+                                f"validator '{record.name}' (plugin '{record.plugin}') declares "
+                                f"metric(s) the gate measures itself: {', '.join(clash)}"
+                            )
                     existing = collected[kind].get(record.name)
                     if existing is not None:
                         raise PluginError(
@@ -201,7 +211,7 @@ def call_plugin(record: Record, action: str, function: Callable[..., R], *args: 
     try:
         return function(*args)
     except Exception as exc:
-        kind = type(record).__name__.lower()
+        kind = KIND_NAMES[type(record)]
         raise PluginError(
             f"{kind} '{record.name}' (plugin '{record.plugin}') failed to {action}: "
             f"{type(exc).__name__}: {exc}"

@@ -25,6 +25,7 @@ from gate.records import Sample
 from gate.stats import (
     CONFIDENCE,
     Estimate,
+    abba_ratios,
     coefficient_of_variation,
     quantile_estimate,
     ratio_estimate,
@@ -50,7 +51,7 @@ class Timing:
     seconds: float = 0.0
 
     def describe(self) -> dict[str, Any]:
-        ratios = np.asarray(self.original_ms) / np.asarray(self.candidate_ms)
+        ratios = abba_ratios(self.original_ms, self.candidate_ms)
         return {
             "pairs": len(self.candidate_ms),
             "stopped_by": self.stopped_by,

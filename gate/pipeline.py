@@ -190,7 +190,8 @@ class GateRun:
 
     # -- stages --------------------------------------------------------------
 
-    def execute(self) -> None:
+    def prepare(self) -> None:
+        """Target, model and data: everything before any candidate exists."""
         import onnxruntime
 
         # Quantisers and optimisers open their own sessions; keep ORT's log lines out of CI logs.
@@ -203,6 +204,8 @@ class GateRun:
         self._prepare_data()
         self._describe_run()
 
+    def execute(self) -> None:
+        self.prepare()
         original = original_candidate(self.model, self.policy)
         try:
             self.original_session = make_session(self.model.path, original.session, self.target)

@@ -57,7 +57,7 @@ def _line_index(text: str) -> dict[tuple[Any, ...], int]:
                 walk(item, (*path, index))
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = yaml.compose(text, Loader=_yaml_loader())
     except yaml.YAMLError:
         return lines
     if root is not None:
@@ -158,6 +158,43 @@ class Policy:
         return f"{where}: {format_location(location)}: {message}"
 
 
+def _yaml_loader() -> type:
+    """A safe loader that reads scalars as YAML 1.2 (and JSON) do.
+
+    PyYAML follows YAML 1.1, where ``off``/``on``/``yes``/``no`` are booleans
+    (so ``level: off`` would be ``False``) and ``1e-3`` is a string.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    resolvers = {
+        key: [(tag, regexp) for tag, regexp in entries if tag != "tag:yaml.org,2002:bool"]
+        for key, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    Loader.yaml_implicit_resolvers = resolvers
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:bool",
+        re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+        list("tTfF"),
+    )
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=_yaml_loader())
+
+
 def _parse(path: Path) -> tuple[Any, str]:
     try:
         text = path.read_text(encoding="utf-8")
@@ -170,11 +207,9 @@ def _parse(path: Path) -> tuple[Any, str]:
             return json.loads(text), text
         except json.JSONDecodeError as exc:
             raise PolicyError(f"{path.name}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    import yaml
-
     try:
-        return yaml.safe_load(text), text
-    except yaml.YAMLError as exc:
+        return _yaml_load(text), text
+    except Exception as exc:  # yaml.YAMLError; yaml is imported lazily
         mark = getattr(exc, "problem_mark", None)
         where = f"{path.name}:{mark.line + 1}" if mark else path.name
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]

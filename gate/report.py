@@ -4,6 +4,7 @@ and the chosen model. Reporter plugins add more files."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -11,6 +12,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gate import __version__
 
@@ -75,9 +78,23 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities are not JSON: they become null (the metric could not be measured)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
 def write_report_json(report: Mapping[str, Any], output_dir: Path) -> Path:
     path = output_dir / REPORT_FILE
-    write_atomic(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(json_safe(report), indent=2, allow_nan=False, default=str)
+    write_atomic(path, text + "\n")
     return path
 
 

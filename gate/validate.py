@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,10 +29,22 @@ def validate_outputs(
     for validator in validators:
         if validator.needs_labels and labels is None:
             continue
-        produced = call_plugin(validator, "validate", validator.validate, context)
-        for name, value in (produced or {}).items():
-            metrics[name] = float(value)
+        produced = call_plugin(validator, "validate", _checked(validator), context)
+        metrics.update(produced)
     return metrics
+
+
+def _checked(validator: Validator) -> Callable[[ValidationContext], dict[str, float]]:
+    """The validator's function, with its result held to the metrics it declared."""
+
+    def validate(context: ValidationContext) -> dict[str, float]:
+        produced = validator.validate(context) or {}
+        undeclared = sorted(set(produced) - set(validator.metrics))
+        if undeclared:
+            raise ValueError(f"returned undeclared metric(s) {', '.join(undeclared)}")
+        return {name: float(value) for name, value in produced.items()}
+
+    return validate
 
 
 def describe_validation(

@@ -133,13 +133,18 @@ def test_impossible_latency_budget_fails_with_reason(classifier, gate_cli, tmp_p
     assert "verdict: FAIL (exit 1)" in result.stdout
 
 
-def test_a_model_chosen_by_an_earlier_run_is_removed_when_nothing_is_chosen(classifier, gate_cli, tmp_path):
+def test_a_model_chosen_by_an_earlier_run_is_removed_when_nothing_is_chosen(
+    classifier, gate_cli, tmp_path
+):
     out = tmp_path / "out"
     passing = classifier.write_policy({"candidates": [{"name": "b", "graph": {"level": "basic"}}]})
     assert gate_cli("run", passing, "-o", out, "-q").exit_code == 0
     assert (out / "model.onnx").is_file()
     failing = classifier.write_policy(
-        {"candidates": [{"name": "b", "graph": {"level": "basic"}}], "budgets": [{"metric": "size_mb", "max": 0.001}]},
+        {
+            "candidates": [{"name": "b", "graph": {"level": "basic"}}],
+            "budgets": [{"metric": "size_mb", "max": 0.001}],
+        },
         name="failing.yaml",
     )
     assert gate_cli("run", failing, "-o", out, "-q").exit_code == 1

@@ -1,0 +1,87 @@
+"""Choosing: the fastest candidate that passes, never one that may be slower, never for noise."""
+
+from __future__ import annotations
+
+from gate.decide import Standing, choose, evaluate
+from gate.policy import Budget
+from gate.stats import Estimate
+
+SIZE = Budget("size_mb", "<=", 10.0, "error", "budgets[0]")
+LATENCY = Budget("latency_ms.p95", "<=", 5.0, "error", "budgets[1]")
+
+
+def standing(
+    name: str,
+    point: float,
+    low: float,
+    high: float,
+    size: float = 1.0,
+    p95: Estimate | None = None,
+    on_inconclusive: str = "inconclusive",
+) -> Standing:
+    speedup = Estimate(point, low, high, 100)
+    p95 = p95 or Estimate(1.0, 0.9, 1.1, 100)
+    results = evaluate(
+        [SIZE, LATENCY], {"size_mb": size, "latency_ms.p95": p95.point}, {"latency_ms.p95": p95}
+    )
+    return Standing(name, speedup, results, on_inconclusive)
+
+
+ORIGINAL = standing("original", 1.0, 1.0, 1.0)
+
+
+def test_the_fastest_surely_faster_candidate_wins():
+    chosen, reason = choose(
+        [ORIGINAL, standing("a", 1.3, 1.2, 1.4), standing("b", 1.6, 1.5, 1.7)], 0.05
+    )
+    assert chosen == "b"
+    assert "1.60x" in reason
+
+
+def test_a_candidate_that_might_be_slower_never_replaces_the_original():
+    chosen, reason = choose([ORIGINAL, standing("wide", 1.2, 0.9, 1.5)], 0.05)
+    assert chosen == "original"
+    assert "wide" in reason and "interval above 1.0" in reason
+
+
+def test_noise_alone_does_not_swap_the_model():
+    assert choose([ORIGINAL, standing("noise", 1.02, 1.01, 1.03)], 0.05)[0] == "original"
+    assert choose([ORIGINAL, standing("noise", 1.02, 1.01, 1.03)], 0.0)[0] == "noise"
+
+
+def test_a_rejected_candidate_is_never_chosen_however_fast():
+    big = standing("big", 3.0, 2.9, 3.1, size=50.0)
+    assert not big.eligible and big.status == "rejected"
+    assert choose([ORIGINAL, big], 0.05)[0] == "original"
+
+
+def test_when_the_original_misses_a_budget_the_fastest_passing_candidate_wins():
+    original = standing("original", 1.0, 1.0, 1.0, size=50.0)
+    chosen, reason = choose(
+        [original, standing("slow", 0.8, 0.7, 0.9), standing("ok", 0.95, 0.9, 1.0)], 0.05
+    )
+    assert chosen == "ok"
+    assert reason.startswith("the original misses an error-level budget")
+
+
+def test_nothing_passes():
+    assert choose([standing("original", 1.0, 1.0, 1.0, size=50.0)], 0.05) == (
+        None,
+        "no candidate passed every error-level budget",
+    )
+
+
+def test_inconclusive_budgets_and_their_mapping():
+    straddling = Estimate(5.0, 4.0, 6.0, 100)
+    undecided = standing("x", 1.5, 1.4, 1.6, p95=straddling)
+    assert undecided.status == "inconclusive" and not undecided.eligible
+    assert undecided.blocking()[0].explain().endswith("- inconclusive")
+    assert standing("x", 1.5, 1.4, 1.6, p95=straddling, on_inconclusive="warn").eligible
+    failing = standing("x", 1.5, 1.4, 1.6, p95=straddling, on_inconclusive="fail")
+    assert failing.status == "rejected"
+
+
+def test_a_metric_that_was_not_measured_fails_its_budget():
+    (result,) = evaluate([Budget("top1_agreement", ">=", 0.9, "error", "budgets[0]")], {}, {})
+    assert result.decision == "fail"
+    assert result.explain() == "top1_agreement: expected >= 0.9, found not measured"

@@ -1,0 +1,94 @@
+"""The timing harness on real ONNX Runtime sessions, watched by a recording wrapper."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from gate.demo.build import mlp_model
+from gate.measure import time_pair, timing_estimates
+from gate.policy import MeasureSettings
+from gate.runtime import Target, make_session
+
+
+class Recording:
+    """Wraps a real session and notes each timed run in a shared log."""
+
+    def __init__(self, session, name: str, log: list[str]) -> None:
+        self.session, self.name, self.log = session, name, log
+
+    def io_binding(self):
+        return self.session.io_binding()
+
+    def get_outputs(self):
+        return self.session.get_outputs()
+
+    def run_with_iobinding(self, binding) -> None:
+        self.log.append(self.name)
+        self.session.run_with_iobinding(binding)
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "m.onnx"
+    onnx.save_model(
+        mlp_model(
+            [(rng.normal(size=(8, 16)), np.zeros(16)), (rng.normal(size=(16, 4)), np.zeros(4))]
+        ),
+        str(path),
+    )
+    target = Target("CPUExecutionProvider", {}, 1)
+    log: list[str] = []
+    original = Recording(make_session(path, {}, target), "O", log)
+    candidate = Recording(make_session(path, {}, target), "C", log)
+    return original, candidate, log, {"x": np.ones((1, 8), np.float32)}
+
+
+def test_runs_alternate_and_flip_order_every_round(sessions):
+    original, candidate, log, feed = sessions
+    settings = MeasureSettings(warmup_runs=3, min_runs=6, max_runs=6, max_seconds=60)
+    timing = time_pair(original, candidate, feed, settings)
+    assert log[:6] == ["O", "C"] * 3  # warm-up: both equally warm
+    assert log[6:] == ["O", "C", "C", "O"] * 3  # measured rounds: ABBA ordering
+    assert len(timing.original_ms) == len(timing.candidate_ms) == 6
+    assert timing.stopped_by == "max_runs"
+
+
+def test_sampling_stops_once_decided(sessions):
+    original, candidate, _, feed = sessions
+    settings = MeasureSettings(warmup_runs=1, min_runs=20, max_runs=10000, max_seconds=60)
+    checks: list[int] = []
+
+    def decided_after_two_checks(timing) -> bool:
+        checks.append(len(timing.candidate_ms))
+        return len(checks) == 2
+
+    timing = time_pair(original, candidate, feed, settings, decided_after_two_checks)
+    assert timing.stopped_by == "decided"
+    assert checks == [20, 30]
+    assert len(timing.candidate_ms) == 30
+
+
+def test_the_time_cap_stops_an_undecided_block(sessions):
+    original, candidate, _, feed = sessions
+    settings = MeasureSettings(warmup_runs=1, min_runs=10, max_runs=10**9, max_seconds=0.2)
+    timing = time_pair(original, candidate, feed, settings, lambda timing: False)
+    assert timing.stopped_by == "max_seconds"
+    assert 0.2 <= timing.seconds < 1.5
+    described = timing.describe()
+    assert described["pairs"] == len(timing.candidate_ms) and described["cv_paired_ratio"] >= 0
+
+
+def test_estimates_derive_throughput_and_cost_from_the_median():
+    candidate = [2.0] * 50
+    original = [3.0] * 50
+    estimates = timing_estimates(candidate, original, batch=4, usd_per_hour=0.36)
+    assert estimates["latency_ms.p50"].point == 2.0
+    assert estimates["throughput_per_s"].point == 2000.0  # 4 samples per 2 ms
+    assert estimates["usd_per_million"].point == pytest.approx(0.36 / (2000 * 3600) * 1e6)
+    assert estimates["speedup"].point == 1.5
+    assert timing_estimates(candidate, None, 1, None)["speedup"].low == 1.0
