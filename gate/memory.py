@@ -21,6 +21,26 @@ import numpy as np
 RUNS = 5
 
 
+def _proc_status() -> dict[str, int] | None:
+    """Current (VmRSS) and peak (VmHWM) resident bytes on Linux."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            fields = dict(line.split(":", 1) for line in status if ":" in line)
+        return {key: int(fields[key].split()[0]) * 1024 for key in ("VmRSS", "VmHWM")}
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _reset_peak() -> bool:
+    """Reset the kernel's high-water mark so imports do not count (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear:
+            clear.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def _peak_rss_bytes() -> int | None:
     try:
         import resource
@@ -78,7 +98,9 @@ def _child(spec_path: str) -> None:
     spec = json.loads(Path(spec_path).read_text())
     with np.load(spec["feed"], allow_pickle=False) as archive:
         feed = {key: archive[key] for key in archive.files}
-    baseline = _peak_rss_bytes()
+    exact = _reset_peak() and _proc_status() is not None
+    status = _proc_status() if exact else None
+    baseline = status["VmRSS"] if status else _peak_rss_bytes()
     target = spec["target"]
     session = make_session(
         Path(spec["model"]),
@@ -87,10 +109,19 @@ def _child(spec_path: str) -> None:
     )
     for _ in range(RUNS):
         session.run(None, feed)
-    peak = _peak_rss_bytes()
+    status = _proc_status() if exact else None
+    peak = status["VmHWM"] if status else _peak_rss_bytes()
     if peak is None or baseline is None:
         raise SystemExit("peak memory is not measurable on this platform")
-    print(json.dumps({"peak_memory_mb": peak / 1e6, "model_memory_mb": (peak - baseline) / 1e6}))
+    print(
+        json.dumps(
+            {
+                "peak_memory_mb": peak / 1e6,
+                "model_memory_mb": max(peak - baseline, 0) / 1e6,
+                "memory_method": "VmHWM after reset" if exact else "ru_maxrss",
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -479,7 +479,9 @@ class GateRun:
                     f"memory not measured: {_first_line(exc)}"
                 )
                 continue
+            method = figures.pop("memory_method", "ru_maxrss")
             self.entries[candidate.name]["metrics"].update(figures)
+            self.report["measurement"]["memory_method"] = method
 
     def _require_budget_metrics(self) -> None:
         """A budget on a metric the original did not produce can never be met: a policy error."""

@@ -13,6 +13,7 @@ import pytest
 from conftest import load_report
 from onnx import TensorProto, helper
 from plugin_kit import use_plugin_modules, write_module
+from test_run import assert_valid_report
 
 
 def test_corrupt_model_file_exits_3_with_report(classifier, gate_cli, tmp_path):
@@ -26,6 +27,7 @@ def test_corrupt_model_file_exits_3_with_report(classifier, gate_cli, tmp_path):
     assert report["verdict"] == "error" and report["exit_code"] == 3
     assert report["message"].startswith("model model.onnx is not a valid ONNX model: ")
     assert report["candidates"] == [] and report["chosen"] is None
+    assert_valid_report(report)
     assert not (out / "model.onnx").exists()
     assert "onnx-gate: ERROR" in (out / "summary.md").read_text()
 

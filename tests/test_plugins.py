@@ -258,3 +258,56 @@ def test_unknown_name_lists_the_valid_ones():
     host = get_host()
     with pytest.raises(UnknownNameError, match=r"unknown graph optimizer 'tvm' \(valid: ort\)"):
         host.get("graph_optimizer", "tvm")
+
+
+def test_a_validator_returning_garbage_is_named(classifier, gate_cli, tmp_path, monkeypatch):
+    write_module(
+        tmp_path,
+        "sloppy_plugin",
+        """
+        from gate import Validator, hookimpl
+
+        @hookimpl
+        def onnx_gate_validators():
+            return [
+                Validator(name="words", metrics={"quality": "q"}, validate=lambda context: {"quality": "high"}),
+                Validator(name="extra", metrics={"declared": "d"}, validate=lambda context: {"surprise": 1.0}),
+            ]
+    """,
+    )
+    use_plugin_modules(monkeypatch, tmp_path, "sloppy_plugin")
+    for name, message in (
+        (
+            "words",
+            "validator 'words' (plugin 'sloppy_plugin') failed to validate: ValueError: could not convert string to float",
+        ),
+        (
+            "extra",
+            "validator 'extra' (plugin 'sloppy_plugin') failed to validate: ValueError: returned undeclared metric(s) surprise",
+        ),
+    ):
+        policy = classifier.write_policy({"validation": {"validators": [name]}})
+        out = tmp_path / name
+        assert gate_cli("run", policy, "-o", out, "-q").exit_code == 3
+        assert message in load_report(out)["message"]
+
+
+def test_a_validator_may_not_shadow_a_measured_metric(gate_cli, tmp_path, monkeypatch):
+    write_module(
+        tmp_path,
+        "shadow_plugin",
+        """
+        from gate import Validator, hookimpl
+
+        @hookimpl
+        def onnx_gate_validators():
+            return [Validator(name="fast", metrics={"speedup": "fake"}, validate=lambda context: {})]
+    """,
+    )
+    use_plugin_modules(monkeypatch, tmp_path, "shadow_plugin")
+    result = gate_cli("plugins")
+    assert result.exit_code == 3
+    assert (
+        "validator 'fast' (plugin 'shadow_plugin') declares metric(s) the gate measures itself: speedup"
+        in result.stderr
+    )

@@ -186,3 +186,28 @@ def test_committed_schema_is_what_the_package_loads():
     from jsonschema import Draft202012Validator
 
     Draft202012Validator.check_schema(committed)
+
+
+def test_yaml_reads_off_as_a_level_and_exponents_as_numbers(classifier, gate_cli):
+    policy = classifier.folder / "scalars.yaml"
+    policy.write_text(
+        "version: 1\nmodel: {path: model.onnx}\n"
+        "budgets:\n  - {metric: max_abs_diff, max: 1e-3, level: off}\n  - {metric: speedup, min: 1.5e+0, level: warn}\n"
+    )
+    result = gate_cli("check", policy)
+    assert result.exit_code == 0, result.stderr
+    from gate.policy import load_policy
+
+    budgets = load_policy(policy).budgets
+    assert budgets[0].threshold == 0.001 and budgets[0].level == "off"
+    assert budgets[1].threshold == 1.5
+
+
+def test_non_finite_thresholds_are_refused(classifier, gate_cli):
+    policy = classifier.folder / "nan.yaml"
+    policy.write_text(
+        "version: 1\nmodel: {path: model.onnx}\nbudgets: [{metric: speedup, min: .nan}]\n"
+    )
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "budgets[0]: the threshold must be a finite number" in result.stderr

@@ -1,0 +1,241 @@
+"""Verdicts on a noisy machine: intervals, inconclusive, memory, testbed, A/A noise, interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import candidate, load_report
+from test_run import assert_valid_report
+
+from gate.testbed import differences
+
+# An identical copy of the original (same file, same session options): its true speedup is 1.0.
+SAME = {"name": "same", "graph": {"level": "all"}}
+# 12 rounds -> 6 ABBA ratios; at 99.9% confidence their median's interval is (min, max),
+# which excludes 1.0001 only if all six land on one side: about 3% of the time for an A/A pair.
+UNDECIDABLE = {
+    "warmup_runs": 2,
+    "min_runs": 12,
+    "max_runs": 12,
+    "max_seconds": 30,
+    "confidence": 0.999,
+    "memory": False,
+}
+
+
+def test_a_budget_the_interval_cannot_decide_is_inconclusive_exit_4(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy(
+        {
+            "candidates": [SAME],
+            "budgets": [{"metric": "speedup", "min": 1.0001}],
+            "measure": UNDECIDABLE,
+        }
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    report = load_report(out)
+    assert_valid_report(report)
+    same = candidate(report, "same")
+    if same["status"] != "inconclusive":
+        pytest.skip("all six A/A ratios fell on one side of 1.0001 (p about 1/32)")
+    assert result.exit_code == 4
+    assert report["verdict"] == "inconclusive" and report["chosen"] is None
+    assert candidate(report, "original")["status"] == "rejected"  # 1.0 < 1.0001, exactly
+    (budget,) = same["budgets"]
+    assert (
+        budget["decision"] == "inconclusive"
+        and budget["interval"][0] < 1.0001 < budget["interval"][1]
+    )
+    assert same["reasons"][0].endswith("- inconclusive")
+    assert "verdict: INCONCLUSIVE (exit 4)" in result.stdout
+
+
+def test_inconclusive_can_be_mapped_to_warn_or_fail(classifier, gate_cli, tmp_path):
+    for mapping, exit_code in (("warn", 0), ("fail", 1)):
+        policy = classifier.write_policy(
+            {
+                "candidates": [SAME],
+                "budgets": [{"metric": "speedup", "min": 1.0001}],
+                "measure": {**UNDECIDABLE, "on_inconclusive": mapping},
+            }
+        )
+        out = tmp_path / mapping
+        result = gate_cli("run", policy, "-o", out, "-q")
+        report = load_report(out)
+        if candidate(report, "same")["budgets"][0]["decision"] != "inconclusive":
+            continue  # decided by chance; nothing to map
+        assert result.exit_code == exit_code, mapping
+        if mapping == "warn":
+            assert report["chosen"] == "same"
+            assert any("measure.on_inconclusive: warn" in w for w in report["warnings"])
+
+
+def test_a_clear_slowdown_is_decided_early_and_reported_with_its_interval(
+    classifier, gate_cli, tmp_path
+):
+    policy = classifier.write_policy(
+        {
+            "candidates": [{"name": "unoptimised", "graph": {"level": "disabled"}}, SAME],
+            "budgets": [
+                {"metric": "speedup", "min": 0.5},
+                {"metric": "latency_ms.p95", "max": 1000},
+            ],
+            "measure": {
+                "warmup_runs": 5,
+                "min_runs": 30,
+                "max_runs": 100000,
+                "max_seconds": 5,
+                "memory": False,
+            },
+        }
+    )
+    out = tmp_path / "out"
+    started = time.perf_counter()
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    report = load_report(out)
+    for name in ("unoptimised", "same"):
+        item = candidate(report, name)
+        assert (
+            item["timing"]["stopped_by"] == "decided"
+            or item["timing"]["stopped_by"] == "max_seconds"
+        )
+        low, high = item["intervals"]["speedup"]
+        assert low <= item["metrics"]["speedup"] <= high
+        for result in item["budgets"]:
+            assert result["decision"] == "pass" and result["interval"] is not None
+    # Both budgets are far from their thresholds: decided long before the 5 s cap.
+    assert candidate(report, "same")["timing"]["stopped_by"] in {"decided", "max_seconds"}
+    assert time.perf_counter() - started < 12
+    measurement = report["measurement"]
+    assert measurement["confidence"] == 0.95 and measurement["timer_overhead_ns"] > 0
+
+
+def test_memory_is_measured_per_model_in_a_child_process(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy(
+        {
+            "candidates": [{"name": "int8", "quantize": {"plugin": "dynamic"}}],
+            "budgets": [
+                {"metric": "peak_memory_mb", "max": 4000},
+                {"metric": "model_memory_mb", "max": 0.001, "level": "warn"},
+            ],
+            "measure": {
+                "warmup_runs": 2,
+                "min_runs": 5,
+                "max_runs": 40,
+                "max_seconds": 0.05,
+                "memory": True,
+            },
+        }
+    )
+    out = tmp_path / "out"
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    report = load_report(out)
+    assert_valid_report(report)
+    for name in ("original", "int8"):
+        metrics = candidate(report, name)["metrics"]
+        assert 20 < metrics["peak_memory_mb"] < 4000  # a real process: Python, numpy, onnxruntime
+        assert 0 <= metrics["model_memory_mb"] < metrics["peak_memory_mb"]
+    assert any("model_memory_mb" in w for w in report["warnings"])
+
+
+def test_memory_budget_needs_memory_measurement(classifier, gate_cli):
+    policy = classifier.write_policy(
+        {"budgets": [{"metric": "peak_memory_mb", "max": 100}]}
+    )  # FAST_MEASURE has memory off
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "'peak_memory_mb' needs measure.memory: true in the policy" in result.stderr
+
+
+def test_aggregation_is_for_timing_metrics_only(classifier, gate_cli):
+    policy = classifier.write_policy(
+        {"budgets": [{"metric": "size_mb", "max": 100, "aggregation": "pessimistic"}]}
+    )
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "budgets[0].aggregation: applies to timing metrics only" in result.stderr
+
+
+def test_report_carries_the_testbed(classifier, gate_cli, tmp_path):
+    out = tmp_path / "out"
+    assert (
+        gate_cli("run", classifier.write_policy({"candidates": [SAME]}), "-o", out, "-q").exit_code
+        == 0
+    )
+    report = load_report(out)
+    testbed = report["testbed"]
+    assert testbed["physical_cores"] >= 1 and testbed["memory_mb"] > 0
+    assert testbed["onnxruntime"] and testbed["provider"] == "CPUExecutionProvider"
+    assert isinstance(testbed["cpu"]["flags"], list) and testbed["cpu"]["model"]
+    # Threads default to the physical cores, and the report says so.
+    assert report["target"]["intra_op_threads"] == testbed["physical_cores"]
+    assert report["target"]["threads_source"] == "physical cores"
+    assert report["target"]["allow_spinning"] is False
+    other = json.loads(json.dumps(testbed))
+    assert differences(testbed, other) == []
+    other["cpu"]["flags"] = [f for f in other["cpu"]["flags"] if f != "avx2"] + ["neon"]
+    other["onnxruntime"] = "0.0.1"
+    found = differences(testbed, other)
+    assert any(line.startswith("cpu.flags:") for line in found)
+    assert any(line.startswith("onnxruntime:") for line in found)
+
+
+def test_noise_command_reports_the_spread_of_an_a_a_pair(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy({})
+    out = tmp_path / "noise"
+    result = gate_cli("noise", policy, "--seconds", "0.5", "-o", out)
+    assert result.exit_code == 0, result.stderr
+    noise = json.loads((out / "noise.json").read_text())
+    speedup = noise["aa_speedup"]
+    assert speedup["low"] <= speedup["point"] <= speedup["high"]
+    assert 0.7 < speedup["point"] < 1.3  # an identical model
+    assert noise["rounds"] >= 10 and noise["cv_paired_ratio"] >= 0
+    assert "speedup min" in noise["advice"]
+    assert "A/A speedup" in result.stdout
+
+
+def test_sigterm_mid_run_writes_a_partial_report(classifier, tmp_path):
+    policy = classifier.write_policy(
+        {
+            "candidates": [SAME],
+            # No decision check before a million rounds: the block runs until the signal.
+            "measure": {
+                "warmup_runs": 1,
+                "min_runs": 10**6,
+                "max_runs": 10**9,
+                "max_seconds": 60,
+                "memory": False,
+            },
+        }
+    )
+    out = tmp_path / "out"
+    script = shutil.which("onnx-gate", path=os.path.dirname(sys.executable))
+    process = subprocess.Popen(
+        [script, "run", str(policy), "-o", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 60
+    stderr_lines = []
+    while time.time() < deadline:  # wait until timing has started
+        line = process.stderr.readline()
+        stderr_lines.append(line)
+        if "validating and measuring same" in line:
+            break
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 3
+    assert "Traceback" not in stderr + stdout
+    report = load_report(out)
+    assert report["partial"] is True and report["verdict"] == "error" and report["exit_code"] == 3
+    assert report["model"] is not None  # what was known before the signal is kept
+    assert not list(out.glob(".report.json.*"))  # no half-written temp files
