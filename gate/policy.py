@@ -103,7 +103,7 @@ class InputSpec:
 @dataclass(frozen=True)
 class MeasureSettings:
     warmup_runs: int = 10
-    min_runs: int = 30
+    min_runs: int = 100
     max_runs: int = 20000
     max_seconds: float = 4.0
     confidence: float = 0.95
@@ -280,7 +280,9 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
     if "candidates" in doc:
         recipes = []
         for index, item in enumerate(doc["candidates"]):
-            graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all", **item.get("graph", {})}
+            graph = {"plugin": DEFAULT_GRAPH_PLUGIN, **item.get("graph", {})}
+            if graph["plugin"] == DEFAULT_GRAPH_PLUGIN:
+                graph.setdefault("level", "all")
             recipes.append(
                 Recipe(item["name"], graph, item.get("quantize"), f"candidates[{index}]")
             )
@@ -326,7 +328,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         validators=validation.get("validators"),
         measure=MeasureSettings(
             warmup_runs=measure.get("warmup_runs", 10),
-            min_runs=measure.get("min_runs", 30),
+            min_runs=measure.get("min_runs", 100),
             max_runs=measure.get("max_runs", 20000),
             max_seconds=float(measure.get("max_seconds", 4.0)),
             confidence=float(measure.get("confidence", 0.95)),
