@@ -125,6 +125,11 @@ def check_policy(policy: Policy, host: Host) -> None:
             problems.append(
                 policy.problem(("budgets", index), "the threshold must be a finite number")
             )
+    explicit = policy.raw.get("measure", {})
+    if "min_seconds" in explicit and policy.measure.min_seconds > policy.measure.max_seconds:
+        problems.append(
+            policy.problem(("measure", "min_seconds"), "must not exceed measure.max_seconds")
+        )
     if policy.measure.min_runs > policy.measure.max_runs:
         problems.append(policy.problem(("measure", "min_runs"), "must not exceed measure.max_runs"))
     if problems:

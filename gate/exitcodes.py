@@ -17,7 +17,7 @@ class ExitCode(IntEnum):
     RUNTIME_ERROR = 3
     """The model, a plugin or ONNX Runtime failed; nothing could be decided."""
     INCONCLUSIVE = 4
-    """Measurements could not decide a budget (reserved for statistical verdicts)."""
+    """No candidate surely passed and a timing budget stayed undecided at the time cap."""
 
     @property
     def description(self) -> str:

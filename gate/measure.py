@@ -6,7 +6,7 @@ on odd ones) on the same bound inputs, so drift and cache effects hit both
 equally. A shared loop over all candidates would leave the rarely-run ones
 cold (an identical copy measured 0.60x that way; see anchors/optimisers.md).
 
-Sampling is adaptive: after ``min_runs`` pairs the block stops as soon as
+Sampling is adaptive: after ``min_runs`` pairs and ``min_seconds`` the block stops as soon as
 ``is_decided`` says every question asked of it is answered, or at
 ``max_seconds`` / ``max_runs``.
 """
@@ -113,7 +113,9 @@ def time_pair(
         if rounds >= next_check:
             # Checks cost a sort; space them out so they stay a small share of the block.
             next_check = rounds + max(10, rounds // 10)
-            if is_decided is not None and is_decided(timing):
+            # A block shorter than min_seconds can sit inside one burst of a neighbour's load.
+            long_enough = time.perf_counter() - started >= settings.min_seconds
+            if long_enough and is_decided is not None and is_decided(timing):
                 timing.stopped_by = "decided"
                 break
     timing.seconds = time.perf_counter() - started

@@ -106,6 +106,7 @@ class MeasureSettings:
     min_runs: int = 100
     max_runs: int = 20000
     max_seconds: float = 4.0
+    min_seconds: float = 0.5
     confidence: float = 0.95
     on_inconclusive: str = "inconclusive"
     memory: bool = True
@@ -331,6 +332,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             min_runs=measure.get("min_runs", 100),
             max_runs=measure.get("max_runs", 20000),
             max_seconds=float(measure.get("max_seconds", 4.0)),
+            min_seconds=float(measure.get("min_seconds", 0.5)),
             confidence=float(measure.get("confidence", 0.95)),
             on_inconclusive=measure.get("on_inconclusive", "inconclusive"),
             memory=measure.get("memory", True),

@@ -23,6 +23,7 @@ FAST_MEASURE = {
     "min_runs": 5,
     "max_runs": 40,
     "max_seconds": 0.05,
+    "min_seconds": 0,
     "memory": False,
 }
 

@@ -60,7 +60,9 @@ def test_runs_alternate_and_flip_order_every_round(sessions):
 
 def test_sampling_stops_once_decided(sessions):
     original, candidate, _, feed = sessions
-    settings = MeasureSettings(warmup_runs=1, min_runs=20, max_runs=10000, max_seconds=60)
+    settings = MeasureSettings(
+        warmup_runs=1, min_runs=20, max_runs=10000, max_seconds=60, min_seconds=0
+    )
     checks: list[int] = []
 
     def decided_after_two_checks(timing) -> bool:
@@ -92,3 +94,11 @@ def test_estimates_derive_throughput_and_cost_from_the_median():
     assert estimates["usd_per_million"].point == pytest.approx(0.36 / (2000 * 3600) * 1e6)
     assert estimates["speedup"].point == 1.5
     assert timing_estimates(candidate, None, 1, None)["speedup"].low == 1.0
+
+
+def test_no_early_stop_before_min_seconds(sessions):
+    original, candidate, _, feed = sessions
+    settings = MeasureSettings(warmup_runs=1, min_runs=5, max_runs=10**9, max_seconds=10, min_seconds=0.3)
+    timing = time_pair(original, candidate, feed, settings, lambda timing: True)
+    assert timing.stopped_by == "decided"
+    assert timing.seconds >= 0.3
