@@ -114,15 +114,22 @@ def check(policy: Path) -> None:
     type=click.FloatRange(min=0.5),
     default=10.0,
     show_default=True,
-    help="How long to time the A/A pair.",
+    help="Total timing time.",
+)
+@click.option(
+    "--sessions",
+    type=click.IntRange(min=1, max=100),
+    default=5,
+    show_default=True,
+    help="Fresh session pairs to spread it over.",
 )
 @output_dir_option
-def noise(policy: Path, seconds: float, output_dir: Path) -> None:
+def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None:
     """Time POLICY's model against itself (A/A) and report this machine's timing noise."""
     from gate.noise import measure_noise, write_noise
 
     try:
-        result = measure_noise(policy, seconds)
+        result = measure_noise(policy, seconds, sessions)
         output_dir.mkdir(parents=True, exist_ok=True)
         written = write_noise(result, output_dir)
     except GateError as error:
@@ -130,13 +137,40 @@ def noise(policy: Path, seconds: float, output_dir: Path) -> None:
     speedup = result["aa_speedup"]
     low, high = result["paired_ratio_p5_p95"]
     click.echo(
-        f"A/A: {result['rounds']} rounds in {result['seconds']} s, median latency {result['latency_ms_p50']:.3f} ms\n"
-        f"A/A speedup {speedup['point']:.3f}x, {speedup['confidence']:.0%} interval "
-        f"{speedup['low']:.3f}-{speedup['high']:.3f}; paired (ABBA) ratios p5-p95 {low:.3f}-{high:.3f}; "
-        f"CV of latency {result['cv_latency']:.1%}, of paired ratios {result['cv_paired_ratio']:.1%}\n"
+        f"A/A: {result['rounds']} rounds over {result['session_pairs']} session pairs in "
+        f"{result['seconds']} s, median latency {result['latency_ms_p50']:.3f} ms\n"
+        f"pooled A/A speedup {speedup['point']:.3f}x, {speedup['confidence']:.0%} interval "
+        f"{speedup['low']:.3f}-{speedup['high']:.3f}; per session pair "
+        + ", ".join(f"{p:.3f}" for p in result["aa_speedup_per_session_pair"])
+        + f"\npaired (ABBA) ratios p5-p95 {low:.3f}-{high:.3f}; CV of latency "
+        f"{result['cv_latency']:.1%}, of paired ratios {result['cv_paired_ratio']:.1%}\n"
         f"{result['advice']}"
     )
     click.echo(f"written: {written}", err=True)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("head", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def compare(base: Path, head: Path, as_json: bool) -> None:
+    """Compare two report.json files (BASE, e.g. main's, and HEAD); warns when their testbeds differ."""
+    from gate.compare import compare_reports, read_report
+
+    try:
+        result = compare_reports(read_report(base), read_report(head))
+    except GateError as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    for warning in result["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(f"base: {result['base']['verdict']}, chosen {result['base']['chosen']}")
+    click.echo(f"head: {result['head']['verdict']}, chosen {result['head']['chosen']}")
+    for row in result["metrics"]:
+        change = "" if row["change"] is None else f" ({row['change']:+.1%})"
+        click.echo(f"  {row['metric']:<18} {row['base']!s:>24} -> {row['head']!s:<24}{change}")
 
 
 @cli.command()

@@ -98,7 +98,9 @@ def test_estimates_derive_throughput_and_cost_from_the_median():
 
 def test_no_early_stop_before_min_seconds(sessions):
     original, candidate, _, feed = sessions
-    settings = MeasureSettings(warmup_runs=1, min_runs=5, max_runs=10**9, max_seconds=10, min_seconds=0.3)
+    settings = MeasureSettings(
+        warmup_runs=1, min_runs=5, max_runs=10**9, max_seconds=10, min_seconds=0.3
+    )
     timing = time_pair(original, candidate, feed, settings, lambda timing: True)
     assert timing.stopped_by == "decided"
     assert timing.seconds >= 0.3

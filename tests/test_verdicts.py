@@ -239,3 +239,26 @@ def test_sigterm_mid_run_writes_a_partial_report(classifier, tmp_path):
     assert report["partial"] is True and report["verdict"] == "error" and report["exit_code"] == 3
     assert report["model"] is not None  # what was known before the signal is kept
     assert not list(out.glob(".report.json.*"))  # no half-written temp files
+
+
+def test_compare_warns_when_testbeds_differ(classifier, gate_cli, tmp_path):
+    out = tmp_path / "base"
+    assert (
+        gate_cli("run", classifier.write_policy({"candidates": [SAME]}), "-o", out, "-q").exit_code
+        == 0
+    )
+    base = out / "report.json"
+    same = gate_cli("compare", base, base, "--json")
+    assert same.exit_code == 0
+    assert json.loads(same.stdout)["warnings"] == []
+    head_report = json.loads(base.read_text())
+    head_report["testbed"]["cpu"]["model"] = "Another CPU"
+    head_report["testbed"]["physical_cores"] = 64
+    head = tmp_path / "head.json"
+    head.write_text(json.dumps(head_report))
+    result = gate_cli("compare", base, head)
+    assert result.exit_code == 0
+    assert "warning: testbeds differ, so timings are not comparable: cpu.model:" in result.stderr
+    assert "physical_cores:" in result.stderr
+    assert "speedup" in result.stdout
+    assert gate_cli("compare", base, tmp_path / "missing.json").exit_code == 2
