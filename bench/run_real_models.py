@@ -122,8 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         f"Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}"
     )
     print()
-    print("| model | kind | candidate | status | speedup | p50 ms | MB | cosine | top-1 | note |")
-    print("|---|---|---|---|---:|---:|---:|---:|---:|---|")
+    print(
+        "| model | kind | candidate | status | speedup (95% interval) | p50 ms | MB | peak MB | cosine | top-1 | note |"
+    )
+    print("|---|---|---|---|---:|---:|---:|---:|---:|---:|---|")
     summary = []
     for name in names:
         entry = manifest[name]
@@ -140,10 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             metrics = item["metrics"]
             note = item["error"] or "; ".join(item["reasons"]) or ""
             marker = " (chosen)" if item["chosen"] else ""
+            interval = item.get("intervals", {}).get("speedup")
+            speedup = fmt(metrics.get("speedup"), "{:.2f}x")
+            if interval and interval[0] != interval[1]:
+                speedup += f" ({interval[0]:.2f}-{interval[1]:.2f})"
             print(
-                f"| {name} | {entry['kind']} | {item['name']}{marker} | {item['status']} | "
-                f"{fmt(metrics.get('speedup'), '{:.2f}x')} | {fmt(metrics.get('latency_ms.p50'), '{:.3f}')} | "
-                f"{fmt(metrics.get('size_mb'), '{:.1f}')} | {fmt(metrics.get('cosine_similarity'), '{:.4f}')} | "
+                f"| {name} | {entry['kind']} | {item['name']}{marker} | {item['status']} | {speedup} | "
+                f"{fmt(metrics.get('latency_ms.p50'), '{:.3f}')} | {fmt(metrics.get('size_mb'), '{:.1f}')} | "
+                f"{fmt(metrics.get('peak_memory_mb'), '{:.0f}')} | {fmt(metrics.get('cosine_similarity'), '{:.4f}')} | "
                 f"{fmt(metrics.get('top1_agreement'), '{:.2f}')} | {note[:120]} |"
             )
         summary.append((name, report["verdict"], report["chosen"], seconds, report["message"]))
