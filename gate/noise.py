@@ -53,9 +53,11 @@ def measure_noise(policy_path: str | Path, seconds: float, sessions: int = 5) ->
     confidence = policy.measure.confidence
     original_ms = [ms for t in timings for ms in t.original_ms]
     candidate_ms = [ms for t in timings for ms in t.candidate_ms]
-    ratios = np.concatenate([abba_ratios(t.original_ms, t.candidate_ms) for t in timings])
+    ratios = np.concatenate([abba_ratios(t.original_turns, t.candidate_turns) for t in timings])
     pooled = quantile_estimate(ratios, 0.5, confidence)
-    per_pair = [ratio_estimate(t.original_ms, t.candidate_ms, confidence).point for t in timings]
+    per_pair = [
+        ratio_estimate(t.original_turns, t.candidate_turns, confidence).point for t in timings
+    ]
     within = max(1.0 - pooled.low, pooled.high - 1.0, 0.0)
     between = max(abs(point - 1.0) for point in per_pair)
     margin = max(within, between)
@@ -65,7 +67,8 @@ def measure_noise(policy_path: str | Path, seconds: float, sessions: int = 5) ->
         "target": report.get("target"),
         "seconds": round(sum(t.seconds for t in timings), 2),
         "session_pairs": sessions,
-        "rounds": len(original_ms),
+        "rounds": sum(t.rounds for t in timings),
+        "burst": timings[0].burst,
         "abba_quads": len(ratios),
         "latency_ms_p50": quantile_estimate(original_ms, 0.5, confidence).point,
         "aa_speedup": pooled.to_json(),

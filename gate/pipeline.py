@@ -400,16 +400,18 @@ class GateRun:
             candidate.fail("measure", f"{type(exc).__name__}: {_first_line(exc)}")
             return
         self.timings[candidate.name] = timing
-        estimates = self._estimates(timing.candidate_ms, timing.original_ms)
+        estimates = self._estimates(
+            timing.candidate_ms, (timing.original_turns, timing.candidate_turns)
+        )
         self._record_timing(entry, estimates)
         entry["timing"] = timing.describe()
 
     def _estimates(
-        self, samples: list[float], original_ms: list[float] | None
+        self, samples: list[float], paired_turns: tuple[list[float], list[float]] | None
     ) -> dict[str, Estimate]:
         return timing_estimates(
             samples,
-            original_ms,
+            paired_turns,
             self.batch,
             self.policy.usd_per_hour,
             self.policy.measure.confidence,
@@ -431,7 +433,9 @@ class GateRun:
         min_gain = self.policy.min_gain
 
         def is_decided(timing: Timing) -> bool:
-            estimates = self._estimates(timing.candidate_ms, timing.original_ms)
+            estimates = self._estimates(
+                timing.candidate_ms, (timing.original_turns, timing.candidate_turns)
+            )
             for budget in budgets:
                 estimate = estimates.get(budget.metric)
                 if (

@@ -50,12 +50,32 @@ def sessions(tmp_path: Path):
 
 def test_runs_alternate_and_flip_order_every_round(sessions):
     original, candidate, log, feed = sessions
-    settings = MeasureSettings(warmup_runs=3, min_runs=6, max_runs=6, max_seconds=60)
+    settings = MeasureSettings(warmup_runs=3, min_runs=6, max_runs=6, max_seconds=60, burst=1)
     timing = time_pair(original, candidate, feed, settings)
     assert log[:6] == ["O", "C"] * 3  # warm-up: both equally warm
     assert log[6:] == ["O", "C", "C", "O"] * 3  # measured rounds: ABBA ordering
     assert len(timing.original_ms) == len(timing.candidate_ms) == 6
     assert timing.stopped_by == "max_runs"
+
+
+def test_bursts_refill_then_time_several_runs_per_turn(sessions):
+    original, candidate, log, feed = sessions
+    settings = MeasureSettings(warmup_runs=1, min_runs=2, max_runs=2, max_seconds=60, burst=3)
+    timing = time_pair(original, candidate, feed, settings)
+    # Each turn: one untimed refill run, then three timed ones; turns alternate ABBA.
+    assert log[2:] == ["O"] * 4 + ["C"] * 8 + ["O"] * 4
+    assert len(timing.original_ms) == 6 and len(timing.original_turns) == 2
+    assert timing.original_turns[0] == pytest.approx(sum(timing.original_ms[:3]) / 3)
+    assert timing.describe()["burst"] == 3
+
+
+def test_auto_burst_fills_about_half_a_millisecond():
+    from gate.measure import auto_burst
+
+    assert auto_burst(0.05) == 10
+    assert auto_burst(0.001) == 32
+    assert auto_burst(0.4) == 1
+    assert auto_burst(20.0) == 1
 
 
 def test_sampling_stops_once_decided(sessions):
@@ -66,13 +86,13 @@ def test_sampling_stops_once_decided(sessions):
     checks: list[int] = []
 
     def decided_after_two_checks(timing) -> bool:
-        checks.append(len(timing.candidate_ms))
+        checks.append(timing.rounds)
         return len(checks) == 2
 
     timing = time_pair(original, candidate, feed, settings, decided_after_two_checks)
     assert timing.stopped_by == "decided"
     assert checks == [20, 30]
-    assert len(timing.candidate_ms) == 30
+    assert timing.rounds == 30 and len(timing.candidate_ms) == 30 * timing.burst
 
 
 def test_the_time_cap_stops_an_undecided_block(sessions):
@@ -82,13 +102,13 @@ def test_the_time_cap_stops_an_undecided_block(sessions):
     assert timing.stopped_by == "max_seconds"
     assert 0.2 <= timing.seconds < 1.5
     described = timing.describe()
-    assert described["pairs"] == len(timing.candidate_ms) and described["cv_paired_ratio"] >= 0
+    assert described["rounds"] == timing.rounds and described["cv_paired_ratio"] >= 0
 
 
 def test_estimates_derive_throughput_and_cost_from_the_median():
     candidate = [2.0] * 50
     original = [3.0] * 50
-    estimates = timing_estimates(candidate, original, batch=4, usd_per_hour=0.36)
+    estimates = timing_estimates(candidate, (original, candidate), batch=4, usd_per_hour=0.36)
     assert estimates["latency_ms.p50"].point == 2.0
     assert estimates["throughput_per_s"].point == 2000.0  # 4 samples per 2 ms
     assert estimates["usd_per_million"].point == pytest.approx(0.36 / (2000 * 3600) * 1e6)
