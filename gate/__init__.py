@@ -28,6 +28,7 @@ from gate.records import (  # noqa: E402
     ValidationContext,
     Validator,
 )
+from gate.report import explain_budget  # noqa: E402
 
 __all__ = [
     "PROJECT_NAME",
@@ -42,5 +43,6 @@ __all__ = [
     "Validator",
     "__version__",
     "copy_model",
+    "explain_budget",
     "hookimpl",
 ]

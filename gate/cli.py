@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from gate import __version__
-from gate.errors import GateError
+from gate.errors import GateError, UsageError
 from gate.exitcodes import ExitCode
 
 EXIT_CODES_HELP = "Exit codes: " + ", ".join(f"{int(code)} {code.description}" for code in ExitCode)
@@ -134,6 +134,8 @@ def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None
         written = write_noise(result, output_dir)
     except GateError as error:
         _fail(error)
+    except OSError as error:
+        _fail(UsageError(f"cannot write into {output_dir}: {error.strerror or error}"))
     speedup = result["aa_speedup"]
     low, high = result["paired_ratio_p5_p95"]
     click.echo(

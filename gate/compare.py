@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gate.errors import UsageError
+from gate.policy import REPORT_SCHEMA, format_location, load_schema, schema_problems
 from gate.testbed import differences
 
 COMPARED_METRICS = (
@@ -32,6 +33,15 @@ def read_report(path: Path) -> dict[str, Any]:
         raise UsageError(f"cannot read {path} as a report.json: {exc}") from None
     if not isinstance(report, dict) or report.get("report_version") != 1:
         raise UsageError(f"{path} is not an onnx-gate report (report_version 1)")
+    problems = schema_problems(report, load_schema(REPORT_SCHEMA))
+    if problems:
+        raise UsageError(
+            f"{path} does not match the report schema",
+            [
+                f"{path.name}: {format_location(where)}: {message}"
+                for where, message in problems[:10]
+            ],
+        )
     return report
 
 

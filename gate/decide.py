@@ -120,6 +120,22 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
     if not eligible:
         return None, "no candidate passed every error-level budget"
     original = next((s for s in eligible if s.name == ORIGINAL), None)
+    undecided = next(
+        (s for s in standings if s.name == ORIGINAL and s.status == "inconclusive"), None
+    )
+    if original is None and undecided is not None:
+        # The original may well pass: only a candidate that is surely faster may replace it.
+        faster = [s for s in eligible if s.speedup.low > 1.0]
+        if not faster:
+            return (
+                None,
+                "the original's budgets are inconclusive and no passing candidate is surely faster",
+            )
+        best = max(faster, key=lambda s: s.speedup.point)
+        return best.name, (
+            f"the original's budgets are inconclusive; {best.name} passes and is surely faster "
+            f"({_interval(best.speedup)})"
+        )
     if original is None:
         fastest = max(eligible, key=lambda s: s.speedup.point)
         return fastest.name, (

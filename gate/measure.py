@@ -27,6 +27,7 @@ from gate.stats import (
     Estimate,
     abba_ratios,
     coefficient_of_variation,
+    per_unit,
     quantile_estimate,
     ratio_estimate,
 )
@@ -182,27 +183,32 @@ def timing_estimates(
     batch: int,
     usd_per_hour: float | None,
     confidence: float = CONFIDENCE,
+    session_noise: float = 0.0,
 ) -> dict[str, Estimate]:
     """Every timing metric with its interval.
 
     ``candidate_ms`` are single runs (for percentiles); ``paired_turns`` the
     (original, candidate) turn means of a block, None for the original itself.
+    Intervals from one block only see the noise inside it; fresh sessions of
+    one model differ by a percent or two more (``onnx-gate noise``), so every
+    interval is widened by ``session_noise`` each way.
     """
     estimates = {
-        name: quantile_estimate(candidate_ms, q, confidence) for name, q in QUANTILE_METRICS.items()
+        name: quantile_estimate(candidate_ms, q, confidence).widened(session_noise)
+        for name, q in QUANTILE_METRICS.items()
     }
-    estimates["latency_ms.mean"] = _mean_estimate(candidate_ms, confidence)
-    estimates["throughput_per_s"] = estimates["latency_ms.p50"].map(
-        lambda ms: batch * 1000.0 / ms, decreasing=True
-    )
+    estimates["latency_ms.mean"] = _mean_estimate(candidate_ms, confidence).widened(session_noise)
+    median = estimates["latency_ms.p50"]
+    estimates["throughput_per_s"] = median.map(per_unit(batch * 1000.0), decreasing=True)
     if usd_per_hour is not None:
-        estimates["usd_per_million"] = estimates["throughput_per_s"].map(
-            lambda per_s: usd_per_million(usd_per_hour, per_s), decreasing=True
+        # usd / (throughput * 3600) * 1e6 is proportional to latency: map the median latency directly.
+        estimates["usd_per_million"] = median.map(
+            lambda ms: usd_per_hour * ms / (batch * 3600.0 * 1000.0) * 1e6
         )
     if paired_turns is None:
         estimates["speedup"] = Estimate(1.0, 1.0, 1.0, len(candidate_ms), confidence)
     else:
-        estimates["speedup"] = ratio_estimate(*paired_turns, confidence)
+        estimates["speedup"] = ratio_estimate(*paired_turns, confidence).widened(session_noise)
     return estimates
 
 

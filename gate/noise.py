@@ -16,6 +16,7 @@ import numpy as np
 
 from gate.candidates import original_candidate
 from gate.check import check_policy
+from gate.errors import ModelError
 from gate.host import get_host
 from gate.measure import time_pair
 from gate.pipeline import GateRun
@@ -46,9 +47,15 @@ def measure_noise(policy_path: str | Path, seconds: float, sessions: int = 5) ->
         run.prepare()
         original = original_candidate(run.model, policy)
         for _ in range(sessions):
-            first = make_session(run.model.path, original.session, run.target)
-            second = make_session(run.model.path, original.session, run.target)
-            timings.append(time_pair(first, second, run.validation.feeds[0], policy.measure))
+            try:
+                first = make_session(run.model.path, original.session, run.target)
+                second = make_session(run.model.path, original.session, run.target)
+                timings.append(time_pair(first, second, run.validation.feeds[0], policy.measure))
+            except Exception as exc:
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(
+                    f"ONNX Runtime cannot run the original model: {first_line}"
+                ) from exc
             del first, second
     confidence = policy.measure.confidence
     original_ms = [ms for t in timings for ms in t.original_ms]

@@ -44,6 +44,7 @@ from gate.testbed import fingerprint, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
 Progress = Callable[[str], None]
+EARLY_STOP_STRICTNESS = 10
 
 
 @dataclass
@@ -113,6 +114,7 @@ def run_gate(
     say = progress or (lambda message: None)
     interrupted: BaseException | None = None
     try:
+        report["testbed"] = fingerprint()  # in every report, failed runs included
         _prepare_output_dir(output_dir)
         _remove_previous_output(output_dir)
         host = host or get_host()
@@ -407,14 +409,19 @@ class GateRun:
         entry["timing"] = timing.describe()
 
     def _estimates(
-        self, samples: list[float], paired_turns: tuple[list[float], list[float]] | None
+        self,
+        samples: list[float],
+        paired_turns: tuple[list[float], list[float]] | None,
+        confidence: float | None = None,
     ) -> dict[str, Estimate]:
+        measure = self.policy.measure
         return timing_estimates(
             samples,
             paired_turns,
             self.batch,
             self.policy.usd_per_hour,
-            self.policy.measure.confidence,
+            confidence or measure.confidence,
+            measure.session_noise,
         )
 
     def _record_timing(self, entry: dict[str, Any], estimates: dict[str, Estimate]) -> None:
@@ -432,9 +439,13 @@ class GateRun:
         ]  # fmt: skip
         min_gain = self.policy.min_gain
 
+        # Looking again and again until an interval excludes the threshold would decide
+        # wrongly far more often than 1 - confidence: early stops need a stricter interval.
+        stricter = 1.0 - (1.0 - self.policy.measure.confidence) / EARLY_STOP_STRICTNESS
+
         def is_decided(timing: Timing) -> bool:
             estimates = self._estimates(
-                timing.candidate_ms, (timing.original_turns, timing.candidate_turns)
+                timing.candidate_ms, (timing.original_turns, timing.candidate_turns), stricter
             )
             for budget in budgets:
                 estimate = estimates.get(budget.metric)

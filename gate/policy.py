@@ -112,6 +112,7 @@ class MeasureSettings:
     memory: bool = True
     batch: int | None = None
     burst: int = 1
+    session_noise: float = 0.02
     """Timed runs per turn; 0 picks enough to fill about 0.5 ms (see gate.measure.auto_burst)."""
 
 
@@ -340,6 +341,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             memory=measure.get("memory", True),
             batch=measure.get("batch"),
             burst=measure.get("burst", 1),
+            session_noise=float(measure.get("session_noise", 0.02)),
         ),
         min_gain=float(doc.get("selection", {}).get("min_gain", 0.05)),
         lines=lines,

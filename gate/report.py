@@ -98,6 +98,21 @@ def write_report_json(report: Mapping[str, Any], output_dir: Path) -> Path:
     return path
 
 
+def _bound(value: float | None) -> str:
+    return "inf" if value is None else f"{value:.4g}"
+
+
+def explain_budget(result: Mapping[str, Any]) -> str:
+    """One budget result from report.json as a line: ``metric expected <= X, found Y ...``."""
+    found = "not measured" if result.get("actual") is None else f"{result['actual']:.6g}"
+    interval = result.get("interval")
+    if interval and interval[0] != interval[1]:
+        found += f" (interval {_bound(interval[0])} to {_bound(interval[1])})"
+    if result.get("decision") == "inconclusive":
+        found += " - inconclusive"
+    return f"{result['metric']} expected {result['op']} {result['threshold']:g}, found {found}"
+
+
 def _format(metric: str, value: float | None) -> str:
     if value is None:
         return "-"
@@ -129,11 +144,7 @@ def render_console(report: Mapping[str, Any]) -> str:
             for result in item.get("budgets") or []:
                 if result["passed"] or result["level"] == "off":
                     continue
-                found = "not measured" if result["actual"] is None else f"{result['actual']:.6g}"
-                lines.append(
-                    f"  {item['name']}: {result['level']}: {result['metric']} expected "
-                    f"{result['op']} {result['threshold']:g}, found {found}"
-                )
+                lines.append(f"  {item['name']}: {result['level']}: {explain_budget(result)}")
     for warning in report.get("warnings") or []:
         lines.append(f"warning: {warning}")
     for error in report.get("errors") or []:

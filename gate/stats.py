@@ -31,27 +31,30 @@ def _binomial_cdf(n: int, q: float) -> np.ndarray:
     return np.cumsum(pmf) / pmf.sum()
 
 
-def quantile_interval_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
+def quantile_interval_ranks(
+    n: int, q: float, confidence: float = CONFIDENCE
+) -> tuple[int | None, int | None]:
     """0-based ranks (lo, hi) into sorted samples bracketing the q-quantile.
 
-    Coverage is at least ``confidence`` when n is large enough; for tiny n the
-    widest interval (min, max) is returned, which simply stays undecided.
+    A side that ``n`` samples cannot bound at ``confidence`` is None: with 5
+    samples there is no 95% upper bound for the median, with fewer than 72
+    none for p95, with fewer than 368 none for p99.
     """
     if n < 1:
         raise ValueError("no samples")
     alpha = (1.0 - confidence) / 2.0
     cdf = _binomial_cdf(n, q)
     # 1-based l: the largest l with P(B <= l-1) <= alpha; u: the smallest u with P(B <= u-1) >= 1-alpha.
-    lower = np.nonzero(cdf <= alpha)[0]
-    l_one_based = int(lower[-1]) + 1 if lower.size else 1
-    upper = np.nonzero(cdf >= 1.0 - alpha)[0]
-    u_one_based = int(upper[0]) + 1 if upper.size else n
-    return max(l_one_based - 1, 0), min(u_one_based - 1, n - 1)
+    lower = np.nonzero(cdf[:n] <= alpha)[0]
+    upper = np.nonzero(cdf[:n] >= 1.0 - alpha)[0]
+    lo = int(lower[-1]) if lower.size else None
+    hi = int(upper[0]) if upper.size else None
+    return lo, hi
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A point estimate with its confidence interval."""
+    """A point estimate with its confidence interval (bounds may be 0 or infinite)."""
 
     point: float
     low: float
@@ -66,6 +69,16 @@ class Estimate:
             low, high = high, low
         return Estimate(function(self.point), low, high, self.samples, self.confidence)
 
+    def widened(self, fraction: float) -> Estimate:
+        """The interval stretched by ``fraction`` each way, for noise it cannot see."""
+        return Estimate(
+            self.point,
+            self.low * (1 - fraction),
+            self.high * (1 + fraction),
+            self.samples,
+            self.confidence,
+        )
+
     def to_json(self) -> dict[str, float]:
         return {
             "point": self.point,
@@ -79,15 +92,31 @@ class Estimate:
 def quantile_estimate(
     samples: Sequence[float], q: float, confidence: float = CONFIDENCE
 ) -> Estimate:
+    """Quantile of positive samples (latencies, ratios) with its interval.
+
+    A bound the samples cannot give is 0 below and infinity above, so a
+    budget on it stays undecided rather than trusting too few samples.
+    """
     ordered = np.sort(np.asarray(samples, dtype=np.float64))
     lo, hi = quantile_interval_ranks(len(ordered), q, confidence)
     return Estimate(
         float(np.quantile(ordered, q)),
-        float(ordered[lo]),
-        float(ordered[hi]),
+        float(ordered[lo]) if lo is not None else 0.0,
+        float(ordered[hi]) if hi is not None else math.inf,
         len(ordered),
         confidence,
     )
+
+
+def per_unit(numerator: float):  # type: ignore[no-untyped-def]
+    """``x -> numerator / x`` that maps 0 to infinity and infinity to 0."""
+
+    def function(value: float) -> float:
+        if value == 0:
+            return math.inf
+        return 0.0 if math.isinf(value) else numerator / value
+
+    return function
 
 
 def abba_ratios(numerators: Sequence[float], denominators: Sequence[float]) -> np.ndarray:

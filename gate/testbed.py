@@ -37,14 +37,24 @@ def _cpu() -> dict[str, Any]:
     }
 
 
+def _usable_cores() -> int | None:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count()
+
+
 def physical_cores() -> int:
+    """Physical cores this process may use (a container's CPU affinity counts)."""
     try:
         import psutil
 
         count = psutil.cpu_count(logical=False)
     except Exception:
         count = None
-    return count or os.cpu_count() or 1
+    count = count or os.cpu_count() or 1
+    usable = _usable_cores()
+    return min(count, usable) if usable else count
 
 
 def _memory_mb() -> float | None:
@@ -56,19 +66,16 @@ def _memory_mb() -> float | None:
         return None
 
 
-def fingerprint(target: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(target: dict[str, Any] | None = None) -> dict[str, Any]:
     """CPU, memory, OS, Python, ONNX Runtime build, provider and threads."""
     import onnxruntime
 
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:
-        affinity = os.cpu_count()
+    target = target or {}
     return {
         "cpu": _cpu(),
         "physical_cores": physical_cores(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": affinity,
+        "usable_cores": _usable_cores(),
         "memory_mb": _memory_mb(),
         "os": platform.platform(),
         "python": platform.python_version(),
@@ -86,7 +93,8 @@ def fingerprint(target: dict[str, Any]) -> dict[str, Any]:
 
 COMPARED = (
     ("cpu", "model"), ("cpu", "flags"), ("physical_cores",), ("usable_cores",), ("memory_mb",),
-    ("os",), ("onnxruntime",), ("provider",), ("intra_op_threads",),
+    ("os",), ("python",), ("onnxruntime",), ("onnxruntime_build",), ("provider",),
+    ("intra_op_threads",), ("inter_op_threads",), ("allow_spinning",),
 )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl
+from gate import Reporter, explain_budget, hookimpl
 
 COLUMNS = [
     ("latency_ms.p50", "p50 ms", "{:.3f}"),
@@ -45,6 +45,15 @@ def render(report: Mapping[str, Any]) -> str:
         for item in candidates:
             metrics = item.get("metrics") or {}
             cells = [fmt.format(metrics[key]) if key in metrics else "" for key, _, fmt in present]
+            interval = (item.get("intervals") or {}).get("speedup")
+            if (
+                interval
+                and "speedup" in [key for key, _, _ in present]
+                and interval[0] != interval[1]
+            ):
+                index = [key for key, _, _ in present].index("speedup")
+                low, high = ("?" if v is None else f"{v:.2f}" for v in interval)
+                cells[index] += f" ({low}-{high})"
             name = f"**{item['name']}** ⭐" if item.get("chosen") else item["name"]
             lines.append(f"| {name} | {item['status']} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -54,11 +63,7 @@ def render(report: Mapping[str, Any]) -> str:
             problems.append(f"- `{item['name']}` failed to {item.get('stage')}: {item['error']}")
         for result in item.get("budgets") or []:
             if not result["passed"] and result["level"] != "off":
-                found = "not measured" if result["actual"] is None else f"{result['actual']:.6g}"
-                problems.append(
-                    f"- `{item['name']}` {result['level']}: `{result['metric']}` expected "
-                    f"{result['op']} {result['threshold']:g}, found {found}"
-                )
+                problems.append(f"- `{item['name']}` {result['level']}: {explain_budget(result)}")
     if problems:
         lines += [
             "<details><summary>Budgets missed and failures</summary>",

@@ -85,3 +85,13 @@ def test_a_metric_that_was_not_measured_fails_its_budget():
     (result,) = evaluate([Budget("top1_agreement", ">=", 0.9, "error", "budgets[0]")], {}, {})
     assert result.decision == "fail"
     assert result.explain() == "top1_agreement: expected >= 0.9, found not measured"
+
+
+def test_an_inconclusive_original_is_only_replaced_by_a_surely_faster_candidate():
+    straddling = Estimate(5.0, 4.0, 6.0, 100)
+    original = standing("original", 1.0, 1.0, 1.0, p95=straddling)
+    assert original.status == "inconclusive"
+    maybe_slower = standing("maybe", 0.97, 0.93, 1.01)
+    chosen, reason = choose([original, maybe_slower], 0.05)
+    assert chosen is None and "inconclusive" in reason
+    assert choose([original, maybe_slower, standing("fast", 1.3, 1.2, 1.4)], 0.05)[0] == "fast"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -24,10 +26,20 @@ def test_median_interval_ranks_match_the_published_tables(n, expected):
     assert quantile_interval_ranks(n, 0.5) == expected
 
 
-def test_tiny_samples_get_the_widest_interval():
-    assert quantile_interval_ranks(4, 0.5) == (0, 3)
+def test_bounds_too_few_samples_cannot_give_are_open():
+    assert quantile_interval_ranks(4, 0.5) == (None, None)  # 4 samples bound no 95% median interval
     estimate = quantile_estimate([3.0, 1.0, 2.0], 0.5)
-    assert (estimate.low, estimate.high) == (1.0, 3.0)
+    assert (estimate.low, estimate.high) == (0.0, math.inf)
+    assert decide(estimate, ">=", 0.95) == UNDECIDED  # never decided on three samples
+    # p95 needs 72 samples for an upper bound, p99 needs 368.
+    assert (
+        quantile_interval_ranks(71, 0.95)[1] is None and quantile_interval_ranks(72, 0.95)[1] == 71
+    )
+    assert (
+        quantile_interval_ranks(367, 0.99)[1] is None
+        and quantile_interval_ranks(368, 0.99)[1] == 367
+    )
+    assert math.isinf(quantile_estimate(np.ones(100), 0.99).high)
 
 
 @pytest.mark.parametrize("q", [0.5, 0.95])
