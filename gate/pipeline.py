@@ -217,6 +217,14 @@ class GateRun:
                 f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
             ) from exc
 
+        # Judge the original first: a broken reference or a budget it cannot produce
+        # is known before minutes go into building and timing candidates.
+        self.entries[ORIGINAL] = self._judge(original)
+        self.report["candidates"] = [self.entries[ORIGINAL]]
+        if original.failed:  # without a judged reference nothing can be decided
+            raise GateError(f"the original model failed to {original.stage}: {original.error}")
+        self._require_budget_metrics()
+
         candidates = [original]
         for recipe in self.recipes:
             self.say(f"building {recipe.name}")
@@ -226,13 +234,10 @@ class GateRun:
                     lambda: iter(self.calibration.feeds), self.calibration.source,
                 )
             )  # fmt: skip
-        for candidate in candidates:
+        for candidate in candidates[1:]:
             self.say(f"validating and measuring {candidate.name}")
             self.entries[candidate.name] = self._judge(candidate)
         self.report["candidates"] = [self.entries[c.name] for c in candidates]
-        if original.failed:  # without a judged reference nothing can be decided
-            raise GateError(f"the original model failed to {original.stage}: {original.error}")
-        self._require_budget_metrics()
         self._measure_original()
         if self.policy.measure.memory:
             self._measure_memory(candidates)
