@@ -329,6 +329,10 @@ class GateRun:
             "input": "the first validation sample",
             "batch": self.batch,
             "timer_overhead_ns": timer_overhead_ns(),
+            "harness": (
+                "the timed region holds only run_with_iobinding on inputs bound once; "
+                "bench/RESULTS.md compares it with a bare session.run loop"
+            ),
             "memory": "peak RSS of a child process per model" if policy.measure.memory else "off",
         }
         if policy.usd_per_hour is not None:
@@ -435,7 +439,7 @@ class GateRun:
             entry["metrics"][name] = estimate.point
             entry["intervals"][name] = [estimate.low, estimate.high]
 
-    def _decided_rule(self) -> Callable[[Timing], bool]:
+    def _decided_rule(self, original_only: bool = False) -> Callable[[Timing], bool]:
         """When a block may stop: every interval-aggregated timing budget and the
         question "is it surely faster, or surely not enough faster" are answered."""
         budgets = [
@@ -449,9 +453,12 @@ class GateRun:
         stricter = 1.0 - (1.0 - self.policy.measure.confidence) / EARLY_STOP_STRICTNESS
 
         def is_decided(timing: Timing) -> bool:
-            estimates = self._estimates(
-                timing.candidate_ms, (timing.original_turns, timing.candidate_turns), stricter
-            )
+            if original_only:  # its speedup is 1 by definition; only its own budgets matter
+                estimates = self._estimates(timing.original_ms, None, stricter)
+            else:
+                estimates = self._estimates(
+                    timing.candidate_ms, (timing.original_turns, timing.candidate_turns), stricter
+                )
             for budget in budgets:
                 estimate = estimates.get(budget.metric)
                 if (
@@ -459,26 +466,33 @@ class GateRun:
                     and decide(estimate, budget.op, budget.threshold) == UNDECIDED
                 ):
                     return False
+            if original_only:
+                return True
             speedup = estimates["speedup"]
             return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
 
         return is_decided
 
     def _measure_original(self) -> None:
-        runs = [ms for timing in self.timings.values() for ms in timing.original_ms]
-        if not runs:  # no other candidate was timed: time the original against itself
-            timing = time_pair(
-                self.original_session,
-                self.original_session,
-                self.validation.feeds[0],
-                self.policy.measure,
-            )
-            runs = timing.original_ms + timing.candidate_ms
-        entry = self.entries[ORIGINAL]
-        self._record_timing(entry, self._estimates(runs, None))
-        entry["timing"] = {
-            "pairs": len(runs),
-            "note": "every run of the original, pooled over all blocks",
+        """Time the original in a block of its own, against a second session of itself.
+
+        Pooling its runs from every candidate's block would give it more samples
+        (a narrower interval) the more candidates a policy lists; its own A/A
+        block puts it on the same footing as each candidate, with the same
+        stopping rule for its own timing budgets.
+        """
+        original = self.entries[ORIGINAL]
+        twin = make_session(self.model.path, original["session"], self.target)
+        timing = time_pair(
+            self.original_session, twin, self.validation.feeds[0], self.policy.measure,
+            self._decided_rule(original_only=True),
+        )  # fmt: skip
+        del twin
+        self.timings[ORIGINAL] = timing
+        self._record_timing(original, self._estimates(timing.original_ms, None))
+        original["timing"] = {
+            **timing.describe(),
+            "note": "the original against a second session of itself",
         }
 
     def _measure_memory(self, candidates: list[Candidate]) -> None:

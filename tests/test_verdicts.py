@@ -297,3 +297,32 @@ def test_every_report_has_a_testbed_even_when_the_policy_is_bad(tmp_path, gate_c
     out = tmp_path / "out"
     assert gate_cli("run", tmp_path / "p.yaml", "-o", out, "-q").exit_code == 2
     assert load_report(out)["testbed"]["python"]
+
+
+def test_one_models_memory_never_leaks_into_the_next_figure(tmp_path):
+    import numpy as np
+    import onnx
+
+    from gate.demo.build import mlp_model
+    from gate.memory import measure_memory
+
+    rng = np.random.default_rng(0)
+    big, small = tmp_path / "big.onnx", tmp_path / "small.onnx"
+    onnx.save_model(
+        mlp_model(
+            [
+                (rng.normal(size=(64, 3000)), np.zeros(3000)),
+                (rng.normal(size=(3000, 3000)), np.zeros(3000)),
+            ]
+        ),
+        str(big),
+    )
+    onnx.save_model(mlp_model([(rng.normal(size=(64, 8)), np.zeros(8))]), str(small))
+    target = {"provider": "CPUExecutionProvider", "options": {}, "threads": 1}
+    feed = {"x": np.ones((1, 64), np.float32)}
+    first = measure_memory(big, {}, target, feed)
+    second = measure_memory(small, {}, target, feed)
+    assert first["model_memory_mb"] > 30  # 36 MB of weights, held by the session
+    # A fresh process: the small figure is a session's own overhead (~10 MB), nothing of the big one.
+    assert second["model_memory_mb"] < first["model_memory_mb"] - 25
+    assert second["peak_memory_mb"] < first["peak_memory_mb"] - 25
