@@ -16,6 +16,7 @@ PROJECT_NAME = "onnx_gate"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
+from gate.errors import SkipCandidate  # noqa: E402
 from gate.exitcodes import ExitCode  # noqa: E402
 from gate.load import copy_model  # noqa: E402
 from gate.records import (  # noqa: E402
@@ -39,6 +40,7 @@ __all__ = [
     "GraphOptimizer",
     "Quantizer",
     "Reporter",
+    "SkipCandidate",
     "ValidationContext",
     "Validator",
     "__version__",

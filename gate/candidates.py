@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gate.errors import GateError
+from gate.errors import GateError, SkipCandidate
 from gate.host import Host, call_plugin
 from gate.load import LoadedModel
 from gate.policy import DEFAULT_GRAPH_PLUGIN, GRAPH_LEVELS, Policy, Recipe
@@ -57,8 +57,13 @@ class Candidate:
     def failed(self) -> bool:
         return self.error is not None
 
+    skipped: bool = False
+
     def fail(self, stage: str, message: str) -> None:
         self.stage, self.error = stage, message
+
+    def skip(self, reason: str) -> None:
+        self.stage, self.error, self.skipped = "build", reason, True
 
 
 def original_candidate(model: LoadedModel, policy: Policy) -> Candidate:
@@ -72,7 +77,8 @@ def original_candidate(model: LoadedModel, policy: Policy) -> Candidate:
 
 def build_candidate(
     recipe: Recipe,
-    model: LoadedModel,
+    source: Path,
+    input_shapes: Mapping[str, Sequence[int]],
     host: Host,
     work_root: Path,
     provider: str,
@@ -86,13 +92,12 @@ def build_candidate(
     work_dir.mkdir(parents=True)
     context = BuildContext(
         work_dir=work_dir,
-        input_shapes=model.input_shapes,
+        input_shapes=input_shapes,
         calibration_samples=calibration,
         calibration_source=calibration_source,
         provider=provider,
         notes=candidate.notes,
     )
-    source = model.path
     try:
         if recipe.quantize is not None:
             quantizer = host.get("quantizer", recipe.quantize["plugin"])
@@ -117,6 +122,8 @@ def build_candidate(
                 f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"
             )
         candidate.path, candidate.session = destination, dict(session or {})
+    except SkipCandidate as exc:
+        candidate.skip(str(exc))
     except GateError as exc:
         candidate.fail("build", exc.message)
     except Exception as exc:  # the host itself must survive any recipe

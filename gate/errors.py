@@ -40,3 +40,11 @@ class PluginError(GateError):
 
 class UnknownNameError(UsageError):
     """A policy names a backend no plugin registered; the message lists valid ones."""
+
+
+class SkipCandidate(Exception):
+    """Raised by a plugin to decline a model, with the reason shown in the report.
+
+    For example a quantiser given a model that is already quantised. The
+    candidate is recorded as ``skipped``, not ``failed``.
+    """

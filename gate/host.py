@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from gate import PROJECT_NAME, hookspecs
-from gate.errors import PluginError, UnknownNameError
+from gate.errors import PluginError, SkipCandidate, UnknownNameError
 from gate.metrics import MEASURED_METRICS
 from gate.records import (
     ExecutionProvider,
@@ -210,6 +210,8 @@ def call_plugin(record: Record, action: str, function: Callable[..., R], *args: 
     """Call a plugin's function; an exception is re-raised naming the plugin."""
     try:
         return function(*args)
+    except SkipCandidate:
+        raise
     except Exception as exc:
         kind = KIND_NAMES[type(record)]
         raise PluginError(

@@ -32,6 +32,7 @@ from gate.decide import BudgetResult, Standing, choose, evaluate
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
 from gate.host import Host, call_plugin, get_host
+from gate.isolation import Isolation, build_isolated, save_feeds
 from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
 from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
 from gate.memory import measure_memory
@@ -226,14 +227,27 @@ class GateRun:
         self._require_budget_metrics()
 
         candidates = [original]
+        calibration_file = self.work / "calibration.npz"
+        if self.policy.build.isolate:
+            save_feeds(self.calibration.feeds, calibration_file)
         for recipe in self.recipes:
             self.say(f"building {recipe.name}")
-            candidates.append(
-                build_candidate(
-                    recipe, self.model, self.host, self.work / "candidates", self.target.provider,
-                    lambda: iter(self.calibration.feeds), self.calibration.source,
-                )
-            )  # fmt: skip
+            if self.policy.build.isolate:
+                candidates.append(
+                    build_isolated(
+                        recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
+                        self.target.provider, calibration_file, self.calibration.source,
+                        Isolation(self.policy.build.timeout_s, self.policy.build.memory_mb),
+                    )
+                )  # fmt: skip
+            else:
+                candidates.append(
+                    build_candidate(
+                        recipe, self.model.path, self.model.input_shapes, self.host,
+                        self.work / "candidates", self.target.provider,
+                        lambda: iter(self.calibration.feeds), self.calibration.source,
+                    )
+                )  # fmt: skip
         for candidate in candidates[1:]:
             self.say(f"validating and measuring {candidate.name}")
             self.entries[candidate.name] = self._judge(candidate)
@@ -557,7 +571,7 @@ class GateRun:
         for candidate in candidates:
             entry = self.entries[candidate.name]
             if candidate.failed:
-                entry["status"] = "failed"
+                entry["status"] = "skipped" if candidate.skipped else "failed"
                 continue
             results = evaluate(
                 policy.budgets, entry["metrics"], self.estimates.get(candidate.name, {})

@@ -116,6 +116,13 @@ class MeasureSettings:
     """Timed runs per turn; 0 picks enough to fill about 0.5 ms (see gate.measure.auto_burst)."""
 
 
+@dataclass(frozen=True)
+class BuildSettings:
+    isolate: bool = True
+    timeout_s: float = 600.0
+    memory_mb: int | None = None
+
+
 @dataclass
 class Policy:
     path: Path
@@ -141,6 +148,7 @@ class Policy:
     validators: list[str] | None
     measure: MeasureSettings
     min_gain: float
+    build: BuildSettings = field(default_factory=BuildSettings)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
     @property
@@ -344,5 +352,10 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             session_noise=float(measure.get("session_noise", 0.02)),
         ),
         min_gain=float(doc.get("selection", {}).get("min_gain", 0.05)),
+        build=BuildSettings(
+            isolate=doc.get("build", {}).get("isolate", True),
+            timeout_s=float(doc.get("build", {}).get("timeout_s", 600)),
+            memory_mb=doc.get("build", {}).get("memory_mb"),
+        ),
         lines=lines,
     )

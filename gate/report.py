@@ -139,7 +139,9 @@ def render_console(report: Mapping[str, Any]) -> str:
             lines.append(row)
         lines.append("")
         for item in candidates:
-            if item.get("error"):
+            if item.get("status") == "skipped":
+                lines.append(f"  {item['name']}: skipped: {item['error']}")
+            elif item.get("error"):
                 lines.append(f"  {item['name']}: failed to {item.get('stage')}: {item['error']}")
             for result in item.get("budgets") or []:
                 if result["passed"] or result["level"] == "off":

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import BuildContext
+from gate import BuildContext, SkipCandidate
 
 
 def has_sympy() -> bool:
@@ -23,12 +23,64 @@ def _node_names(path: Path) -> set[str]:
     return {node.name for node in onnx.load(str(path), load_external_data=False).graph.node}
 
 
+# Operators that only appear in a graph that is quantised already.
+QUANTIZED_OPS = {
+    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
+    "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "MatMulNBits",
+}  # fmt: skip
+
+
+def _refuse_quantized(source: Path) -> None:
+    import onnx
+
+    found = {
+        node.op_type for node in onnx.load(str(source), load_external_data=False).graph.node
+    } & QUANTIZED_OPS
+    if found:
+        raise SkipCandidate(
+            f"the model is already quantised (it has {', '.join(sorted(found))}); "
+            "quantising it again is not supported"
+        )
+
+
+def _fold_constant_weights(source: Path, context: BuildContext) -> Path:
+    """Constant nodes become initializers: ORT's quantisers only quantise initializer weights.
+
+    Without this a graph whose weights come from Constant nodes is returned
+    unquantised (ORT 1.32) or makes the quantiser raise (older releases).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(source))
+    graph = model.graph
+    constants = [
+        n
+        for n in graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    ]
+    if not constants:
+        return source
+    for node in constants:
+        array = numpy_helper.to_array(node.attribute[0].t)
+        graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
+        graph.node.remove(node)
+    destination = context.work_dir / "folded.onnx"
+    onnx.save_model(model, str(destination))
+    context.note(f"folded {len(constants)} Constant node(s) into initializers before quantising")
+    return destination
+
+
 def prepare(source: Path, options: Mapping[str, Any], context: BuildContext) -> Path:
-    """The graph to quantise: pre-processed unless ``preprocess: false``.
+    """The graph to quantise: checked, with Constant weights folded, pre-processed unless
+    ``preprocess: false``.
 
     Pre-processing fuses nodes (MatMul + Add -> Gemm), so names given in
     ``nodes_to_exclude`` can vanish; then the graph is quantised as given.
     """
+    _refuse_quantized(source)
+    source = _fold_constant_weights(source, context)
     excluded = set(options.get("nodes_to_exclude") or ())
     if excluded:
         unknown = excluded - _node_names(source)

@@ -59,7 +59,9 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("")
     problems = []
     for item in candidates:
-        if item.get("error"):
+        if item.get("status") == "skipped":
+            problems.append(f"- `{item['name']}` skipped: {item['error']}")
+        elif item.get("error"):
             problems.append(f"- `{item['name']}` failed to {item.get('stage')}: {item['error']}")
         for result in item.get("budgets") or []:
             if not result["passed"] and result["level"] != "off":

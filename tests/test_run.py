@@ -260,6 +260,7 @@ def test_static_options_reach_onnxruntime(classifier, gate_cli, tmp_path, monkey
     policy = classifier.write_policy(
         {
             "data": {"calibration": "calibration.npz"},
+            "build": {"isolate": False},  # the spy lives in this process
             "candidates": [
                 {
                     "name": "tuned",

@@ -1,0 +1,179 @@
+"""Build a candidate in a child process, so a quantiser that segfaults, hangs or
+eats all memory fails that candidate alone and the run goes on.
+
+ORT's quantisers are native code and do crash on real graphs (Constant-node
+weights, already-quantised models): an exception can be caught in-process, a
+segfault cannot.
+
+    python -m gate.isolation SPEC.json   # the child side
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from gate.candidates import Candidate, build_candidate
+from gate.policy import Recipe
+from gate.records import Sample
+
+
+@dataclass(frozen=True)
+class Isolation:
+    timeout_s: float = 600.0
+    memory_mb: int | None = None
+
+
+def save_feeds(feeds: Sequence[Sample], path: Path) -> None:
+    """Feeds as one .npz: key ``000012.input_name`` is input ``input_name`` of sample 12."""
+    np.savez(
+        path,
+        **{
+            f"{index:06d}.{name}": value
+            for index, feed in enumerate(feeds)
+            for name, value in feed.items()
+        },
+    )
+
+
+def load_feeds(path: Path) -> list[Sample]:
+    feeds: dict[int, Sample] = {}
+    with np.load(path, allow_pickle=False) as archive:
+        for key in archive.files:
+            index, name = key.split(".", 1)
+            feeds.setdefault(int(index), {})[name] = archive[key]
+    return [feeds[index] for index in sorted(feeds)]
+
+
+def _limit_memory(memory_mb: int | None):  # type: ignore[no-untyped-def]
+    if memory_mb is None:
+        return None
+
+    def limit() -> None:
+        import resource
+
+        cap = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    return limit
+
+
+def build_isolated(
+    recipe: Recipe,
+    source: Path,
+    input_shapes: Mapping[str, Sequence[int]],
+    work_root: Path,
+    provider: str,
+    calibration_path: Path,
+    calibration_source: str,
+    isolation: Isolation,
+) -> Candidate:
+    """Run :func:`gate.candidates.build_candidate` in a child; its failure modes become the candidate's."""
+    candidate = Candidate(recipe.name, recipe.describe())
+    work_root.mkdir(parents=True, exist_ok=True)
+    spec_path = work_root / f".{recipe.name}.spec.json"
+    result_path = work_root / f".{recipe.name}.result.json"
+    result_path.unlink(missing_ok=True)
+    spec_path.write_text(
+        json.dumps(
+            {
+                "recipe": {"name": recipe.name, "graph": recipe.graph, "quantize": recipe.quantize},
+                "source": str(source),
+                "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
+                "work_root": str(work_root),
+                "provider": provider,
+                "calibration": str(calibration_path),
+                "calibration_source": calibration_source,
+                "result": str(result_path),
+            }
+        )
+    )
+    # Whatever the parent could import (plugins on a path added at run time), the child can too.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(entry for entry in sys.path if entry))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gate.isolation", str(spec_path)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, so a timeout kills its threads and children too
+        preexec_fn=_limit_memory(isolation.memory_mb),
+    )
+    try:
+        _, stderr = process.communicate(timeout=isolation.timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        candidate.fail(
+            "build",
+            f"timed out after {isolation.timeout_s:g} s (build.timeout_s); the build was killed",
+        )
+        return candidate
+    if process.returncode != 0 or not result_path.is_file():
+        candidate.fail("build", _death(process.returncode, stderr, isolation))
+        return candidate
+    result = json.loads(result_path.read_text())
+    candidate.notes.extend(result["notes"])
+    if result["path"]:
+        candidate.path, candidate.session = Path(result["path"]), result["session"]
+    if result["skipped"]:
+        candidate.skip(result["error"])
+    elif result["error"]:
+        candidate.fail(result["stage"], result["error"])
+    return candidate
+
+
+def _death(returncode: int, stderr: str, isolation: Isolation) -> str:
+    if returncode < 0:
+        name = signal.Signals(-returncode).name
+        message = f"the build process crashed ({name})"
+    else:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
+        message = f"the build process exited {returncode}: {tail}"
+    if isolation.memory_mb is not None and (
+        "MemoryError" in stderr or "bad_alloc" in stderr or returncode < 0
+    ):
+        message += f"; build.memory_mb is {isolation.memory_mb}: it may have run out of memory"
+    return message
+
+
+def _child(spec_path: str) -> None:
+    from gate.host import get_host
+
+    spec = json.loads(Path(spec_path).read_text())
+    feeds = load_feeds(Path(spec["calibration"]))
+    recipe = Recipe(spec["recipe"]["name"], spec["recipe"]["graph"], spec["recipe"]["quantize"])
+    candidate = build_candidate(
+        recipe,
+        Path(spec["source"]),
+        spec["input_shapes"],
+        get_host(),
+        Path(spec["work_root"]),
+        spec["provider"],
+        lambda: iter(feeds),
+        spec["calibration_source"],
+    )
+    Path(spec["result"]).write_text(
+        json.dumps(
+            {
+                "path": str(candidate.path) if candidate.path else None,
+                "session": candidate.session,
+                "notes": candidate.notes,
+                "error": candidate.error,
+                "stage": candidate.stage,
+                "skipped": candidate.skipped,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1])
