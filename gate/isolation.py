@@ -10,6 +10,7 @@ segfault cannot.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -110,13 +111,15 @@ def build_isolated(
     try:
         _, stderr = process.communicate(timeout=isolation.timeout_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.communicate()
+        _kill(process)
         candidate.fail(
             "build",
             f"timed out after {isolation.timeout_s:g} s (build.timeout_s); the build was killed",
         )
         return candidate
+    except BaseException:  # Ctrl-C or SIGTERM: its own session would outlive us otherwise
+        _kill(process)
+        raise
     if process.returncode != 0 or not result_path.is_file():
         candidate.fail("build", _death(process.returncode, stderr, isolation))
         return candidate
@@ -129,6 +132,12 @@ def build_isolated(
     elif result["error"]:
         candidate.fail(result["stage"], result["error"])
     return candidate
+
+
+def _kill(process: subprocess.Popen[str]) -> None:
+    with contextlib.suppress(ProcessLookupError):  # it may have finished meanwhile
+        os.killpg(process.pid, signal.SIGKILL)
+    process.communicate()
 
 
 def _death(returncode: int, stderr: str, isolation: Isolation) -> str:
