@@ -104,8 +104,9 @@ def build_candidate(
             options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
             quantized = work_dir / "quantized.onnx"
             call_plugin(
-                quantizer, "quantize", quantizer.quantize, source, quantized, options, context
-            )
+                quantizer, "quantize", quantizer.quantize, source, quantized, options, context,
+                may_skip=True,
+            )  # fmt: skip
             if not quantized.is_file():
                 raise GateError(
                     f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model"
@@ -115,8 +116,9 @@ def build_candidate(
         options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
         destination = work_dir / "model.onnx"
         session = call_plugin(
-            optimizer, "optimize", optimizer.optimize, source, destination, options, context
-        )
+            optimizer, "optimize", optimizer.optimize, source, destination, options, context,
+            may_skip=True,
+        )  # fmt: skip
         if not destination.is_file():
             raise GateError(
                 f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"

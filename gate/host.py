@@ -206,12 +206,22 @@ def get_host(*, load_entry_points: bool = True, plugins: Iterable[tuple[str, obj
     return host
 
 
-def call_plugin(record: Record, action: str, function: Callable[..., R], *args: Any) -> R:
-    """Call a plugin's function; an exception is re-raised naming the plugin."""
+def call_plugin(
+    record: Record, action: str, function: Callable[..., R], *args: Any, may_skip: bool = False
+) -> R:
+    """Call a plugin's function; an exception is re-raised naming the plugin.
+
+    ``may_skip``: let :class:`SkipCandidate` through (candidate builders only).
+    """
     try:
         return function(*args)
     except SkipCandidate:
-        raise
+        if may_skip:
+            raise
+        raise PluginError(
+            f"{KIND_NAMES[type(record)]} '{record.name}' (plugin '{record.plugin}') raised "
+            f"SkipCandidate while trying to {action}; only quantisers and graph optimisers may"
+        ) from None
     except Exception as exc:
         kind = KIND_NAMES[type(record)]
         raise PluginError(

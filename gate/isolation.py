@@ -54,19 +54,6 @@ def load_feeds(path: Path) -> list[Sample]:
     return [feeds[index] for index in sorted(feeds)]
 
 
-def _limit_memory(memory_mb: int | None):  # type: ignore[no-untyped-def]
-    if memory_mb is None:
-        return None
-
-    def limit() -> None:
-        import resource
-
-        cap = memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    return limit
-
-
 def build_isolated(
     recipe: Recipe,
     source: Path,
@@ -94,22 +81,28 @@ def build_isolated(
                 "calibration": str(calibration_path),
                 "calibration_source": calibration_source,
                 "result": str(result_path),
+                "memory_mb": isolation.memory_mb,
+                # Whatever the parent could import (plugins on a path added at run time), the child can too.
+                "sys_path": [entry for entry in sys.path if entry],
             }
         )
     )
-    # Whatever the parent could import (plugins on a path added at run time), the child can too.
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(entry for entry in sys.path if entry))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gate.isolation", str(spec_path)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # its own process group, so a timeout kills its threads and children too
-        preexec_fn=_limit_memory(isolation.memory_mb),
-    )
+    stderr_path = work_root / f".{recipe.name}.stderr"
     try:
-        _, stderr = process.communicate(timeout=isolation.timeout_s)
+        with stderr_path.open("w") as stderr_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gate.isolation", str(spec_path)],
+                cwd=work_root,  # never import a stray onnx.py or gate/ from the user's folder
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr_file,  # a file, not a pipe: a helper holding it open cannot stall us
+                start_new_session=True,  # its own process group: a kill reaches its threads and children
+            )
+    except (OSError, subprocess.SubprocessError) as exc:
+        candidate.fail("build", f"could not start the build process: {exc}")
+        return candidate
+    try:
+        process.wait(timeout=isolation.timeout_s)
     except subprocess.TimeoutExpired:
         _kill(process)
         candidate.fail(
@@ -120,6 +113,8 @@ def build_isolated(
     except BaseException:  # Ctrl-C or SIGTERM: its own session would outlive us otherwise
         _kill(process)
         raise
+    _kill(process)  # helpers it left behind in its group
+    stderr = stderr_path.read_text(errors="replace")
     if process.returncode != 0 or not result_path.is_file():
         candidate.fail("build", _death(process.returncode, stderr, isolation))
         return candidate
@@ -134,10 +129,10 @@ def build_isolated(
     return candidate
 
 
-def _kill(process: subprocess.Popen[str]) -> None:
-    with contextlib.suppress(ProcessLookupError):  # it may have finished meanwhile
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):  # it may have finished meanwhile
         os.killpg(process.pid, signal.SIGKILL)
-    process.communicate()
+    process.wait()
 
 
 def _death(returncode: int, stderr: str, isolation: Isolation) -> str:
@@ -155,9 +150,15 @@ def _death(returncode: int, stderr: str, isolation: Isolation) -> str:
 
 
 def _child(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    sys.path[:] = spec["sys_path"]
+    if spec["memory_mb"] is not None:  # here, not in preexec_fn: the parent has threads running
+        import resource
+
+        cap = spec["memory_mb"] * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     from gate.host import get_host
 
-    spec = json.loads(Path(spec_path).read_text())
     feeds = load_feeds(Path(spec["calibration"]))
     recipe = Recipe(spec["recipe"]["name"], spec["recipe"]["graph"], spec["recipe"]["quantize"])
     candidate = build_candidate(

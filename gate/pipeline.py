@@ -228,11 +228,24 @@ class GateRun:
 
         candidates = [original]
         calibration_file = self.work / "calibration.npz"
-        if self.policy.build.isolate:
+        isolate = self.policy.build.isolate
+        registered = [info.name for info in self.host.infos if info.source == "registered"]
+        if isolate and registered:
+            isolate = False
+            self.report["warnings"].append(
+                f"plugins registered in this process ({', '.join(registered)}) cannot be seen by a child "
+                "process: candidates were built in-process, without crash isolation"
+            )
+        self.report["build"] = {
+            "isolate": isolate,
+            "timeout_s": self.policy.build.timeout_s if isolate else None,
+            "memory_mb": self.policy.build.memory_mb if isolate else None,
+        }
+        if isolate:
             save_feeds(self.calibration.feeds, calibration_file)
         for recipe in self.recipes:
             self.say(f"building {recipe.name}")
-            if self.policy.build.isolate:
+            if isolate:
                 candidates.append(
                     build_isolated(
                         recipe, self.model.path, self.model.input_shapes, self.work / "candidates",

@@ -27,16 +27,35 @@ def _node_names(path: Path) -> set[str]:
 QUANTIZED_OPS = {
     "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
     "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "MatMulNBits",
+    "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "MatMulNBits", "QLinearConcat",
+    "QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool",
+    "QLinearGlobalAveragePool", "QLinearReduceMean", "QLinearWhere", "GatherBlockQuantized",
+    "QOrderedMatMul",
 }  # fmt: skip
 
 
-def _refuse_quantized(source: Path) -> None:
+def _op_types(graph: Any) -> set[str]:
+    """Every operator in a graph and in its subgraphs (If / Loop / Scan bodies)."""
+    found = set()
+    for node in graph.node:
+        found.add(node.op_type)
+        for attribute in node.attribute:
+            if attribute.g.node:
+                found |= _op_types(attribute.g)
+            for subgraph in attribute.graphs:
+                found |= _op_types(subgraph)
+    return found
+
+
+def refuse_quantized(source: Path) -> None:
+    """Raise SkipCandidate for a model that already holds quantised operators.
+
+    Fake-quant QDQ pairs and weight-only DequantizeLinear count too: ORT's
+    quantisers do not support quantising such graphs again.
+    """
     import onnx
 
-    found = {
-        node.op_type for node in onnx.load(str(source), load_external_data=False).graph.node
-    } & QUANTIZED_OPS
+    found = _op_types(onnx.load(str(source), load_external_data=False).graph) & QUANTIZED_OPS
     if found:
         raise SkipCandidate(
             f"the model is already quantised (it has {', '.join(sorted(found))}); "
@@ -56,10 +75,10 @@ def _fold_constant_weights(source: Path, context: BuildContext) -> Path:
     model = onnx.load(str(source))
     graph = model.graph
     constants = [
-        n
-        for n in graph.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
-    ]
+        n for n in graph.node
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
+        and n.attribute and n.attribute[0].name == "value"
+    ]  # fmt: skip
     if not constants:
         return source
     for node in constants:
@@ -79,7 +98,7 @@ def prepare(source: Path, options: Mapping[str, Any], context: BuildContext) -> 
     Pre-processing fuses nodes (MatMul + Add -> Gemm), so names given in
     ``nodes_to_exclude`` can vanish; then the graph is quantised as given.
     """
-    _refuse_quantized(source)
+    refuse_quantized(source)
     source = _fold_constant_weights(source, context)
     excluded = set(options.get("nodes_to_exclude") or ())
     if excluded:

@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from gate_plugins._quantization import refuse_quantized
+
 from gate import BuildContext, Quantizer, hookimpl
 
 
@@ -15,6 +17,7 @@ def _quantize(
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    refuse_quantized(source)  # converting int8 graphs to fp16 yields graphs ORT rejects
     model = onnx.load(str(source))
     converted = convert_float_to_float16(
         model,

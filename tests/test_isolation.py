@@ -3,8 +3,11 @@ Preparation makes quantisers work on Constant-weight graphs and skip quantised m
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
+import pytest
 from conftest import candidate, load_report
 from onnx import TensorProto, helper, numpy_helper
 from plugin_kit import use_plugin_modules, write_module
@@ -19,6 +22,8 @@ FAULTY = """
         os.kill(os.getpid(), signal.SIGSEGV)
 
     def hang(source, destination, options, context):
+        with open(os.environ["HANG_PID_FILE"], "w") as handle:
+            handle.write(str(os.getpid()))
         time.sleep(600)
 
     def hog(source, destination, options, context):
@@ -39,6 +44,7 @@ def test_crash_hang_and_memory_hog_fail_only_their_candidates(
 ):
     write_module(tmp_path, "faulty_plugin", FAULTY)
     use_plugin_modules(monkeypatch, tmp_path, "faulty_plugin")
+    monkeypatch.setenv("HANG_PID_FILE", str(tmp_path / "hang.pid"))
     policy = classifier.write_policy(
         {
             "candidates": [
@@ -61,6 +67,14 @@ def test_crash_hang_and_memory_hog_fail_only_their_candidates(
     )
     assert hung["status"] == "failed"
     assert hung["error"] == "timed out after 3 s (build.timeout_s); the build was killed"
+    hung_pid = int((tmp_path / "hang.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # really gone, not left running
+        os.kill(hung_pid, 0)
+    assert report["build"] == {"isolate": True, "timeout_s": 3.0, "memory_mb": 3000}
+    hung_pid = int((tmp_path / "hang.pid").read_text())
+    with pytest.raises(ProcessLookupError):  # really gone, not left running
+        os.kill(hung_pid, 0)
+    assert report["build"] == {"isolate": True, "timeout_s": 3.0, "memory_mb": 3000}
     assert hogged["status"] == "failed" and "MemoryError" in hogged["error"]
     assert candidate(report, "fine")["status"] == "passed"
     assert "crashes: failed to build: the build process crashed (SIGSEGV)" in result.stdout
@@ -75,7 +89,8 @@ def test_an_already_quantised_model_skips_quantisers_with_a_reason(classifier, g
     policy.write_text(
         "version: 1\nmodel: {path: int8.onnx}\nmeasure: {min_runs: 80, max_runs: 80, min_seconds: 0, memory: false}\n"
         "candidates:\n  - {name: again-dynamic, quantize: {plugin: dynamic}}\n"
-        "  - {name: again-static, quantize: {plugin: static}}\n  - {name: basic, graph: {level: basic}}\n"
+        "  - {name: again-static, quantize: {plugin: static}}\n  - {name: again-fp16, quantize: {plugin: fp16}}\n"
+        "  - {name: basic, graph: {level: basic}}\n"
     )
     out = tmp_path / "out"
     result = gate_cli("run", policy, "-o", out, "-q")
@@ -83,7 +98,7 @@ def test_an_already_quantised_model_skips_quantisers_with_a_reason(classifier, g
     assert "again-static: skipped: the model is already quantised" in result.stdout
     report = load_report(out)
     assert_valid_report(report)
-    for name in ("again-dynamic", "again-static"):
+    for name in ("again-dynamic", "again-static", "again-fp16"):
         item = candidate(report, name)
         assert item["status"] == "skipped"
         assert item["error"].startswith(
@@ -144,4 +159,54 @@ def test_in_process_builds_remain_available(classifier, gate_cli, tmp_path):
     )
     out = tmp_path / "out"
     assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
-    assert candidate(load_report(out), "int8")["status"] == "passed"
+    report = load_report(out)
+    assert candidate(report, "int8")["status"] == "passed"
+    assert report["build"]["isolate"] is False
+
+
+def test_plugins_registered_in_process_are_built_in_process(classifier, tmp_path):
+    from gate import Quantizer, copy_model, hookimpl
+    from gate.host import get_host
+    from gate.pipeline import run_gate
+
+    class Mine:
+        @hookimpl
+        def onnx_gate_quantizers(self):
+            def quantize(source, destination, options, context):
+                copy_model(source, destination)
+
+            return [Quantizer(name="mine", quantize=quantize)]
+
+    policy = classifier.write_policy(
+        {"candidates": [{"name": "m", "quantize": {"plugin": "mine"}}]}
+    )
+    result = run_gate(policy, tmp_path / "out", host=get_host(plugins=[("mine", Mine())]))
+    assert result.exit_code == 0
+    assert candidate(result.report, "m")["status"] == "passed"
+    assert result.report["build"]["isolate"] is False
+    assert any("registered in this process (mine)" in w for w in result.report["warnings"])
+
+
+def test_a_reporter_cannot_skip(classifier, gate_cli, tmp_path, monkeypatch):
+    write_module(
+        tmp_path,
+        "skipping_reporter",
+        """
+        from gate import Reporter, SkipCandidate, hookimpl
+
+        def write(report, output_dir):
+            raise SkipCandidate("not today")
+
+        @hookimpl
+        def onnx_gate_reporters():
+            return [Reporter(name="skipper", write=write)]
+    """,
+    )
+    use_plugin_modules(monkeypatch, tmp_path, "skipping_reporter")
+    out = tmp_path / "out"
+    policy = classifier.write_policy({"candidates": [{"name": "b", "graph": {"level": "basic"}}]})
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    errors = load_report(out)["errors"]
+    assert any(
+        "reporter 'skipper' (plugin 'skipping_reporter') raised SkipCandidate" in e for e in errors
+    )
