@@ -226,8 +226,20 @@ class GateRun:
             raise GateError(f"the original model failed to {original.stage}: {original.error}")
         self._require_budget_metrics()
 
-        candidates = [original]
-        calibration_file = self.work / "calibration.npz"
+        candidates = [original, *self._build_candidates()]
+        for candidate in candidates[1:]:
+            self.say(f"validating and measuring {candidate.name}")
+            self.entries[candidate.name] = self._judge(candidate)
+        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        self._measure_original()
+        if self.policy.measure.memory:
+            self._measure_memory(candidates)
+        if self.keep_candidates:
+            self._keep(candidates)
+        self._decide(candidates)
+
+    def _build_candidates(self) -> list[Candidate]:
+        """Build every recipe, each in a child process unless isolation is off or impossible."""
         isolate = self.policy.build.isolate
         registered = [info.name for info in self.host.infos if info.source == "registered"]
         if isolate and registered:
@@ -241,12 +253,14 @@ class GateRun:
             "timeout_s": self.policy.build.timeout_s if isolate else None,
             "memory_mb": self.policy.build.memory_mb if isolate else None,
         }
+        calibration_file = self.work / "calibration.npz"
         if isolate:
             save_feeds(self.calibration.feeds, calibration_file)
+        built = []
         for recipe in self.recipes:
             self.say(f"building {recipe.name}")
             if isolate:
-                candidates.append(
+                built.append(
                     build_isolated(
                         recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
                         self.target.provider, calibration_file, self.calibration.source,
@@ -254,23 +268,14 @@ class GateRun:
                     )
                 )  # fmt: skip
             else:
-                candidates.append(
+                built.append(
                     build_candidate(
                         recipe, self.model.path, self.model.input_shapes, self.host,
                         self.work / "candidates", self.target.provider,
                         lambda: iter(self.calibration.feeds), self.calibration.source,
                     )
                 )  # fmt: skip
-        for candidate in candidates[1:]:
-            self.say(f"validating and measuring {candidate.name}")
-            self.entries[candidate.name] = self._judge(candidate)
-        self.report["candidates"] = [self.entries[c.name] for c in candidates]
-        self._measure_original()
-        if self.policy.measure.memory:
-            self._measure_memory(candidates)
-        if self.keep_candidates:
-            self._keep(candidates)
-        self._decide(candidates)
+        return built
 
     def _target(self) -> Target:
         policy = self.policy
