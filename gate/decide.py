@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gate.candidates import ORIGINAL
+from gate.metrics import MEASURED_METRICS
 from gate.policy import Budget
+from gate.report import explain_budget
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 
 
@@ -30,11 +32,7 @@ class BudgetResult:
         return PASS if on_inconclusive == "warn" else FAIL
 
     def explain(self) -> str:
-        found = "not measured" if self.actual is None else f"{self.actual:.6g}"
-        if self.estimate is not None and self.estimate.low != self.estimate.high:
-            found += f" ({self.estimate.confidence:.0%} interval {self.estimate.low:.6g} to {self.estimate.high:.6g})"
-        verdict = " - inconclusive" if self.decision == UNDECIDED else ""
-        return f"{self.budget.metric}: expected {self.budget.op} {self.budget.threshold:g}, found {found}{verdict}"
+        return explain_budget(self.to_json())
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -157,3 +155,74 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
         f"no passing candidate is surely faster: the best, {best.name}, is {_interval(best.speedup)} "
         f"(a replacement needs >= {1 + min_gain:.2f}x with an interval above 1.0; selection.min_gain)"
     )
+
+
+def outcome(
+    standing: Standing, chosen: str | None, standings: Sequence[Standing], min_gain: float
+) -> str:
+    """Why this measured candidate won or lost, in one sentence for the decision log."""
+    if standing.name == chosen:
+        return "chosen"
+    if standing.status == "rejected":
+        return "rejected: " + "; ".join(r.explain() for r in standing.blocking())
+    if standing.status == "inconclusive":
+        return "inconclusive: " + "; ".join(r.explain() for r in standing.blocking())
+    speed = _interval(standing.speedup)
+    if standing.name == ORIGINAL:
+        return f"passes; {chosen} replaces it" if chosen else "passes"
+    if standing.speedup.high < 1.0:
+        return f"passes, but is slower than the original ({speed})"
+    if standing.speedup.low <= 1.0:
+        return f"passes, but is not surely faster than the original ({speed})"
+    if standing.speedup.point < 1.0 + min_gain:
+        return f"passes and is faster, but by less than selection.min_gain ({speed})"
+    winner = next((s for s in standings if s.name == chosen), None)
+    if winner is not None:
+        return f"passes, but {chosen} is faster ({speed} against {_interval(winner.speedup)})"
+    return f"passes ({speed})"
+
+
+def recommend(
+    entries: Sequence[Mapping[str, Any]], chosen: str | None, synthetic_data: bool
+) -> str:
+    """A short recommendation for the summary, from what was measured."""
+    by_name = {entry["name"]: entry for entry in entries}
+    quantised = [e for e in entries if (e.get("recipe") or {}).get("quantize")]
+    lost_accuracy = [
+        e for e in quantised
+        if e["status"] == "rejected"
+        and any(b["metric"] not in MEASURED_METRICS and not b["passed"] for b in e.get("budgets", []))
+    ]  # fmt: skip
+    caveat = (
+        " Validation ran on synthetic inputs: confirm with data.validation before relying on it."
+        if synthetic_data
+        else ""
+    )
+    if chosen is None:
+        if quantised and len(lost_accuracy) == len(quantised):
+            return (
+                "Every quantised candidate lost too much accuracy. Exclude the sensitive nodes "
+                "(nodes_to_exclude, op_types_to_quantize), or consider quantisation-aware training."
+            )
+        return "Nothing met every budget: relax a budget, or look at the reasons per candidate."
+    recipe = by_name[chosen].get("recipe") or {}
+    plugin = (recipe.get("quantize") or {}).get("plugin")
+    if chosen == ORIGINAL:
+        advice = "No recipe beat the original on this target while meeting every budget: ship it as it is."
+        if lost_accuracy:
+            advice += (
+                " Some quantised candidates were faster but lost accuracy: excluding sensitive "
+                "nodes, or quantisation-aware training, may recover it."
+            )
+        return advice + caveat
+    if plugin == "dynamic":
+        return (
+            "Graph optimisation with dynamic quantisation: the simplest lever, fine where accuracy "
+            "is not business-critical." + caveat
+        )
+    if plugin == "static":
+        return (
+            "Static quantisation met your accuracy budgets: keep the calibration and validation data "
+            "representative of production, since static quantisation depends on them." + caveat
+        )
+    return f"{chosen} met every budget and was the fastest." + caveat

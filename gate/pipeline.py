@@ -28,7 +28,7 @@ from gate.candidates import (
 )
 from gate.check import active_validators, check_policy
 from gate.data import calibration_feeds, load_labels, validation_feeds
-from gate.decide import BudgetResult, Standing, choose, evaluate
+from gate.decide import BudgetResult, Standing, choose, evaluate, outcome, recommend
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
 from gate.host import Host, call_plugin, get_host
@@ -604,6 +604,19 @@ class GateRun:
 
         chosen, reason = choose(standings, policy.min_gain)
         report["chosen"], report["decision"] = chosen, reason
+        for candidate in candidates:  # the decision log: why each one won or lost
+            entry = self.entries[candidate.name]
+            standing = next((s for s in standings if s.name == candidate.name), None)
+            if standing is not None:
+                entry["outcome"] = outcome(standing, chosen, standings, policy.min_gain)
+            else:
+                what = "skipped" if candidate.skipped else f"failed to {candidate.stage}"
+                entry["outcome"] = f"{what}: {candidate.error}"
+        report["recommendation"] = recommend(
+            [self.entries[c.name] for c in candidates],
+            chosen,
+            self.validation.source == "synthetic",
+        )
         if chosen is None:
             if any(s.status == "inconclusive" for s in standings):
                 report.update(

@@ -147,6 +147,8 @@ def render_console(report: Mapping[str, Any]) -> str:
                 if result["passed"] or result["level"] == "off":
                     continue
                 lines.append(f"  {item['name']}: {result['level']}: {explain_budget(result)}")
+    if report.get("recommendation"):
+        lines.append(f"recommendation: {report['recommendation']}")
     for warning in report.get("warnings") or []:
         lines.append(f"warning: {warning}")
     for error in report.get("errors") or []:

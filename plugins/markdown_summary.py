@@ -75,6 +75,17 @@ def render(report: Mapping[str, Any]) -> str:
             "</details>",
             "",
         ]
+    if candidates:
+        lines += [
+            "_Latencies come from each candidate's own timing block; compare candidates by "
+            "speedup, which pairs each with the original in that block (95% interval in brackets)._",
+            "",
+        ]
+    if report.get("recommendation"):
+        lines += [f"**Recommendation:** {report['recommendation']}", ""]
+    log = [f"- `{item['name']}`: {item['outcome']}" for item in candidates if item.get("outcome")]
+    if log:
+        lines += ["<details><summary>Decision log</summary>", "", *log, "", "</details>", ""]
     for warning in report.get("warnings") or []:
         lines.append(f"> ⚠️ {warning}")
     for error in report.get("errors") or []:

@@ -84,7 +84,7 @@ def test_inconclusive_budgets_and_their_mapping():
 def test_a_metric_that_was_not_measured_fails_its_budget():
     (result,) = evaluate([Budget("top1_agreement", ">=", 0.9, "error", "budgets[0]")], {}, {})
     assert result.decision == "fail"
-    assert result.explain() == "top1_agreement: expected >= 0.9, found not measured"
+    assert result.explain() == "top1_agreement expected >= 0.9, found not measured"
 
 
 def test_an_inconclusive_original_is_only_replaced_by_a_surely_faster_candidate():
@@ -95,3 +95,50 @@ def test_an_inconclusive_original_is_only_replaced_by_a_surely_faster_candidate(
     chosen, reason = choose([original, maybe_slower], 0.05)
     assert chosen is None and "inconclusive" in reason
     assert choose([original, maybe_slower, standing("fast", 1.3, 1.2, 1.4)], 0.05)[0] == "fast"
+
+
+def test_the_decision_log_says_why_each_candidate_won_or_lost():
+    from gate.decide import outcome
+
+    faster = standing("fast", 1.6, 1.5, 1.7)
+    runner_up = standing("second", 1.3, 1.2, 1.4)
+    slower = standing("slow", 0.8, 0.7, 0.9)
+    noisy = standing("noisy", 1.02, 0.98, 1.06)
+    marginal = standing("marginal", 1.03, 1.01, 1.05)
+    big = standing("big", 3.0, 2.9, 3.1, size=50.0)
+    everyone = [ORIGINAL, faster, runner_up, slower, noisy, marginal, big]
+    chosen, _ = choose(everyone, 0.05)
+    assert chosen == "fast"
+    log = {s.name: outcome(s, chosen, everyone, 0.05) for s in everyone}
+    assert log["fast"] == "chosen"
+    assert log["original"] == "passes; fast replaces it"
+    assert log["second"].startswith("passes, but fast is faster (1.30x")
+    assert log["slow"].startswith("passes, but is slower than the original (0.80x")
+    assert log["noisy"].startswith("passes, but is not surely faster than the original")
+    assert log["marginal"].startswith("passes and is faster, but by less than selection.min_gain")
+    assert log["big"].startswith("rejected: size_mb expected <= 10, found 50")
+
+
+def test_recommendations_follow_what_was_measured():
+    from gate.decide import recommend
+
+    def entry(name, plugin=None, status="passed", failed_metric=None):
+        budgets = [{"metric": failed_metric, "passed": False}] if failed_metric else []
+        return {
+            "name": name,
+            "status": status,
+            "recipe": {"quantize": {"plugin": plugin}} if plugin else None,
+            "budgets": budgets,
+        }
+
+    lossy = [entry("original"), entry("q", "static", "rejected", "top1_agreement")]
+    assert "quantisation-aware training" in recommend(lossy, "original", False)
+    assert recommend(lossy, None, False).startswith(
+        "Every quantised candidate lost too much accuracy"
+    )
+    assert recommend([entry("original"), entry("d", "dynamic")], "d", True).endswith(
+        "confirm with data.validation before relying on it."
+    )
+    assert recommend([entry("original"), entry("s", "static")], "s", False).startswith(
+        "Static quantisation met"
+    )

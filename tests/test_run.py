@@ -42,6 +42,9 @@ def test_accuracy_budget_rejects_destructive_quantisation(fragile_classifier, ga
 
     static = candidate(report, "static-qdq")
     assert static["status"] == "rejected"
+    assert static["outcome"].startswith("rejected: top1_agreement expected >= 0.95, found")
+    if report["chosen"] == "original":
+        assert "lost accuracy" in report["recommendation"]
     assert static["metrics"]["top1_agreement"] < 0.5  # quantisation visibly destroyed predictions
     assert static["metrics"]["accuracy_drop"] > 0.3
     assert any(r["metric"] == "top1_agreement" and not r["passed"] for r in static["budgets"])
@@ -131,7 +134,7 @@ def test_impossible_latency_budget_fails_with_reason(classifier, gate_cli, tmp_p
     assert not (out / "model.onnx").exists()
     for item in report["candidates"]:
         assert item["status"] == "rejected"
-        assert item["reasons"][0].startswith("latency_ms.p50: expected <= 1e-06, found ")
+        assert item["reasons"][0].startswith("latency_ms.p50 expected <= 1e-06, found ")
     assert "original: error: latency_ms.p50 expected <= 1e-06, found" in result.stdout
     assert "verdict: FAIL (exit 1)" in result.stdout
 
@@ -235,6 +238,14 @@ def test_a_candidate_that_meets_a_budget_the_original_misses_is_chosen(
     report = load_report(out)
     assert report["chosen"] == "int8"
     assert report["decision"].startswith("the original misses an error-level budget; int8")
+    # The decision log says why each candidate won or lost.
+    assert candidate(report, "int8")["outcome"] == "chosen"
+    assert candidate(report, "basic")["outcome"].startswith("rejected: size_mb expected <= ")
+    assert candidate(report, "original")["outcome"].startswith("rejected: size_mb expected <= ")
+    assert report["recommendation"].startswith("Graph optimisation with dynamic quantisation")
+    summary = (out / "summary.md").read_text()
+    assert "Decision log" in summary and "- `basic`: rejected: size_mb" in summary
+    assert "**Recommendation:** Graph optimisation with dynamic quantisation" in summary
     assert candidate(report, "original")["status"] == "rejected"
     assert candidate(report, "basic")["status"] == "rejected"
     written = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
