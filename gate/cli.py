@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
-from collections.abc import Callable
 from importlib.resources import as_file, files
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import click
 from gate import __version__
 from gate.errors import GateError, UsageError
 from gate.exitcodes import ExitCode
+from gate.progress import progress
 
 EXIT_CODES_HELP = "Exit codes: " + ", ".join(f"{int(code)} {code.description}" for code in ExitCode)
 
@@ -34,16 +33,6 @@ def _fail(error: GateError) -> None:
     raise SystemExit(int(error.exit_code))
 
 
-def _progress(quiet: bool) -> Callable[[str], None]:
-    started = time.perf_counter()
-
-    def say(message: str) -> None:
-        if not quiet:
-            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
-
-    return say
-
-
 @click.group(epilog=EXIT_CODES_HELP)
 @click.version_option(__version__, prog_name="onnx-gate")
 def cli() -> None:
@@ -58,9 +47,8 @@ def _run_and_exit(
     from gate.pipeline import run_gate
     from gate.report import render_console
 
-    result = run_gate(
-        policy, output_dir, progress=_progress(quiet), keep_candidates=keep_candidates
-    )
+    with progress(quiet) as say:
+        result = run_gate(policy, output_dir, progress=say, keep_candidates=keep_candidates)
     click.echo(render_console(result.report))
     written = result.output_dir / "report.json"
     if not quiet and written.is_file():

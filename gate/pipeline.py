@@ -38,13 +38,13 @@ from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, tim
 from gate.memory import measure_memory
 from gate.metrics import TIMING_METRICS
 from gate.policy import Policy, load_policy
+from gate.progress import RESULT_PREFIX, Progress
 from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
 from gate.runtime import Target, make_session, run_all
 from gate.stats import PASS, UNDECIDED, Estimate, decide
 from gate.testbed import fingerprint, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
-Progress = Callable[[str], None]
 EARLY_STOP_STRICTNESS = 10
 
 
@@ -190,6 +190,7 @@ class GateRun:
         self.entries: dict[str, dict[str, Any]] = {}
         self.timings: dict[str, Timing] = {}
         self.estimates: dict[str, dict[str, Estimate]] = {}
+        self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
 
     # -- stages --------------------------------------------------------------
 
@@ -230,6 +231,7 @@ class GateRun:
         for candidate in candidates[1:]:
             self.say(f"validating and measuring {candidate.name}")
             self.entries[candidate.name] = self._judge(candidate)
+            self.say(RESULT_PREFIX + self._progress_line(candidate))
         self.report["candidates"] = [self.entries[c.name] for c in candidates]
         self._measure_original()
         if self.policy.measure.memory:
@@ -237,6 +239,33 @@ class GateRun:
         if self.keep_candidates:
             self._keep(candidates)
         self._decide(candidates)
+
+    def _progress_line(self, candidate: Candidate) -> str:
+        """One result line, with the best candidate so far that meets every budget measured yet."""
+        entry = self.entries[candidate.name]
+        if candidate.failed:
+            return f"{candidate.name}: {'skipped' if candidate.skipped else 'failed'}: {candidate.error}"
+        speedup = entry["metrics"].get("speedup")
+        passing = all(
+            r.decision == PASS
+            for r in evaluate(
+                self.policy.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
+            )
+            if r.budget.level == "error" and not r.budget.metric.endswith("memory_mb")
+        )
+        estimate = self.estimates.get(candidate.name, {}).get("speedup")
+        surely_faster = (
+            estimate is not None
+            and estimate.low > 1.0
+            and estimate.point >= 1.0 + self.policy.min_gain
+        )
+        if passing and surely_faster and estimate.point > self.best_so_far[1]:
+            self.best_so_far = (candidate.name, estimate.point)
+        best, best_speedup = self.best_so_far
+        return (
+            f"{candidate.name}: {speedup:.2f}x, {'meets' if passing else 'misses'} the budgets so far; "
+            f"best so far: {best} ({best_speedup:.2f}x)"
+        )
 
     def _build_candidates(self) -> list[Candidate]:
         """Build every recipe, each in a child process unless isolation is off or impossible."""

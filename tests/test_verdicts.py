@@ -326,3 +326,43 @@ def test_one_models_memory_never_leaks_into_the_next_figure(tmp_path):
     # A fresh process: the small figure is a session's own overhead (~10 MB), nothing of the big one.
     assert second["model_memory_mb"] < first["model_memory_mb"] - 25
     assert second["peak_memory_mb"] < first["peak_memory_mb"] - 25
+
+
+def test_progress_is_plain_lines_in_ci_and_live_on_a_terminal(classifier, tmp_path):
+    import pty
+
+    policy = classifier.write_policy({"candidates": [SAME]})
+    script = shutil.which("onnx-gate", path=os.path.dirname(sys.executable))
+    plain = subprocess.run(
+        [script, "run", str(policy), "-o", str(tmp_path / "a")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert plain.returncode == 0
+    lines = [line for line in plain.stderr.splitlines() if line.startswith("[")]
+    assert any(line.endswith("] validating and measuring same") for line in lines)
+    assert any("] measured same: " in line and "best so far: " in line for line in lines)
+    assert "\x1b[" not in plain.stderr  # no escape codes or spinners in a CI log
+
+    main, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [script, "run", str(policy), "-o", str(tmp_path / "b")],
+        stdout=subprocess.DEVNULL,
+        stderr=secondary,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    assert process.wait(timeout=60) == 0
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "\x1b[" in screen  # a live, redrawn status line
+    assert "same: " in screen and "best so far" in screen
