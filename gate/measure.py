@@ -33,13 +33,6 @@ from gate.stats import (
 )
 
 QUANTILE_METRICS = {"latency_ms.p50": 0.50, "latency_ms.p95": 0.95, "latency_ms.p99": 0.99}
-TIMING_METRICS = (
-    *QUANTILE_METRICS,
-    "latency_ms.mean",
-    "throughput_per_s",
-    "speedup",
-    "usd_per_million",
-)
 MIN_PAIRS = 5
 BURST_TARGET_MS = 0.5
 COST_FORMULA = "usd_per_million = usd_per_hour / (throughput_per_s * 3600) * 1e6"
@@ -171,10 +164,6 @@ def _mean_estimate(samples: list[float], confidence: float) -> Estimate:
     half = z * values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
     mean = float(values.mean())
     return Estimate(mean, mean - half, mean + half, len(values), confidence)
-
-
-def usd_per_million(usd_per_hour: float, throughput_per_s: float) -> float:
-    return usd_per_hour / (throughput_per_s * 3600.0) * 1e6
 
 
 def timing_estimates(
