@@ -47,6 +47,21 @@ def gate_cli() -> Callable[..., CliResult]:
     return invoke
 
 
+def save_graph(
+    path: Path, graph: Any, opsets: dict[str, int] | None = None, ir_version: int = 8
+) -> Path:
+    """Save a graph built with onnx.helper as a model (ai.onnx opset 17 unless told)."""
+    from onnx import helper
+
+    imports = [
+        helper.make_opsetid(domain, version) for domain, version in (opsets or {"": 17}).items()
+    ]
+    model = helper.make_model(graph, opset_imports=imports)
+    model.ir_version = ir_version
+    onnx.save_model(model, str(path))
+    return path
+
+
 def forward(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -> np.ndarray:
     for index, (weight, bias) in enumerate(layers):
         x = x @ weight.astype(np.float32) + bias.astype(np.float32)

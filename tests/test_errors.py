@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import numpy as np
-import onnx
 import pytest
-from conftest import load_report
+from conftest import load_report, save_graph
 from onnx import TensorProto, helper
 from plugin_kit import use_plugin_modules, write_module
 from test_run import assert_valid_report
@@ -58,11 +57,7 @@ def test_operator_without_a_kernel_is_named(tmp_path, gate_cli):
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
-    )
-    model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "custom.onnx"))
+    save_graph(tmp_path / "custom.onnx", graph, {"": 17, "com.example": 1})
     (tmp_path / "p.yaml").write_text("version: 1\nmodel: {path: custom.onnx}\n")
     out = tmp_path / "out"
     result = gate_cli("run", tmp_path / "p.yaml", "-o", out, "-q")

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import onnx
 import pytest
-from conftest import candidate, load_report
+from conftest import candidate, load_report, save_graph
 from onnx import TensorProto, helper, numpy_helper
 from plugin_kit import use_plugin_modules, write_module
 from test_run import assert_valid_report
@@ -132,9 +132,7 @@ def test_constant_node_weights_are_folded_so_the_quantiser_really_quantises(tmp_
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )  # fmt: skip
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "cw.onnx"))
+    save_graph(tmp_path / "cw.onnx", graph)
     (tmp_path / "p.yaml").write_text(
         "version: 1\nmodel: {path: cw.onnx}\nmeasure: {min_runs: 80, max_runs: 80, min_seconds: 0, memory: false}\n"
         "candidates: [{name: int8, quantize: {plugin: dynamic, preprocess: false}}]\n"

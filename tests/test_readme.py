@@ -6,8 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-import onnx
-from conftest import FAST_MEASURE, candidate, load_report
+from conftest import FAST_MEASURE, candidate, load_report, save_graph
 from onnx import TensorProto, helper, numpy_helper
 from plugin_kit import use_plugin_modules
 
@@ -46,9 +45,7 @@ def test_readme_validator_example_runs(tmp_path, gate_cli, monkeypatch):
         [helper.make_tensor_value_info("hidden", TensorProto.FLOAT, [1, 8, 16])],
         [weight],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "encoder.onnx"))
+    save_graph(tmp_path / "encoder.onnx", graph)
     import yaml
 
     policy = tmp_path / "policy.yaml"

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import candidate, load_report
+from conftest import candidate, load_report, save_graph
 from jsonschema import Draft202012Validator
 
 from gate.policy import REPORT_SCHEMA, load_schema
@@ -316,9 +316,7 @@ def test_multi_input_model_with_integer_ranges(tmp_path, gate_cli):
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 4])],
         [table],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
-    model.ir_version = 7
-    onnx.save_model(model, str(tmp_path / "embed.onnx"))
+    save_graph(tmp_path / "embed.onnx", graph, {"": 12}, ir_version=7)
     base = "version: 1\nmodel: {path: embed.onnx}\nmeasure: {max_seconds: 0.05, min_runs: 5, memory: false}\n"
     (tmp_path / "in_range.yaml").write_text(
         base + "inputs:\n  ids: {shape: [2, 3], range: [0, 5]}\n  x: {shape: [2, 4]}\n"
@@ -343,9 +341,7 @@ def test_outputs_with_nan_in_the_same_places_agree_and_the_report_stays_json(tmp
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(tmp_path / "log.onnx"))
+    save_graph(tmp_path / "log.onnx", graph)
     (tmp_path / "p.yaml").write_text(
         "version: 1\nmodel: {path: log.onnx}\nmeasure: {max_seconds: 0.05, min_runs: 5, memory: false}\n"
         "candidates: [{name: basic, graph: {level: basic}}]\n"
