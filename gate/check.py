@@ -126,7 +126,8 @@ def check_policy(policy: Policy, host: Host) -> None:
                 policy.problem(("budgets", index), "the threshold must be a finite number")
             )
     explicit = policy.raw.get("measure", {})
-    if "min_seconds" in explicit and policy.measure.min_seconds > policy.measure.max_seconds:
+    cap = policy.measure.max_seconds
+    if "min_seconds" in explicit and cap is not None and policy.measure.min_seconds > cap:
         problems.append(
             policy.problem(("measure", "min_seconds"), "must not exceed measure.max_seconds")
         )

@@ -35,6 +35,9 @@ from gate.stats import (
 QUANTILE_METRICS = {"latency_ms.p50": 0.50, "latency_ms.p95": 0.95, "latency_ms.p99": 0.99}
 MIN_PAIRS = 5
 BURST_TARGET_MS = 0.5
+DEFAULT_CAP_S = 4.0
+CAP_ROUNDS = 60  # enough rounds for a 95% bound on a median of ABBA ratios, with room to spare
+LONGEST_CAP_S = 120.0
 COST_FORMULA = "usd_per_million = usd_per_hour / (throughput_per_s * 3600) * 1e6"
 
 
@@ -48,6 +51,7 @@ class Timing:
     candidate_turns: list[float] = field(default_factory=list)
     original_turns: list[float] = field(default_factory=list)
     burst: int = 1
+    cap_seconds: float = 0.0
     stopped_by: str = ""
     seconds: float = 0.0
 
@@ -63,6 +67,7 @@ class Timing:
             "timed_runs": len(self.candidate_ms),
             "stopped_by": self.stopped_by,
             "seconds": round(self.seconds, 3),
+            "cap_seconds": round(self.cap_seconds, 3),
             "cv_candidate": coefficient_of_variation(self.candidate_ms),
             "cv_original": coefficient_of_variation(self.original_ms),
             "cv_paired_ratio": coefficient_of_variation(ratios),
@@ -103,6 +108,15 @@ def auto_burst(latency_ms: float) -> int:
     return int(min(32, max(1, round(BURST_TARGET_MS / latency_ms))))
 
 
+def block_cap(settings: MeasureSettings, round_ms: float) -> float:
+    """Seconds a block may run: ``measure.max_seconds`` when the policy sets it; otherwise
+    4 s, or time for 60 rounds of a slow model (at most 120 s), so that a 200 ms model
+    is not left undecided on a handful of rounds."""
+    if settings.max_seconds is not None:
+        return settings.max_seconds
+    return min(LONGEST_CAP_S, max(DEFAULT_CAP_S, CAP_ROUNDS * round_ms / 1000.0))
+
+
 def time_pair(
     original: Any,
     candidate: Any,
@@ -118,7 +132,8 @@ def time_pair(
         warm.append(cand.timed_run())
     burst = settings.burst or auto_burst(float(np.median(warm)))
     refill = 1 if burst > 1 else 0
-    timing = Timing(burst=burst)
+    cap = block_cap(settings, 2 * (burst + refill) * float(np.median(warm)))
+    timing = Timing(burst=burst, cap_seconds=cap)
 
     def turn(runner: BoundRunner, runs: list[float], turns: list[float]) -> None:
         for _ in range(refill):
@@ -141,7 +156,7 @@ def time_pair(
             timing.stopped_by = "max_runs"
             break
         # The time cap wins over min_runs for slow models, but never below a handful of rounds.
-        if rounds >= MIN_PAIRS and time.perf_counter() - started >= settings.max_seconds:
+        if rounds >= MIN_PAIRS and time.perf_counter() - started >= cap:
             timing.stopped_by = "max_seconds"
             break
         if rounds >= next_check:

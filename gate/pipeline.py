@@ -383,7 +383,8 @@ class GateRun:
             "warmup_runs": policy.measure.warmup_runs,
             "min_runs": policy.measure.min_runs,
             "max_runs": policy.measure.max_runs,
-            "max_seconds": policy.measure.max_seconds,
+            "max_seconds": policy.measure.max_seconds
+            or "4, or time for 60 rounds of a slow model (at most 120)",
             "confidence": policy.measure.confidence,
             "interval": "distribution-free order-statistic interval of the quantile",
             "on_inconclusive": policy.measure.on_inconclusive,

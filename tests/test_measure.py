@@ -124,3 +124,15 @@ def test_no_early_stop_before_min_seconds(sessions):
     timing = time_pair(original, candidate, feed, settings, lambda timing: True)
     assert timing.stopped_by == "decided"
     assert timing.seconds >= 0.3
+
+
+def test_the_default_cap_gives_slow_models_enough_rounds():
+    from gate.measure import block_cap
+
+    default = MeasureSettings()
+    assert block_cap(default, round_ms=1.0) == 4.0  # fast models: 4 s
+    assert block_cap(default, round_ms=400.0) == pytest.approx(24.0)  # 60 rounds of 0.4 s
+    assert block_cap(default, round_ms=10_000.0) == 120.0  # never more than two minutes
+    assert (
+        block_cap(MeasureSettings(max_seconds=2.5), round_ms=400.0) == 2.5
+    )  # the policy's word wins
