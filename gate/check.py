@@ -63,6 +63,17 @@ def check_policy(policy: Policy, host: Host) -> None:
             )
         )
 
+    for name, spec in policy.inputs.items():
+        if spec.value_range is not None:
+            low, high = spec.value_range
+            if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+                problems.append(
+                    policy.problem(
+                        ("inputs", name, "range"),
+                        f"needs finite [low, high) with low < high; got [{low:g}, {high:g}]",
+                    )
+                )
+
     provider = lookup("execution_provider", policy.provider, ("target", "provider"))
     del provider  # availability is a runtime question (exit 3), checked when the run starts
     if policy.exporter is not None:

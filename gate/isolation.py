@@ -125,8 +125,15 @@ def build_isolated(
     if result["skipped"]:
         candidate.skip(result["error"])
     elif result["error"]:
-        candidate.fail(result["stage"], result["error"])
+        error = result["error"]
+        if isolation.memory_mb is not None and any(sign in error for sign in MEMORY_SIGNS):
+            error += f" (build.memory_mb is {isolation.memory_mb}: it may be too small)"
+        candidate.fail(result["stage"], error)
     return candidate
+
+
+# How running out of address space shows up inside a build process.
+MEMORY_SIGNS = ("MemoryError", "bad_alloc", "failed to map segment", "Cannot allocate memory")
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:

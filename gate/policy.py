@@ -171,6 +171,7 @@ class Policy:
         return f"{where}: {format_location(location)}: {message}"
 
 
+@cache
 def _yaml_loader() -> type:
     """A safe loader that reads scalars as YAML 1.2 (and JSON) do.
 

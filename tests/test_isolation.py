@@ -76,6 +76,7 @@ def test_crash_hang_and_memory_hog_fail_only_their_candidates(
         os.kill(hung_pid, 0)
     assert report["build"] == {"isolate": True, "timeout_s": 3.0, "memory_mb": 3000}
     assert hogged["status"] == "failed" and "MemoryError" in hogged["error"]
+    assert hogged["error"].endswith("(build.memory_mb is 3000: it may be too small)")
     assert candidate(report, "fine")["status"] == "passed"
     assert "crashes: failed to build: the build process crashed (SIGSEGV)" in result.stdout
 

@@ -102,6 +102,10 @@ def test_run_with_invalid_policy_writes_an_error_report(classifier, gate_cli, tm
             {"measure": {"min_runs": 50, "max_runs": 10}},
             "measure.min_runs: must not exceed measure.max_runs",
         ),
+        (
+            {"inputs": {"x": {"range": [5, 1]}}},
+            "inputs.x.range: needs finite [low, high) with low < high; got [5, 1]",
+        ),
     ],
 )
 def test_semantic_problems_name_their_location(classifier, gate_cli, body, message):

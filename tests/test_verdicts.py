@@ -134,6 +134,8 @@ def test_session_noise_widens_every_timing_interval(classifier, gate_cli, tmp_pa
         intervals[noise] = (item["metrics"]["speedup"], *item["intervals"]["speedup"])
     point, low, high = intervals[0.1]
     assert low <= point * 0.9 + 1e-9 and high >= point * 1.1 - 1e-9
+    bare_point, bare_low, bare_high = intervals[0.0]
+    assert (bare_high - bare_low) / bare_point < (high - low) / point
 
 
 def test_memory_is_measured_per_model_in_a_child_process(classifier, gate_cli, tmp_path):
