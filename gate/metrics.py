@@ -8,7 +8,7 @@ MEASURED_METRICS: dict[str, str] = {
     "latency_ms.p99": "99th-percentile latency, milliseconds",
     "latency_ms.mean": "mean latency, milliseconds",
     "throughput_per_s": "samples per second, one stream at the measured batch",
-    "speedup": "original median latency / candidate median latency, paired in one run",
+    "speedup": "how much faster than the original: median of paired (ABBA) latency ratios in one block",
     "size_mb": "model file size (with external data), 10^6 bytes",
     "usd_per_million": "instance USD per million samples, from target.usd_per_hour and throughput",
     "peak_memory_mb": "peak resident memory of a process that loads and runs the model, 10^6 bytes",
