@@ -18,14 +18,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 from gate.errors import SkipCandidate  # noqa: E402
 from gate.exitcodes import ExitCode  # noqa: E402
+from gate.graph import QUANTIZED_OPS, node_key, op_counts  # noqa: E402
 from gate.load import copy_model  # noqa: E402
 from gate.records import (  # noqa: E402
     BuildContext,
     ExecutionProvider,
     Exporter,
     GraphOptimizer,
+    Proposal,
     Quantizer,
     Reporter,
+    SearchContext,
     ValidationContext,
     Validator,
 )
@@ -33,13 +36,16 @@ from gate.report import explain_budget  # noqa: E402
 
 __all__ = [
     "PROJECT_NAME",
+    "QUANTIZED_OPS",
     "BuildContext",
     "ExecutionProvider",
     "ExitCode",
     "Exporter",
     "GraphOptimizer",
+    "Proposal",
     "Quantizer",
     "Reporter",
+    "SearchContext",
     "SkipCandidate",
     "ValidationContext",
     "Validator",
@@ -47,4 +53,6 @@ __all__ = [
     "copy_model",
     "explain_budget",
     "hookimpl",
+    "node_key",
+    "op_counts",
 ]

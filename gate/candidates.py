@@ -11,33 +11,10 @@ from typing import Any
 from gate.errors import GateError, SkipCandidate
 from gate.host import Host, call_plugin
 from gate.load import LoadedModel
-from gate.policy import DEFAULT_GRAPH_PLUGIN, GRAPH_LEVELS, Policy, Recipe
+from gate.policy import Policy, Recipe
 from gate.records import BuildContext, Sample
 
 ORIGINAL = "original"
-
-
-def default_recipes(has_calibration: bool, baseline_level: str = "all") -> list[Recipe]:
-    """The set tried when a policy names no candidates.
-
-    Every graph level but the baseline's (ONNX Runtime's default, ``all``,
-    unless the policy's ``baseline`` says otherwise), which is the original
-    itself; dynamic int8 with either weight type; static QDQ only when real
-    calibration data is given.
-    """
-    recipes = [
-        Recipe(f"graph-{level}", {"plugin": DEFAULT_GRAPH_PLUGIN, "level": level})
-        for level in GRAPH_LEVELS
-        if level != baseline_level
-    ]
-    graph = {"plugin": DEFAULT_GRAPH_PLUGIN, "level": "all"}
-    recipes += [
-        Recipe("dynamic-u8", graph, {"plugin": "dynamic", "weight_type": "uint8"}),
-        Recipe("dynamic-s8", graph, {"plugin": "dynamic", "weight_type": "int8"}),
-    ]
-    if has_calibration:
-        recipes.append(Recipe("static-qdq", graph, {"plugin": "static", "format": "qdq"}))
-    return recipes
 
 
 @dataclass
@@ -99,6 +76,10 @@ def build_candidate(
         notes=candidate.notes,
     )
     try:
+        if recipe.rewrite is not None:
+            rewritten = work_dir / "rewritten.onnx"
+            _run_optimizer(host, recipe.rewrite, source, rewritten, context)
+            source = rewritten
         if recipe.quantize is not None:
             quantizer = host.get("quantizer", recipe.quantize["plugin"])
             options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
@@ -112,17 +93,8 @@ def build_candidate(
                     f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model"
                 )
             source = quantized
-        optimizer = host.get("graph_optimizer", recipe.graph["plugin"])
-        options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
         destination = work_dir / "model.onnx"
-        session = call_plugin(
-            optimizer, "optimize", optimizer.optimize, source, destination, options, context,
-            may_skip=True,
-        )  # fmt: skip
-        if not destination.is_file():
-            raise GateError(
-                f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"
-            )
+        session = _run_optimizer(host, recipe.graph, source, destination, context)
         candidate.path, candidate.session = destination, dict(session or {})
     except SkipCandidate as exc:
         candidate.skip(str(exc))
@@ -131,3 +103,20 @@ def build_candidate(
     except Exception as exc:  # the host itself must survive any recipe
         candidate.fail("build", f"{type(exc).__name__}: {exc}")
     return candidate
+
+
+def _run_optimizer(
+    host: Host, step: Mapping[str, Any], source: Path, destination: Path, context: BuildContext
+) -> dict[str, Any]:
+    """One graph-optimiser step of a recipe (``rewrite`` or ``graph``); its session settings."""
+    optimizer = host.get("graph_optimizer", step["plugin"])
+    options = {k: v for k, v in step.items() if k != "plugin"}
+    session = call_plugin(
+        optimizer, "optimize", optimizer.optimize, source, destination, options, context,
+        may_skip=True,
+    )  # fmt: skip
+    if not destination.is_file():
+        raise GateError(
+            f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"
+        )
+    return dict(session or {})

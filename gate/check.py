@@ -97,12 +97,16 @@ def check_policy(policy: Policy, host: Host) -> None:
                 )
             )
         seen.setdefault(recipe.name, index)
-        graph_options = {k: v for k, v in recipe.graph.items() if k != "plugin"}
-        optimizer = lookup(
-            "graph_optimizer", recipe.graph["plugin"], (*location, "graph", "plugin")
-        )
-        if optimizer is not None:
-            check_options(optimizer, graph_options, (*location, "graph"))
+        for step, options in (("rewrite", recipe.rewrite), ("graph", recipe.graph)):
+            if options is None:
+                continue
+            optimizer = lookup("graph_optimizer", options["plugin"], (*location, step, "plugin"))
+            if optimizer is not None:
+                check_options(
+                    optimizer,
+                    {k: v for k, v in options.items() if k != "plugin"},
+                    (*location, step),
+                )
         if recipe.quantize is not None:
             quantizer = lookup(
                 "quantizer", recipe.quantize["plugin"], (*location, "quantize", "plugin")
@@ -110,6 +114,17 @@ def check_policy(policy: Policy, host: Host) -> None:
             if quantizer is not None:
                 options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
                 check_options(quantizer, options, (*location, "quantize"))
+
+    searchable = set(host.names("quantizer")) | set(host.names("graph_optimizer"))
+    for index, name in enumerate(policy.search.exclude):
+        if name not in searchable:
+            valid = ", ".join(sorted(searchable))
+            problems.append(
+                policy.problem(
+                    ("search", "exclude", index),
+                    f"unknown quantizer or graph optimizer '{name}' (valid: {valid})",
+                )
+            )
 
     metrics = available_metrics(policy, host)
     for index, budget in enumerate(policy.budgets):

@@ -91,7 +91,9 @@ def check(policy: Path) -> None:
         check_policy(loaded, get_host())
     except GateError as error:
         _fail(error)
-    recipes = "default set" if loaded.recipes is None else f"{len(loaded.recipes)} candidate(s)"
+    recipes = (
+        "candidates: auto" if loaded.recipes is None else f"{len(loaded.recipes)} candidate(s)"
+    )
     click.echo(f"{policy}: OK ({recipes}, {len(loaded.budgets)} budget(s))")
 
 

@@ -148,6 +148,8 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
             f"fastest candidate passing every error-level budget ({_interval(best.speedup)})",
         )
     others = [s for s in eligible if s.name != ORIGINAL]
+    if len(standings) == 1:
+        return ORIGINAL, "no other candidate was measured: the original is kept"
     if not others:
         return ORIGINAL, "no other candidate passed every error-level budget"
     best = max(others, key=lambda s: s.speedup.point)
@@ -193,6 +195,17 @@ def recommend(
         if e["status"] == "rejected"
         and any(b["metric"] not in MEASURED_METRICS and not b["passed"] for b in e.get("budgets", []))
     ]  # fmt: skip
+    faster_but_inaccurate = [
+        e for e in lost_accuracy if (e.get("metrics") or {}).get("speedup", 0.0) > 1.0
+    ]
+    fell_back = any((e.get("search") or {}).get("origin") == "fallback" for e in entries)
+    recovery = (
+        "keeping the nodes that lost the most accuracy in float (the search's fallback) did not "
+        "recover it within search.max_fallbacks: consider quantisation-aware training"
+        if fell_back
+        else "exclude the sensitive nodes (nodes_to_exclude, op_types_to_quantize), or consider "
+        "quantisation-aware training"
+    )
     caveat = (
         " Validation ran on synthetic inputs: confirm with data.validation before relying on it."
         if synthetic_data
@@ -200,29 +213,32 @@ def recommend(
     )
     if chosen is None:
         if quantised and len(lost_accuracy) == len(quantised):
-            return (
-                "Every quantised candidate lost too much accuracy. Exclude the sensitive nodes "
-                "(nodes_to_exclude, op_types_to_quantize), or consider quantisation-aware training."
-            )
+            return f"Every quantised candidate lost too much accuracy: {recovery}."
         return "Nothing met every budget: relax a budget, or look at the reasons per candidate."
     recipe = by_name[chosen].get("recipe") or {}
-    plugin = (recipe.get("quantize") or {}).get("plugin")
+    quantize = recipe.get("quantize") or {}
+    plugin = quantize.get("plugin")
+    kept = len(quantize.get("nodes_to_exclude") or ())
+    in_float = (
+        f" {kept} node(s) that lost the most accuracy stay in float (nodes_to_exclude)."
+        if kept
+        else ""
+    )
     if chosen == ORIGINAL:
         advice = "No recipe beat the original on this target while meeting every budget: ship it as it is."
-        if lost_accuracy:
-            advice += (
-                " Some quantised candidates were faster but lost accuracy: excluding sensitive "
-                "nodes, or quantisation-aware training, may recover it."
-            )
+        if faster_but_inaccurate:
+            advice += f" Some quantised candidates were faster but lost accuracy: {recovery}."
         return advice + caveat
     if plugin == "dynamic":
         return (
             "Graph optimisation with dynamic quantisation: the simplest lever, fine where accuracy "
-            "is not business-critical." + caveat
+            "is not business-critical." + in_float + caveat
         )
     if plugin == "static":
         return (
             "Static quantisation met your accuracy budgets: keep the calibration and validation data "
-            "representative of production, since static quantisation depends on them." + caveat
+            "representative of production, since static quantisation depends on them."
+            + in_float
+            + caveat
         )
-    return f"{chosen} met every budget and was the fastest." + caveat
+    return f"{chosen} met every budget and was the fastest." + in_float + caveat

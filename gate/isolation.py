@@ -31,6 +31,8 @@ from gate.records import Sample
 class Isolation:
     timeout_s: float = 600.0
     memory_mb: int | None = None
+    limited_by: str = "build.timeout_s"
+    """The setting that set ``timeout_s``, named when a build is cut off."""
 
 
 def save_feeds(feeds: Sequence[Sample], path: Path) -> None:
@@ -69,11 +71,13 @@ def build_isolated(
     work_root.mkdir(parents=True, exist_ok=True)
     spec_path = work_root / f".{recipe.name}.spec.json"
     result_path = work_root / f".{recipe.name}.result.json"
+    stage_path = work_root / f".{recipe.name}.stage"
     result_path.unlink(missing_ok=True)
+    stage_path.unlink(missing_ok=True)
     spec_path.write_text(
         json.dumps(
             {
-                "recipe": {"name": recipe.name, "graph": recipe.graph, "quantize": recipe.quantize},
+                "recipe": recipe.to_json(),
                 "source": str(source),
                 "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
                 "work_root": str(work_root),
@@ -81,6 +85,7 @@ def build_isolated(
                 "calibration": str(calibration_path),
                 "calibration_source": calibration_source,
                 "result": str(result_path),
+                "stage": str(stage_path),
                 "memory_mb": isolation.memory_mb,
                 # Whatever the parent could import (plugins on a path added at run time), the child can too.
                 "sys_path": [entry for entry in sys.path if entry],
@@ -107,7 +112,7 @@ def build_isolated(
         _kill(process)
         candidate.fail(
             "build",
-            f"timed out after {isolation.timeout_s:g} s (build.timeout_s); the build was killed",
+            f"timed out after {isolation.timeout_s:g} s ({isolation.limited_by}); the build was killed",
         )
         return candidate
     except BaseException:  # Ctrl-C or SIGTERM: its own session would outlive us otherwise
@@ -116,7 +121,12 @@ def build_isolated(
     _kill(process)  # helpers it left behind in its group
     stderr = stderr_path.read_text(errors="replace")
     if process.returncode != 0 or not result_path.is_file():
-        candidate.fail("build", _death(process.returncode, stderr, isolation))
+        # A crash while the child ran the new model once is a load/run failure, not a build one.
+        stage = stage_path.read_text() if stage_path.is_file() else "build"
+        message = _death(process.returncode, stderr, isolation)
+        if stage == "load":
+            message += " while loading and running the built model once"
+        candidate.fail(stage, message)
         return candidate
     result = json.loads(result_path.read_text())
     candidate.notes.extend(result["notes"])
@@ -166,8 +176,10 @@ def _child(spec_path: str) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     from gate.host import get_host
 
+    stage = Path(spec["stage"])
+    stage.write_text("build")
     feeds = load_feeds(Path(spec["calibration"]))
-    recipe = Recipe(spec["recipe"]["name"], spec["recipe"]["graph"], spec["recipe"]["quantize"])
+    recipe = Recipe.from_json(spec["recipe"])
     candidate = build_candidate(
         recipe,
         Path(spec["source"]),
@@ -178,6 +190,11 @@ def _child(spec_path: str) -> None:
         lambda: iter(feeds),
         spec["calibration_source"],
     )
+    if candidate.path is not None and not candidate.failed and feeds:
+        # Run the new model once here: a quantiser can write a graph that crashes
+        # ONNX Runtime when loaded or run, and that must not take the gate down.
+        stage.write_text("load")
+        _run_once(candidate, spec["provider"], feeds[0])
     Path(spec["result"]).write_text(
         json.dumps(
             {
@@ -190,6 +207,26 @@ def _child(spec_path: str) -> None:
             }
         )
     )
+
+
+def _run_once(candidate: Candidate, provider: str, feed: Sample) -> None:
+    """Load the built model as it will be measured and run it on one sample; record a failure."""
+    import onnxruntime as ort
+
+    from gate.runtime import session_options
+
+    try:
+        session = ort.InferenceSession(
+            str(candidate.path),
+            sess_options=session_options(candidate.session, 1),
+            providers=[provider],
+        )
+        session.run(None, feed)
+    except Exception as exc:
+        text = str(exc).strip().splitlines()
+        candidate.fail(
+            "load", f"ONNX Runtime cannot run it: {text[0][:300] if text else type(exc).__name__}"
+        )
 
 
 if __name__ == "__main__":

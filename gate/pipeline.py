@@ -19,13 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from gate.candidates import (
-    ORIGINAL,
-    Candidate,
-    build_candidate,
-    default_recipes,
-    original_candidate,
-)
+from gate.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
 from gate.check import active_validators, check_policy
 from gate.data import calibration_feeds, load_labels, validation_feeds
 from gate.decide import BudgetResult, Standing, choose, evaluate, outcome, recommend
@@ -36,16 +30,19 @@ from gate.isolation import Isolation, build_isolated, save_feeds
 from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
 from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
 from gate.memory import measure_memory
-from gate.metrics import TIMING_METRICS
-from gate.policy import Policy, load_policy
+from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
+from gate.policy import Budget, Policy, Recipe, load_policy
 from gate.progress import RESULT_PREFIX, Progress
 from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
 from gate.runtime import Target, make_session, run_all
-from gate.stats import PASS, UNDECIDED, Estimate, decide
+from gate.search import Search, Trial, fallback_trial, lineage_size, propose, search_context
+from gate.sensitivity import rank_sources
+from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 from gate.testbed import fingerprint, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
 EARLY_STOP_STRICTNESS = 10
+DEFAULT_ACCURACY_FLOOR = 0.99
 
 
 @dataclass
@@ -222,16 +219,15 @@ class GateRun:
         # Judge the original first: a broken reference or a budget it cannot produce
         # is known before minutes go into building and timing candidates.
         self.entries[ORIGINAL] = self._judge(original)
+        self.entries[ORIGINAL]["search"] = {"origin": "original"}
         self.report["candidates"] = [self.entries[ORIGINAL]]
         if original.failed:  # without a judged reference nothing can be decided
             raise GateError(f"the original model failed to {original.stage}: {original.error}")
         self._require_budget_metrics()
 
-        candidates = [original, *self._build_candidates()]
-        for candidate in candidates[1:]:
-            self.say(f"validating and measuring {candidate.name}")
-            self.entries[candidate.name] = self._judge(candidate)
-            self.say(RESULT_PREFIX + self._progress_line(candidate))
+        self._default_accuracy_budget()
+
+        candidates = [original, *self._search()]
         self.report["candidates"] = [self.entries[c.name] for c in candidates]
         self._measure_original()
         if self.policy.measure.memory:
@@ -248,10 +244,8 @@ class GateRun:
         speedup = entry["metrics"].get("speedup")
         passing = all(
             r.decision == PASS
-            for r in evaluate(
-                self.policy.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
-            )
-            if r.budget.level == "error" and not r.budget.metric.endswith("memory_mb")
+            for r in self._evaluate_without_memory(candidate.name)
+            if r.budget.level == "error"
         )
         estimate = self.estimates.get(candidate.name, {}).get("speedup")
         surely_faster = (
@@ -267,8 +261,8 @@ class GateRun:
             f"best so far: {best} ({best_speedup:.2f}x)"
         )
 
-    def _build_candidates(self) -> list[Candidate]:
-        """Build every recipe, each in a child process unless isolation is off or impossible."""
+    def _search(self) -> list[Candidate]:
+        """Build and judge candidates one at a time, most promising first, within search.*."""
         isolate = self.policy.build.isolate
         registered = [info.name for info in self.host.infos if info.source == "registered"]
         if isolate and registered:
@@ -277,34 +271,160 @@ class GateRun:
                 f"plugins registered in this process ({', '.join(registered)}) cannot be seen by a child "
                 "process: candidates were built in-process, without crash isolation"
             )
+        self.isolate = isolate
         self.report["build"] = {
             "isolate": isolate,
             "timeout_s": self.policy.build.timeout_s if isolate else None,
             "memory_mb": self.policy.build.memory_mb if isolate else None,
         }
-        calibration_file = self.work / "calibration.npz"
+        self.calibration_file = self.work / "calibration.npz"
         if isolate:
-            save_feeds(self.calibration.feeds, calibration_file)
-        built = []
-        for recipe in self.recipes:
-            self.say(f"building {recipe.name}")
-            if isolate:
-                built.append(
-                    build_isolated(
-                        recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
-                        self.target.provider, calibration_file, self.calibration.source,
-                        Isolation(self.policy.build.timeout_s, self.policy.build.memory_mb),
-                    )
-                )  # fmt: skip
-            else:
-                built.append(
-                    build_candidate(
-                        recipe, self.model.path, self.model.input_shapes, self.host,
-                        self.work / "candidates", self.target.provider,
-                        lambda: iter(self.calibration.feeds), self.calibration.source,
-                    )
-                )  # fmt: skip
+            save_feeds(self.calibration.feeds, self.calibration_file)
+        search = self._new_search()
+        built: list[Candidate] = []
+        while (trial := search.next_trial()) is not None:
+            self.say(f"trial {trial.order}: building {trial.name}")
+            candidate = self._build(trial.recipe, search)
+            if not candidate.failed:
+                self.say(f"trial {trial.order}: validating and measuring {trial.name}")
+            entry = self._judge(candidate)
+            entry["search"] = trial.describe()
+            self.entries[candidate.name] = entry
+            built.append(candidate)
+            outcome = self._outcome_so_far(candidate)
+            search.observe(trial, outcome, entry["metrics"].get("speedup"))
+            self.say(RESULT_PREFIX + self._progress_line(candidate))
+            if outcome == "accuracy":
+                self._fallback(search, trial, candidate)
+            self.report["candidates"] = [
+                self.entries[ORIGINAL],
+                *(self.entries[c.name] for c in built),
+            ]
+            self.report["search"] = search.describe()
+        self.report["search"] = search.describe()
         return built
+
+    def _new_search(self) -> Search:
+        policy = self.policy
+        if policy.recipes is not None:
+            return Search(
+                [Trial(recipe, "policy") for recipe in policy.recipes], policy.search, False
+            )
+        context = search_context(
+            self.model.path,
+            self.report["testbed"],
+            self.target.provider,
+            policy.calibration_path is not None,
+            policy.baseline_graph["level"],
+        )
+        trials, declined = propose(self.host, context, policy.search)
+        return Search(
+            trials, policy.search, True,
+            declined=declined, context=context, to_beat=1.0 + policy.min_gain,
+        )  # fmt: skip
+
+    def _build(self, recipe: Recipe, search: Search) -> Candidate:
+        if not self.isolate:
+            return build_candidate(
+                recipe, self.model.path, self.model.input_shapes, self.host,
+                self.work / "candidates", self.target.provider,
+                lambda: iter(self.calibration.feeds), self.calibration.source,
+            )  # fmt: skip
+        timeout, limited_by = search.build_timeout(self.policy.build.timeout_s)
+        return build_isolated(
+            recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
+            self.target.provider, self.calibration_file, self.calibration.source,
+            Isolation(timeout, self.policy.build.memory_mb, limited_by),
+        )  # fmt: skip
+
+    def _evaluate_without_memory(self, name: str) -> list[BudgetResult]:
+        """Budgets decided so far: memory is measured once the search is over."""
+        budgets = [b for b in self.budgets if b.metric not in MEMORY_METRICS]
+        return evaluate(budgets, self.entries[name]["metrics"], self.estimates.get(name, {}))
+
+    def _outcome_so_far(self, candidate: Candidate) -> str:
+        """What the search learns from a judged candidate: passed, accuracy, rejected,
+        failed or skipped. ``accuracy`` means it missed accuracy budgets and nothing else."""
+        if candidate.skipped:
+            return "skipped"
+        if candidate.failed:
+            return "failed"
+        missed = [
+            r for r in self._evaluate_without_memory(candidate.name)
+            if r.budget.level == "error" and r.decision == FAIL
+        ]  # fmt: skip
+        if not missed:
+            return "passed"
+        if all(r.budget.metric not in MEASURED_METRICS for r in missed):
+            return "accuracy"
+        return "rejected"
+
+    def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
+        """Queue the candidate again with the nodes that lost the most accuracy left in float."""
+        settings, name = self.policy.search, candidate.name
+        quantize = trial.recipe.quantize
+        if not settings.fallback or quantize is None or candidate.path is None:
+            return
+        quantizer = self.host.records["quantizer"].get(quantize["plugin"])
+        if quantizer is None or "nodes_to_exclude" not in quantizer.options_schema.get(
+            "properties", {}
+        ):
+            search.log.append(
+                f"{name}: no accuracy fallback: quantizer '{quantize['plugin']}' takes no nodes_to_exclude"
+            )
+            return
+        speedup = self.estimates[name]["speedup"]
+        if speedup.high < 1.0 + self.policy.min_gain:
+            search.log.append(
+                f"{name}: no accuracy fallback: at {speedup.point:.2f}x (at most {speedup.high:.2f}x) "
+                "it cannot beat the original by selection.min_gain, and excluding nodes only slows it"
+            )
+            return
+        root = trial.parent or name
+        if lineage_size(search, root) >= settings.max_fallbacks:
+            search.log.append(
+                f"{name}: no more fallbacks (search.max_fallbacks: {settings.max_fallbacks})"
+            )
+            return
+        self.say(f"ranking the nodes of {name} by the error they add")
+        rewritten = candidate.path.parent / "rewritten.onnx"
+        reference = rewritten if trial.recipe.rewrite and rewritten.is_file() else self.model.path
+        try:
+            ranking = rank_sources(
+                reference, candidate.path, self.calibration.feeds, self.work / "sensitivity" / name
+            )
+        except Exception as exc:
+            search.log.append(
+                f"{name}: no accuracy fallback: ranking its nodes failed: {_first_line(exc)}"
+            )
+            return
+        self.entries[name]["sensitivity"] = [source.describe() for source in ranking[:10]]
+        child = fallback_trial(
+            trial, [(source.nodes, source.added) for source in ranking], speedup.point
+        )
+        if child is None:
+            search.log.append(
+                f"{name}: no accuracy fallback: no quantised node adds measurable error"
+            )
+            return
+        search.add_fallback(child)
+        search.log.append(f"{child.reason}; retrying as {child.name}")
+
+    def _default_accuracy_budget(self) -> None:
+        """Without an error-level accuracy budget nothing would stop a quantiser that destroys
+        the model: hold every candidate to agreeing with the original, and say so."""
+        accuracy = {metric for validator in self.validators for metric in validator.metrics}
+        if any(b.metric in accuracy and b.level == "error" for b in self.budgets):
+            return
+        produced = self.entries[ORIGINAL]["metrics"]
+        metric = next((m for m in ("cosine_similarity", "top1_agreement") if m in produced), None)
+        if metric is None:
+            return
+        self.budgets.append(Budget(metric, ">=", DEFAULT_ACCURACY_FLOOR, "error", "default"))
+        self.report["warnings"].append(
+            f"the policy sets no error-level accuracy budget: every candidate is held to "
+            f"{metric} >= {DEFAULT_ACCURACY_FLOOR} against the original; set your own in budgets"
+        )
 
     def _target(self) -> Target:
         policy = self.policy
@@ -353,14 +473,8 @@ class GateRun:
                 f"no data.validation: validated on {len(self.validation.feeds)} synthetic samples; "
                 "accuracy metrics show agreement on random inputs only"
             )
-        self.recipes = (
-            policy.recipes
-            if policy.recipes is not None
-            else default_recipes(
-                policy.calibration_path is not None, policy.baseline_graph["level"]
-            )
-        )
         self.validators = active_validators(policy, self.host)
+        self.budgets: list[Budget] = list(policy.budgets)
         self.batch = policy.measure.batch or _leading_batch(model)
 
     def _describe_run(self) -> None:
@@ -505,7 +619,7 @@ class GateRun:
         """When a block may stop: every interval-aggregated timing budget and the
         question "is it surely faster, or surely not enough faster" are answered."""
         budgets = [
-            b for b in self.policy.budgets
+            b for b in self.budgets
             if b.metric in TIMING_METRICS and b.aggregation == "interval" and b.level != "off"
         ]  # fmt: skip
         min_gain = self.policy.min_gain
@@ -567,6 +681,8 @@ class GateRun:
         for candidate in candidates:
             if candidate.failed or candidate.path is None:
                 continue
+            if candidate.name != ORIGINAL and self._outcome_so_far(candidate) != "passed":
+                continue  # out already: a fresh process per model costs a second or more
             self.say(f"measuring memory of {candidate.name}")
             try:
                 figures = measure_memory(candidate.path, candidate.session, target, feed)
@@ -622,7 +738,7 @@ class GateRun:
                 entry["status"] = "skipped" if candidate.skipped else "failed"
                 continue
             results = evaluate(
-                policy.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
+                self.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
             )
             entry["budgets"] = [result.to_json() for result in results]
             standing = Standing(

@@ -80,18 +80,34 @@ class Budget:
 
 @dataclass(frozen=True)
 class Recipe:
-    """One named way to build a candidate: an optional quantiser, then a graph optimiser."""
+    """One named way to build a candidate: an optional graph rewrite (e.g. transformer
+    fusion), an optional quantiser, then the session's graph optimisation."""
 
     name: str
     graph: dict[str, Any]
     quantize: dict[str, Any] | None = None
     location: str = ""
+    rewrite: dict[str, Any] | None = None
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described = {
             "graph": dict(self.graph),
             "quantize": dict(self.quantize) if self.quantize else None,
         }
+        if self.rewrite:
+            described["rewrite"] = dict(self.rewrite)
+        return described
+
+    def to_json(self) -> dict[str, Any]:
+        """The recipe as a policy would list it (what a build child is handed)."""
+        return {"name": self.name, **self.describe()}
+
+    @classmethod
+    def from_json(cls, item: Mapping[str, Any], location: str = "") -> Recipe:
+        graph = {"plugin": DEFAULT_GRAPH_PLUGIN, **(item.get("graph") or {})}
+        if graph["plugin"] == DEFAULT_GRAPH_PLUGIN:
+            graph.setdefault("level", "all")
+        return cls(item["name"], graph, item.get("quantize"), location, item.get("rewrite"))
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,22 @@ class MeasureSettings:
     burst: int = 1
     session_noise: float = 0.02
     """Timed runs per turn; 0 picks enough to fill about 0.5 ms (see gate.measure.auto_burst)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Limits of the search over candidates (``candidates: auto`` or a list)."""
+
+    max_trials: int = 24
+    """Most candidates built, fallbacks included."""
+    max_seconds: float = 900.0
+    """No new candidate starts after this many seconds of search."""
+    fallback: bool = True
+    """Retry a quantised candidate that misses an accuracy budget with its worst nodes excluded."""
+    max_fallbacks: int = 3
+    """Most fallback retries per rejected candidate."""
+    exclude: tuple[str, ...] = ()
+    """Plugin record names (quantisers, graph optimisers) whose proposals are not tried."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +182,7 @@ class Policy:
     measure: MeasureSettings
     min_gain: float
     build: BuildSettings = field(default_factory=BuildSettings)
+    search: SearchSettings = field(default_factory=SearchSettings)
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
     @property
@@ -290,16 +323,13 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
     target = doc.get("target", {})
     measure = doc.get("measure", {})
     validation = doc.get("validation", {})
-    recipes = None
-    if "candidates" in doc:
-        recipes = []
-        for index, item in enumerate(doc["candidates"]):
-            graph = {"plugin": DEFAULT_GRAPH_PLUGIN, **item.get("graph", {})}
-            if graph["plugin"] == DEFAULT_GRAPH_PLUGIN:
-                graph.setdefault("level", "all")
-            recipes.append(
-                Recipe(item["name"], graph, item.get("quantize"), f"candidates[{index}]")
-            )
+    recipes = None  # candidates: auto (the default) searches instead
+    if isinstance(doc.get("candidates"), list):
+        recipes = [
+            Recipe.from_json(item, f"candidates[{index}]")
+            for index, item in enumerate(doc["candidates"])
+        ]
+    search = doc.get("search", {})
     budgets = [
         Budget(
             metric=item["metric"],
@@ -358,6 +388,13 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             isolate=doc.get("build", {}).get("isolate", True),
             timeout_s=float(doc.get("build", {}).get("timeout_s", 600)),
             memory_mb=doc.get("build", {}).get("memory_mb"),
+        ),
+        search=SearchSettings(
+            max_trials=search.get("max_trials", 24),
+            max_seconds=float(search.get("max_seconds", 900)),
+            fallback=search.get("fallback", True),
+            max_fallbacks=search.get("max_fallbacks", 3),
+            exclude=tuple(search.get("exclude", ())),
         ),
         lines=lines,
     )

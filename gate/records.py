@@ -7,7 +7,7 @@ function, never while records are collected.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +59,70 @@ class ValidationContext:
 
 
 @dataclass(frozen=True)
+class SearchContext:
+    """What a plugin may know when it proposes candidates for ``candidates: auto``.
+
+    Built once per run from the loaded model and the target's testbed
+    fingerprint, before anything is built or timed.
+    """
+
+    provider: str
+    """ONNX Runtime provider the candidates will run on, e.g. ``CPUExecutionProvider``."""
+    arch: str
+    """``x86_64``, ``aarch64``, ..."""
+    cpu_flags: frozenset[str]
+    """CPU features that matter to int8 / fp16 kernels (``avx2``, ``avx512_vnni``, ``neon``...)."""
+    vnni: bool
+    """The CPU has int8 dot-product instructions (VNNI on x86, dot-product on Arm)."""
+    op_counts: Mapping[str, int]
+    """Operator type -> number of nodes, subgraphs included."""
+    weight_share: Mapping[str, float]
+    """Operator type -> share of the model's weight parameters it reads."""
+    parameters: int
+    """Weight elements in the model (initializers and Constant tensors)."""
+    kind: str
+    """A rough family read off the graph: ``transformer``, ``cnn``, ``recurrent``, ``mlp`` or ``other``."""
+    quantized_ops: tuple[str, ...]
+    """Quantised operators already in the model (empty for a float model)."""
+    has_calibration: bool
+    """The policy gives ``data.calibration`` (real data, not synthetic inputs)."""
+    baseline_level: str
+    """The graph optimisation level the original runs at."""
+
+    def share(self, *op_types: str) -> float:
+        return sum(self.weight_share.get(op_type, 0.0) for op_type in op_types)
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.provider == "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """One candidate a plugin suggests for ``candidates: auto``, with what it expects of it.
+
+    The search tries proposals in order of expected value
+    (``expected_speedup * (1 - accuracy_risk)``) and revises those numbers for a
+    whole ``family`` as soon as one member has been measured.
+    """
+
+    name: str
+    """Candidate name, e.g. ``dynamic-s8``; unique within a run."""
+    options: Mapping[str, Any]
+    """Options for the proposing plugin, as a policy recipe would give them."""
+    expected_speedup: float
+    """Prior guess of the speedup on this target (1.0 = as fast as the original)."""
+    reason: str
+    """Why this is worth trying here, in one sentence (shown in the report)."""
+    accuracy_risk: float = 0.0
+    """Prior probability, 0-1, that it misses an accuracy budget."""
+    family: str = ""
+    """Proposals that share a family learn from each other's measurements."""
+    declined: bool = False
+    """True when the plugin considered this and decided against it; ``reason`` says why."""
+
+
+@dataclass(frozen=True)
 class Exporter:
     """Turns a model file into ONNX. The built-in ``onnx-file`` passes ONNX through."""
 
@@ -85,6 +149,11 @@ class GraphOptimizer:
     """
     description: str = ""
     options_schema: JsonSchema = field(default_factory=lambda: dict(EMPTY_OPTIONS_SCHEMA))
+    propose: Callable[[SearchContext], Iterable[Proposal]] | None = None
+    """Candidates worth trying on this model and target, for ``candidates: auto``."""
+    rewrites: bool = False
+    """True for a graph rewrite that belongs before quantisation (a recipe's ``rewrite``
+    step, e.g. transformer fusion); False for how the session runs (its ``graph`` step)."""
     plugin: str = ""
 
 
@@ -99,6 +168,13 @@ class Quantizer:
     options_schema: JsonSchema = field(default_factory=lambda: dict(EMPTY_OPTIONS_SCHEMA))
     """JSON schema of the options a recipe may give next to ``plugin``."""
     uses_calibration: bool = False
+    propose: Callable[[SearchContext], Iterable[Proposal]] | None = None
+    """Candidates worth trying on this model and target, for ``candidates: auto``.
+
+    A quantiser whose ``options_schema`` accepts ``nodes_to_exclude`` also gets
+    the accuracy fallback: when one of its candidates misses an accuracy budget,
+    the search retries it with the nodes that hurt most excluded.
+    """
     plugin: str = ""
 
 

@@ -147,6 +147,17 @@ def render_console(report: Mapping[str, Any]) -> str:
                 if result["passed"] or result["level"] == "off":
                     continue
                 lines.append(f"  {item['name']}: {result['level']}: {explain_budget(result)}")
+    search = report.get("search") or {}
+    if search:
+        fallbacks = (
+            f" ({search['fallbacks']} accuracy fallbacks)" if search.get("fallbacks") else ""
+        )
+        untried = [item["name"] for item in search["not_tried"]]
+        lines.append(
+            f"search ({search['mode']}): {search['tried']} candidate(s) tried{fallbacks} in "
+            f"{search.get('seconds', 0):.1f} s, stopped: {search['stopped_by']}"
+            + (f"; not tried: {', '.join(untried)}" if untried else "")
+        )
     if report.get("recommendation"):
         lines.append(f"recommendation: {report['recommendation']}")
     for warning in report.get("warnings") or []:

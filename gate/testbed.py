@@ -16,7 +16,7 @@ from typing import Any
 FLAGS_OF_INTEREST = (
     "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
     "avx512vnni", "avx_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_int8", "amx_bf16",
-    "neon", "asimd", "asimddp", "sve", "i8mm",
+    "neon", "asimd", "asimddp", "asimdhp", "fphp", "sve", "i8mm",
 )  # fmt: skip
 
 

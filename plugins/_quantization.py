@@ -6,7 +6,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import BuildContext, SkipCandidate
+from gate import (
+    QUANTIZED_OPS,
+    BuildContext,
+    Proposal,
+    SearchContext,
+    SkipCandidate,
+    node_key,
+    op_counts,
+)
 
 
 def has_sympy() -> bool:
@@ -23,30 +31,6 @@ def _node_names(path: Path) -> set[str]:
     return {node.name for node in onnx.load(str(path), load_external_data=False).graph.node}
 
 
-# Operators that only appear in a graph that is quantised already.
-QUANTIZED_OPS = {
-    "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger",
-    "QLinearConv", "QLinearMatMul", "QGemm", "QAttention", "DynamicQuantizeMatMul",
-    "MatMulIntegerToFloat", "QLinearAdd", "QLinearMul", "MatMulNBits", "QLinearConcat",
-    "QLinearSoftmax", "QLinearSigmoid", "QLinearLeakyRelu", "QLinearAveragePool",
-    "QLinearGlobalAveragePool", "QLinearReduceMean", "QLinearWhere", "GatherBlockQuantized",
-    "QOrderedMatMul",
-}  # fmt: skip
-
-
-def _op_types(graph: Any) -> set[str]:
-    """Every operator in a graph and in its subgraphs (If / Loop / Scan bodies)."""
-    found = set()
-    for node in graph.node:
-        found.add(node.op_type)
-        for attribute in node.attribute:
-            if attribute.g.node:
-                found |= _op_types(attribute.g)
-            for subgraph in attribute.graphs:
-                found |= _op_types(subgraph)
-    return found
-
-
 def refuse_quantized(source: Path) -> None:
     """Raise SkipCandidate for a model that already holds quantised operators.
 
@@ -55,7 +39,8 @@ def refuse_quantized(source: Path) -> None:
     """
     import onnx
 
-    found = _op_types(onnx.load(str(source), load_external_data=False).graph) & QUANTIZED_OPS
+    graph = onnx.load(str(source), load_external_data=False).graph
+    found = set(op_counts(graph)) & QUANTIZED_OPS
     if found:
         raise SkipCandidate(
             f"the model is already quantised (it has {', '.join(sorted(found))}); "
@@ -68,6 +53,7 @@ def _fold_constant_weights(source: Path, context: BuildContext) -> Path:
 
     Without this a graph whose weights come from Constant nodes is returned
     unquantised (ORT 1.32) or makes the quantiser raise (older releases).
+    Unnamed nodes get the name ``nodes_to_exclude`` knows them by (``gate.node_key``).
     """
     import onnx
     from onnx import numpy_helper
@@ -79,15 +65,20 @@ def _fold_constant_weights(source: Path, context: BuildContext) -> Path:
         if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
         and n.attribute and n.attribute[0].name == "value"
     ]  # fmt: skip
-    if not constants:
+    if not constants and all(node.name for node in graph.node):
         return source
     for node in constants:
         array = numpy_helper.to_array(node.attribute[0].t)
         graph.initializer.append(numpy_helper.from_array(array, node.output[0]))
         graph.node.remove(node)
+    for node in graph.node:
+        node.name = node_key(node)
     destination = context.work_dir / "folded.onnx"
     onnx.save_model(model, str(destination))
-    context.note(f"folded {len(constants)} Constant node(s) into initializers before quantising")
+    if constants:
+        context.note(
+            f"folded {len(constants)} Constant node(s) into initializers before quantising"
+        )
     return destination
 
 
@@ -157,3 +148,36 @@ COMMON_OPTIONS = {
         "description": "passed to onnxruntime.quantization as extra_options",
     },
 }
+
+
+def extra_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The recipe's ``extra_options``, with a float default for tensors shape inference cannot
+    type (contrib ops of a fused transformer graph make ORT's quantisers raise otherwise)."""
+    import onnx
+
+    extra = dict(options.get("extra_options", {}))
+    extra.setdefault("DefaultTensorType", onnx.TensorProto.FLOAT)
+    return extra
+
+
+def is_x86(context: SearchContext) -> bool:
+    return context.arch.lower() in ("x86_64", "amd64", "x86", "i686", "i386")
+
+
+def is_arm(context: SearchContext) -> bool:
+    return context.arch.lower().startswith(("aarch64", "arm"))
+
+
+def already_quantized(context: SearchContext, plugin: str) -> list[Proposal]:
+    """The declined proposal for a model that is quantised already (empty for a float model)."""
+    if not context.quantized_ops:
+        return []
+    return [
+        Proposal(
+            plugin,
+            {},
+            0.0,
+            f"the model is already quantised (it has {', '.join(context.quantized_ops)})",
+            declined=True,
+        )
+    ]

@@ -83,6 +83,7 @@ def render(report: Mapping[str, Any]) -> str:
         ]
     if report.get("recommendation"):
         lines += [f"**Recommendation:** {report['recommendation']}", ""]
+    lines += _search(report.get("search") or {})
     log = [f"- `{item['name']}`: {item['outcome']}" for item in candidates if item.get("outcome")]
     if log:
         lines += ["<details><summary>Decision log</summary>", "", *log, "", "</details>", ""]
@@ -95,6 +96,38 @@ def render(report: Mapping[str, Any]) -> str:
         lines.append("")
         lines.append("_Accuracy metrics were measured on synthetic inputs._")
     return "\n".join(lines).rstrip() + "\n"
+
+
+STOPPED = {
+    "exhausted": "every candidate was tried",
+    "max_trials": "search.max_trials reached",
+    "max_seconds": "search.max_seconds reached",
+    "running": "interrupted",
+}
+
+
+def _search(search: Mapping[str, Any]) -> list[str]:
+    """What the search tried and why it stopped, then its log in a fold."""
+    if not search:
+        return []
+    mode = "candidates: auto" if search["mode"] == "auto" else "the policy's candidates"
+    fallbacks = (
+        f", {search['fallbacks']} of them accuracy fallbacks" if search.get("fallbacks") else ""
+    )
+    lines = [
+        f"**Search** ({mode}): {search['tried']} candidate(s) tried{fallbacks} in "
+        f"{search.get('seconds', 0):.0f} s; {STOPPED.get(search['stopped_by'], search['stopped_by'])}.",
+        "",
+    ]
+    details = [f"- `{item['name']}` not tried: {item['not_tried']}" for item in search["not_tried"]]
+    details += [
+        f"- `{item['name']}` not proposed ({item['plugin'] or 'search'}): {item['reason']}"
+        for item in search["declined"]
+    ]
+    details += [f"- {line}" for line in search.get("log") or []]
+    if details:
+        lines += ["<details><summary>Search log</summary>", "", *details, "", "</details>", ""]
+    return lines
 
 
 def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:

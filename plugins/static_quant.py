@@ -6,12 +6,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate_plugins._quantization import COMMON_OPTIONS, QUANT_TYPES, prepare
+from gate_plugins._quantization import (
+    COMMON_OPTIONS,
+    QUANT_TYPES,
+    already_quantized,
+    extra_options,
+    is_arm,
+    is_x86,
+    prepare,
+)
 
-from gate import BuildContext, Quantizer, hookimpl
+from gate import BuildContext, Proposal, Quantizer, SearchContext, hookimpl
 
 FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+COMPUTE_OPS = ["MatMul", "Conv", "Gemm"]
+HISTOGRAM_MAX_PARAMETERS = 10_000_000
 
 
 def _quantize(
@@ -51,8 +61,81 @@ def _quantize(
         ),
         op_types_to_quantize=options.get("op_types_to_quantize"),
         nodes_to_exclude=options.get("nodes_to_exclude"),
-        extra_options=dict(options.get("extra_options", {})),
+        extra_options=extra_options(options),
     )
+
+
+def _propose(context: SearchContext) -> list[Proposal]:
+    """Static int8 in the variants that matter on this CPU, riskiest-fastest first.
+
+    Types follow ONNX Runtime's advice, which differs by CPU: uint8 activations
+    with int8 weights on x86 (7-bit weights via reduce_range without VNNI, where
+    u8 x s8 products can saturate), int8 for both on Arm.
+    """
+    declined = already_quantized(context, "static")
+    if declined:
+        return declined
+    if not context.has_calibration:
+        return [
+            Proposal(
+                "static", {}, 0.0,
+                "no data.calibration: static quantisation calibrated on random inputs is not "
+                "worth searching; give representative calibration data to try it",
+                declined=True,
+            )
+        ]  # fmt: skip
+    conv = context.share("Conv", "ConvTranspose")
+    matmul = context.share("MatMul", "Gemm", "Attention")
+    if conv + matmul <= 0:
+        return [
+            Proposal(
+                "static", {}, 0.0, "no Conv, MatMul or Gemm weights to quantise", declined=True
+            )
+        ]
+    types: dict[str, Any] = (
+        {"activation_type": "int8", "weight_type": "int8"}
+        if is_arm(context) or not context.on_cpu
+        else {"activation_type": "uint8", "weight_type": "int8"}
+    )
+    if is_x86(context) and not context.vnni and context.on_cpu:
+        types["reduce_range"] = True
+    expected = 1.45 if conv >= matmul else 1.3
+    base = {"format": "qdq", **types}
+    proposals = [
+        Proposal(
+            "static-qdq", base, expected,
+            "static QDQ of every supported operator: the largest int8 speedup, and the largest "
+            "accuracy risk",
+            0.5, "static",
+        ),
+        Proposal(
+            "static-qdq-mm", {**base, "op_types_to_quantize": COMPUTE_OPS}, expected * 0.95,
+            "only the compute-heavy operators (MatMul, Conv, Gemm): most of the gain with less "
+            "accuracy at risk",
+            0.3, "static",
+        ),
+        Proposal(
+            "static-qdq-pc", {**base, "per_channel": True}, expected * 0.97,
+            "per-channel weight scales: better accuracy where channels differ in range",
+            0.3, "static",
+        ),
+        Proposal(
+            "static-qop", {**base, "format": "qoperator"}, expected * 0.95,
+            "QOperator format (QLinearConv, QLinearMatMul): the same arithmetic through "
+            "different kernels",
+            0.5, "static",
+        ),
+    ]  # fmt: skip
+    # Histogram calibration holds every activation of every sample: bounded to small models.
+    if context.parameters <= HISTOGRAM_MAX_PARAMETERS:
+        proposals.append(
+            Proposal(
+                "static-qdq-pct", {**base, "calibration_method": "percentile"}, expected * 0.97,
+                "percentile calibration clips the activation outliers that stretch MinMax scales",
+                0.35, "static",
+            )
+        )  # fmt: skip
+    return proposals
 
 
 @hookimpl
@@ -74,5 +157,6 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                     **COMMON_OPTIONS,
                 },
             },
+            propose=_propose,
         )
     ]

@@ -142,3 +142,113 @@ def load_report(output_dir: Path) -> dict[str, Any]:
 
 def candidate(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(item for item in report["candidates"] if item["name"] == name)
+
+
+@pytest.fixture
+def fragile_mlp(tmp_path: Path) -> ModelCase:
+    """The bundled demo's classifier with one outlier weight column in its middle layer.
+
+    Big enough that int8 is clearly faster, and quantised with one scale per
+    weight tensor the outlier column flattens every other column of that
+    layer: predictions are lost. The outlier unit never reaches the logits, so
+    keeping that one layer in float recovers them.
+    """
+    from gate.demo.build import cluster_data, fit_classifier
+
+    rng = np.random.default_rng(7)
+    features, classes = 256, 8
+    centres = rng.normal(scale=1.0, size=(classes, features))
+    train_x, train_y = cluster_data(rng, 2000, features, classes, centres)
+    (w0, b0), (w1, b1), (w2, b2) = fit_classifier(rng, train_x, train_y, classes)
+    w1, w2 = w1.copy(), w2.copy()
+    w1[:, 7] *= 2000.0
+    w2[7, :] = 0.0
+    folder = tmp_path / "fragile_mlp"
+    folder.mkdir()
+    model = folder / "model.onnx"
+    onnx.save_model(mlp_model([(w0, b0), (w1, b1), (w2, b2)]), str(model))
+    np.savez(folder / "calibration.npz", x=cluster_data(rng, 64, features, classes, centres)[0])
+    validation_x, validation_y = cluster_data(rng, 200, features, classes, centres)
+    np.savez(folder / "validation.npz", x=validation_x)
+    np.save(folder / "labels.npy", validation_y)
+    return ModelCase(folder, model, [(w0, b0), (w1, b1), (w2, b2)])
+
+
+def tiny_transformer(path: Path, hidden: int = 64) -> Path:
+    """Two encoder-style blocks (MatMul, GELU, residual, LayerNorm as ONNX exporters spell
+    them out) and a softmax: what ORT's transformer fusion recognises."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    initializers, nodes = [], []
+
+    def tensor(name: str, value: np.ndarray) -> str:
+        initializers.append(numpy_helper.from_array(value.astype(np.float32), name))
+        return name
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> str:
+        nodes.append(helper.make_node(op, inputs, [output], name=output, **attributes))
+        return output
+
+    def layer_norm(x: str, tag: str) -> str:
+        centred = node("Sub", [x, node("ReduceMean", [x], f"{tag}.mean", axes=[-1])], f"{tag}.sub")
+        two = tensor(f"{tag}.two", np.array(2.0))
+        variance = node(
+            "ReduceMean", [node("Pow", [centred, two], f"{tag}.pow")], f"{tag}.var", axes=[-1]
+        )
+        eps = tensor(f"{tag}.eps", np.array(1e-5))
+        std = node("Sqrt", [node("Add", [variance, eps], f"{tag}.addeps")], f"{tag}.sqrt")
+        scaled = node(
+            "Mul",
+            [node("Div", [centred, std], f"{tag}.div"), tensor(f"{tag}.gamma", np.ones(hidden))],
+            f"{tag}.mul",
+        )
+        return node("Add", [scaled, tensor(f"{tag}.beta", np.zeros(hidden))], f"{tag}.out")
+
+    def gelu(x: str, tag: str) -> str:
+        erf = node(
+            "Erf",
+            [node("Div", [x, tensor(f"{tag}.root2", np.array(1.4142135))], f"{tag}.div")],
+            f"{tag}.erf",
+        )
+        shifted = node("Add", [erf, tensor(f"{tag}.one", np.array(1.0))], f"{tag}.add")
+        return node(
+            "Mul",
+            [node("Mul", [x, shifted], f"{tag}.mul"), tensor(f"{tag}.half", np.array(0.5))],
+            f"{tag}.out",
+        )
+
+    h = "x"
+    for block in range(2):
+        up = node(
+            "MatMul",
+            [h, tensor(f"w{block}.up", rng.normal(scale=0.1, size=(hidden, 4 * hidden)))],
+            f"mm{block}.up",
+        )
+        up = gelu(
+            node(
+                "Add",
+                [up, tensor(f"b{block}.up", rng.normal(scale=0.1, size=4 * hidden))],
+                f"bias{block}.up",
+            ),
+            f"gelu{block}",
+        )
+        down = node(
+            "MatMul",
+            [up, tensor(f"w{block}.down", rng.normal(scale=0.1, size=(4 * hidden, hidden)))],
+            f"mm{block}.down",
+        )
+        down = node(
+            "Add",
+            [down, tensor(f"b{block}.down", rng.normal(scale=0.1, size=hidden))],
+            f"bias{block}.down",
+        )
+        h = layer_norm(node("Add", [down, h], f"residual{block}"), f"ln{block}")
+    node("Softmax", [h], "probs", axis=-1)
+    graph = helper.make_graph(
+        nodes, "tiny_transformer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hidden])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, 16, hidden])],
+        initializers,
+    )  # fmt: skip
+    return save_graph(path, graph, {"": 13})

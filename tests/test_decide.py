@@ -122,23 +122,41 @@ def test_the_decision_log_says_why_each_candidate_won_or_lost():
 def test_recommendations_follow_what_was_measured():
     from gate.decide import recommend
 
-    def entry(name, plugin=None, status="passed", failed_metric=None):
+    def entry(name, plugin=None, status="passed", failed_metric=None, speedup=1.0, **quantize):
         budgets = [{"metric": failed_metric, "passed": False}] if failed_metric else []
         return {
             "name": name,
             "status": status,
-            "recipe": {"quantize": {"plugin": plugin}} if plugin else None,
+            "recipe": {"quantize": {"plugin": plugin, **quantize}} if plugin else None,
             "budgets": budgets,
+            "metrics": {"speedup": speedup},
         }
 
-    lossy = [entry("original"), entry("q", "static", "rejected", "top1_agreement")]
+    lossy = [entry("original"), entry("q", "static", "rejected", "top1_agreement", 1.3)]
     assert "quantisation-aware training" in recommend(lossy, "original", False)
+    assert "exclude the sensitive nodes" in recommend(lossy, "original", False)
     assert recommend(lossy, None, False).startswith(
         "Every quantised candidate lost too much accuracy"
     )
+    # A slower quantised candidate that lost accuracy is no reason to try harder.
+    slow = [entry("original"), entry("q", "static", "rejected", "top1_agreement", 0.7)]
+    assert "lost accuracy" not in recommend(slow, "original", False)
+    # When the search's fallback already tried excluding nodes, the advice moves on.
+    tried = [
+        *lossy,
+        {
+            **entry("q-x2", "static", "rejected", "top1_agreement", 1.2),
+            "search": {"origin": "fallback"},
+        },
+    ]
+    assert "did not recover it within search.max_fallbacks" in recommend(tried, "original", False)
     assert recommend([entry("original"), entry("d", "dynamic")], "d", True).endswith(
         "confirm with data.validation before relying on it."
     )
     assert recommend([entry("original"), entry("s", "static")], "s", False).startswith(
         "Static quantisation met"
+    )
+    rescued = [entry("original"), entry("s-x3", "static", nodes_to_exclude=["a", "b", "c"])]
+    assert "3 node(s) that lost the most accuracy stay in float" in recommend(
+        rescued, "s-x3", False
     )

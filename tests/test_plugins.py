@@ -256,7 +256,9 @@ def test_unknown_name_lists_the_valid_ones():
     from gate.errors import UnknownNameError
 
     host = get_host()
-    with pytest.raises(UnknownNameError, match=r"unknown graph optimizer 'tvm' \(valid: ort\)"):
+    with pytest.raises(
+        UnknownNameError, match=r"unknown graph optimizer 'tvm' \(valid: ort, transformer\)"
+    ):
         host.get("graph_optimizer", "tvm")
 
 

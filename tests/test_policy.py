@@ -163,7 +163,7 @@ def test_check_accepts_a_valid_policy_in_json_and_yaml(classifier, gate_cli):
     for name in ("policy.yaml", "policy.json"):
         result = gate_cli("check", classifier.write_policy(body, name=name))
         assert result.exit_code == 0, result.stderr
-        assert "OK (default set, 2 budget(s))" in result.stdout
+        assert "OK (candidates: auto, 2 budget(s))" in result.stdout
 
 
 def test_inputs_that_do_not_match_the_model(classifier, gate_cli, tmp_path):

@@ -43,7 +43,11 @@ def test_accuracy_budget_rejects_destructive_quantisation(fragile_classifier, ga
     static = candidate(report, "static-qdq")
     assert static["status"] == "rejected"
     assert static["outcome"].startswith("rejected: top1_agreement expected >= 0.95, found")
-    if report["chosen"] == "original":
+    faster = [
+        c for c in report["candidates"]
+        if c["status"] == "rejected" and c["recipe"]["quantize"] and c["metrics"]["speedup"] > 1
+    ]  # fmt: skip
+    if report["chosen"] == "original" and faster:
         assert "lost accuracy" in report["recommendation"]
     assert static["metrics"]["top1_agreement"] < 0.5  # quantisation visibly destroyed predictions
     assert static["metrics"]["accuracy_drop"] > 0.3
@@ -187,34 +191,26 @@ def test_without_data_inputs_are_synthesised_and_marked(classifier, gate_cli, tm
     assert "synthetic inputs" in (out / "summary.md").read_text()
 
 
-def test_default_candidate_set(classifier, gate_cli, tmp_path):
-    with_calibration = classifier.write_policy({"data": {"calibration": "calibration.npz"}})
+def test_a_different_baseline_level_is_the_original_and_the_default_level_a_candidate(
+    classifier, gate_cli, tmp_path
+):
+    policy = classifier.write_policy(
+        {
+            "baseline": {"graph": {"level": "disabled"}},
+            "search": {"exclude": ["dynamic", "static", "fp16", "transformer"]},
+        }
+    )
     out = tmp_path / "out"
-    assert gate_cli("run", with_calibration, "-o", out, "-q").exit_code == 0
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
     report = load_report(out)
-    assert [c["status"] for c in report["candidates"]].count("failed") == 0
     names = [c["name"] for c in report["candidates"]]
-    assert names == [
-        "original",
-        "graph-disabled",
+    assert sorted(names) == [
+        "graph-all",
         "graph-basic",
         "graph-extended",
         "graph-layout",
-        "dynamic-u8",
-        "dynamic-s8",
-        "static-qdq",
+        "original",
     ]
-    without = classifier.write_policy({}, name="plain.yaml")
-    assert gate_cli("run", without, "-o", out, "-q").exit_code == 0
-    assert "static-qdq" not in [c["name"] for c in load_report(out)["candidates"]]
-    # With a different baseline level, that level is the original and ORT's default is tried instead.
-    other = classifier.write_policy(
-        {"baseline": {"graph": {"level": "disabled"}}}, name="baseline.yaml"
-    )
-    assert gate_cli("run", other, "-o", out, "-q").exit_code == 0
-    report = load_report(out)
-    names = [c["name"] for c in report["candidates"]]
-    assert "graph-disabled" not in names and "graph-all" in names
     assert report["baseline"]["session"] == {"graph_optimization_level": "disabled"}
     assert "graph_optimization_level=disabled" in report["baseline"]["description"]
 
@@ -295,7 +291,11 @@ def test_static_options_reach_onnxruntime(classifier, gate_cli, tmp_path, monkey
     assert kwargs["op_types_to_quantize"] == ["MatMul"] and kwargs["nodes_to_exclude"] == [
         "matmul1"
     ]
-    assert kwargs["extra_options"] == {"ActivationSymmetric": True}
+    # The user's extra options arrive; a float default type keeps fused graphs quantisable.
+    assert kwargs["extra_options"] == {
+        "ActivationSymmetric": True,
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+    }
 
 
 def test_multi_input_model_with_integer_ranges(tmp_path, gate_cli):

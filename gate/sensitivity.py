@@ -1,0 +1,191 @@
+"""Where a quantised candidate lost its accuracy, for the search's accuracy fallback.
+
+Every float tensor of the original and of the candidate is exposed as an output,
+both run on the calibration samples, and each tensor's error is its
+noise-to-signal power ratio (the inverse of the SQNR that
+``onnxruntime.quantization.qdq_loss_debug`` reports), per channel: that module
+flattens every tensor, which hides a channel lost next to an outlier one. What a tensor's producer added is its error
+less the worst error of the tensors feeding it; excluding the nodes that
+produce and consume it keeps that tensor in float. Tuning on calibration data
+keeps the validation data an honest acceptance test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gate.graph import node_key
+from gate.records import Sample
+
+SAMPLES = 8
+FLOAT_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+DEQUANTIZED_SUFFIX = "_DequantizeLinear_Output"  # ORT's QDQ name for a tensor as consumers see it
+REGION_DEPTH = 6
+
+
+@dataclass(frozen=True)
+class ErrorSource:
+    """Where a quantised candidate's error grows: a tensor, the nodes that touch it, and by how much."""
+
+    tensor: str
+    nodes: tuple[str, ...]
+    """Its producer (with any producers of unmeasured tensors feeding it) and its consumers:
+    excluding them all keeps the tensor, and how it is computed, in float."""
+    added: float
+    """Noise-to-signal power the tensor gains over the worst tensor feeding those producers."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "tensor": self.tensor,
+            "nodes": list(self.nodes),
+            "added_error": self.added,
+            "sqnr_db": -10 * float(np.log10(self.added)) if self.added > 0 else None,
+        }
+
+
+def _exposed(model: Path, work: Path, label: str) -> Any:
+    """A session of ``model`` with every float tensor shape inference can type as an output,
+    optimisations off so tensor names survive."""
+    import onnx
+    import onnxruntime as ort
+
+    loaded = onnx.load(str(model))
+    inferred = onnx.shape_inference.infer_shapes(loaded)
+    present = {output.name for output in loaded.graph.output}
+    computed = {name for node in loaded.graph.node for name in node.output}  # not stale value_info
+    for info in inferred.graph.value_info:
+        if (
+            info.type.tensor_type.elem_type in FLOAT_TYPES
+            and info.name in computed
+            and info.name not in present
+        ):
+            exposed = onnx.ValueInfoProto()
+            exposed.CopyFrom(info)
+            exposed.type.tensor_type.ClearField("shape")  # inference can be wrong; ORT checks types
+            loaded.graph.output.append(exposed)
+    path = work / f"{label}.exposed.onnx"
+    onnx.save_model(loaded, str(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _tensors(session: Any, feed: Sample) -> dict[str, np.ndarray]:
+    names = [output.name for output in session.get_outputs()]
+    values = session.run(names, feed)
+    return {
+        name: value
+        for name, value in zip(names, values, strict=True)
+        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
+    }
+
+
+def _channels(value: np.ndarray) -> np.ndarray:
+    """Per-channel sums over every other axis: axis 1 of NCHW tensors, the last axis otherwise."""
+    if value.ndim == 0:
+        return value.reshape(1)
+    axis = 1 if value.ndim == 4 else value.ndim - 1
+    return np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis]).sum(axis=0)
+
+
+def tensor_errors(
+    original: Path, candidate: Path, feeds: Sequence[Sample], work: Path
+) -> dict[str, float]:
+    """Every float tensor the two models share by name: its mean per-channel noise-to-signal
+    power, each channel capped at 1 (lost).
+
+    Per channel, because an outlier channel can carry nearly all of a tensor's
+    power: quantised to one scale with it, the other channels are lost while
+    the tensor as a whole still looks 99% right.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    reference = _exposed(original, work, "original")
+    quantized = _exposed(candidate, work, "candidate")
+    signal: dict[str, np.ndarray] = {}
+    noise: dict[str, np.ndarray] = {}
+    for feed in feeds[:SAMPLES]:
+        ours, theirs = _tensors(reference, feed), _tensors(quantized, feed)
+        for name, value in ours.items():
+            # In a QDQ graph consumers read the dequantised copy; ORT may even drop the Relu
+            # before it, leaving the raw tensor with a different meaning.
+            other = theirs.get(name + DEQUANTIZED_SUFFIX, theirs.get(name))
+            if other is None or other.shape != value.shape:
+                continue
+            a, b = value.astype(np.float64), other.astype(np.float64)
+            finite = np.isfinite(a) & np.isfinite(b)
+            a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
+            signal[name] = signal.get(name, 0.0) + _channels(a**2)
+            noise[name] = noise.get(name, 0.0) + _channels((a - b) ** 2)
+    errors = {}
+    for name, power in signal.items():
+        live = power > power.max(initial=0.0) * 1e-12
+        if not live.any():
+            errors[name] = 1.0 if noise[name].any() else 0.0
+            continue
+        errors[name] = float(np.mean(np.minimum(noise[name][live] / power[live], 1.0)))
+    return errors
+
+
+def rank_sources(
+    original: Path, candidate: Path, feeds: Sequence[Sample], work: Path
+) -> list[ErrorSource]:
+    """Tensors of the original by the error quantisation adds to them, worst first.
+
+    A tensor the candidate no longer has (ORT fuses and renames) is not
+    measured: the error shows at the next tensor that is, and the nodes in
+    between are held responsible together.
+    """
+    import onnx
+
+    errors = tensor_errors(original, candidate, feeds, work)
+    graph = onnx.load(str(original), load_external_data=False).graph
+    producer = {name: node for node in graph.node for name in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    sources = []
+    for tensor, error in errors.items():
+        node = producer.get(tensor)
+        if node is None:  # a graph input
+            continue
+        region, boundary = _region(node, producer, errors)
+        added = error - max((errors[name] for name in boundary), default=0.0)
+        if added <= 0:
+            continue
+        touching = [*region, *consumers.get(tensor, [])]
+        nodes = tuple(dict.fromkeys(node_key(item) for item in touching))
+        sources.append(ErrorSource(tensor, nodes, added))
+    return sorted(sources, key=lambda source: -source.added)
+
+
+def _region(
+    node: Any, producer: dict[str, Any], measured: dict[str, float]
+) -> tuple[list[Any], set[str]]:
+    """``node`` with the producers of unmeasured tensors feeding it (a few levels up), and the
+    measured tensors at the region's edge."""
+    region, boundary, frontier = [node], set(), [node]
+    seen = {id(node)}
+    for _ in range(REGION_DEPTH):
+        following = []
+        for current in frontier:
+            for name in current.input:
+                if not name or name in measured:
+                    if name:
+                        boundary.add(name)
+                    continue
+                source = producer.get(name)
+                if source is not None and id(source) not in seen:
+                    seen.add(id(source))
+                    region.append(source)
+                    following.append(source)
+        if not following:
+            break
+        frontier = following
+    return region, boundary
