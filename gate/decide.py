@@ -149,7 +149,7 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
         )
     others = [s for s in eligible if s.name != ORIGINAL]
     if len(standings) == 1:
-        return ORIGINAL, "no other candidate was measured: the original is kept"
+        return ORIGINAL, "no other candidate could be measured: the original is kept"
     if not others:
         return ORIGINAL, "no other candidate passed every error-level budget"
     best = max(others, key=lambda s: s.speedup.point)
@@ -201,7 +201,7 @@ def recommend(
     fell_back = any((e.get("search") or {}).get("origin") == "fallback" for e in entries)
     recovery = (
         "keeping the nodes that lost the most accuracy in float (the search's fallback) did not "
-        "recover it within search.max_fallbacks: consider quantisation-aware training"
+        "recover it: consider quantisation-aware training, or a larger search.max_fallbacks"
         if fell_back
         else "exclude the sensitive nodes (nodes_to_exclude, op_types_to_quantize), or consider "
         "quantisation-aware training"

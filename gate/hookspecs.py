@@ -58,10 +58,14 @@ def onnx_gate_execution_providers() -> Iterable[ExecutionProvider]:
 
 @hookspec
 def onnx_gate_graph_optimizers() -> Iterable[GraphOptimizer]:
-    """Register graph optimisers, picked by a recipe's ``graph.plugin``.
+    """Register graph optimisers, picked by a recipe's ``graph.plugin`` or ``rewrite.plugin``.
 
     Called once when the registry is built. ``optimize`` runs while candidates
-    are built, after any quantiser of the same recipe.
+    are built: as a recipe's ``rewrite`` before its quantiser, as its ``graph``
+    step after it. ``propose``, when given, is called once per run as
+    ``candidates: auto`` starts, with a :class:`gate.SearchContext`; a record with
+    ``rewrites=True`` proposes rewrites, which the search also combines with
+    every quantiser proposal.
 
     :return: the graph optimisers this plugin provides.
     """
@@ -75,6 +79,9 @@ def onnx_gate_quantizers() -> Iterable[Quantizer]:
     are validated against the quantiser's ``options_schema`` when the policy is
     checked; ``quantize`` runs while candidates are built. An exception it
     raises fails that candidate only and is reported with the plugin's name.
+    ``propose``, when given, is called once per run as ``candidates: auto``
+    starts, with a :class:`gate.SearchContext`, and returns the
+    :class:`gate.Proposal` s worth trying on this model and target.
 
     :return: the quantisers this plugin provides.
     """

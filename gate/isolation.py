@@ -19,6 +19,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,6 +66,7 @@ def build_isolated(
     calibration_path: Path,
     calibration_source: str,
     isolation: Isolation,
+    provider_options: Mapping[str, Any] | None = None,
 ) -> Candidate:
     """Run :func:`gate.candidates.build_candidate` in a child; its failure modes become the candidate's."""
     candidate = Candidate(recipe.name, recipe.describe())
@@ -82,6 +84,7 @@ def build_isolated(
                 "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
                 "work_root": str(work_root),
                 "provider": provider,
+                "provider_options": dict(provider_options or {}),
                 "calibration": str(calibration_path),
                 "calibration_source": calibration_source,
                 "result": str(result_path),
@@ -194,7 +197,7 @@ def _child(spec_path: str) -> None:
         # Run the new model once here: a quantiser can write a graph that crashes
         # ONNX Runtime when loaded or run, and that must not take the gate down.
         stage.write_text("load")
-        _run_once(candidate, spec["provider"], feeds[0])
+        _run_once(candidate, (spec["provider"], spec["provider_options"]), feeds[0])
     Path(spec["result"]).write_text(
         json.dumps(
             {
@@ -209,7 +212,7 @@ def _child(spec_path: str) -> None:
     )
 
 
-def _run_once(candidate: Candidate, provider: str, feed: Sample) -> None:
+def _run_once(candidate: Candidate, provider: tuple[str, dict[str, Any]], feed: Sample) -> None:
     """Load the built model as it will be measured and run it on one sample; record a failure."""
     import onnxruntime as ort
 

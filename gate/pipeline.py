@@ -35,7 +35,7 @@ from gate.policy import Budget, Policy, Recipe, load_policy
 from gate.progress import RESULT_PREFIX, Progress
 from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
 from gate.runtime import Target, make_session, run_all
-from gate.search import Search, Trial, fallback_trial, lineage_size, propose, search_context
+from gate.search import Search, Trial, fallback_trial, propose, search_context
 from gate.sensitivity import rank_sources
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 from gate.testbed import fingerprint, physical_cores
@@ -335,6 +335,7 @@ class GateRun:
             recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
             self.target.provider, self.calibration_file, self.calibration.source,
             Isolation(timeout, self.policy.build.memory_mb, limited_by),
+            self.target.provider_options,
         )  # fmt: skip
 
     def _evaluate_without_memory(self, name: str) -> list[BudgetResult]:
@@ -374,14 +375,15 @@ class GateRun:
             )
             return
         speedup = self.estimates[name]["speedup"]
-        if speedup.high < 1.0 + self.policy.min_gain:
+        if speedup.high < search.to_beat:
             search.log.append(
                 f"{name}: no accuracy fallback: at {speedup.point:.2f}x (at most {speedup.high:.2f}x) "
-                "it cannot beat the original by selection.min_gain, and excluding nodes only slows it"
+                f"it cannot beat {search.to_beat:.2f}x (the original by selection.min_gain, or the "
+                "best passing candidate), and keeping nodes in float only slows it"
             )
             return
         root = trial.parent or name
-        if lineage_size(search, root) >= settings.max_fallbacks:
+        if search.fallbacks_of(root) >= settings.max_fallbacks:
             search.log.append(
                 f"{name}: no more fallbacks (search.max_fallbacks: {settings.max_fallbacks})"
             )
@@ -407,18 +409,31 @@ class GateRun:
                 f"{name}: no accuracy fallback: no quantised node adds measurable error"
             )
             return
-        search.add_fallback(child)
+        refused = search.add_fallback(child)
+        if refused:
+            search.log.append(f"{name}: no accuracy fallback: {refused}")
+            return
         search.log.append(f"{child.reason}; retrying as {child.name}")
 
     def _default_accuracy_budget(self) -> None:
         """Without an error-level accuracy budget nothing would stop a quantiser that destroys
         the model: hold every candidate to agreeing with the original, and say so."""
         accuracy = {metric for validator in self.validators for metric in validator.metrics}
-        if any(b.metric in accuracy and b.level == "error" for b in self.budgets):
+        levels = {b.level for b in self.budgets if b.metric in accuracy}
+        if "error" in levels:
+            return
+        if levels:  # the policy chose warn or off: respected, but not silently
+            self.report["warnings"].append(
+                "no accuracy budget is at level error: a candidate that loses accuracy can be chosen"
+            )
             return
         produced = self.entries[ORIGINAL]["metrics"]
         metric = next((m for m in ("cosine_similarity", "top1_agreement") if m in produced), None)
         if metric is None:
+            self.report["warnings"].append(
+                f"the policy sets no accuracy budget and output '{self.judged}' gives no agreement "
+                "metric: candidates are not checked for accuracy"
+            )
             return
         self.budgets.append(Budget(metric, ">=", DEFAULT_ACCURACY_FLOOR, "error", "default"))
         self.report["warnings"].append(
@@ -784,6 +799,12 @@ class GateRun:
         report["output_model"]["session"] = winner.session
         chosen_standing = next(s for s in standings if s.name == chosen)
         report["warnings"].extend(_warnings(chosen, chosen_standing.results, on_inconclusive))
+        if chosen != ORIGINAL and chosen_standing.speedup.low <= 1.0:
+            report["warnings"].append(
+                f"{chosen} is not surely faster than the original "
+                f"({chosen_standing.speedup.point:.2f}x): it is chosen because the original misses "
+                "an error-level budget"
+            )
         report.update(verdict="pass", exit_code=int(ExitCode.PASS), message=f"chosen: {chosen}")
 
     def _describe_model(self) -> dict[str, Any]:

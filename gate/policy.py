@@ -100,7 +100,8 @@ class Recipe:
 
     def to_json(self) -> dict[str, Any]:
         """The recipe as a policy would list it (what a build child is handed)."""
-        return {"name": self.name, **self.describe()}
+        steps = {key: value for key, value in self.describe().items() if value is not None}
+        return {"name": self.name, **steps}
 
     @classmethod
     def from_json(cls, item: Mapping[str, Any], location: str = "") -> Recipe:

@@ -22,7 +22,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
-from gate.graph import QUANTIZED_OPS, model_kind, op_counts, weight_share
+from gate.graph import QUANTIZED_OPS, graphs, model_kind, op_counts, weight_share
 from gate.host import Host, call_plugin
 from gate.policy import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
 from gate.records import Proposal, SearchContext
@@ -50,7 +50,7 @@ def search_context(
     counts = op_counts(graph)
     share = weight_share(graph)
     cpu = testbed.get("cpu") or {}
-    parameters = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    parameters = sum(int(np.prod(t.dims)) for body in graphs(graph) for t in body.initializer)
     return SearchContext(
         provider=provider,
         arch=str(cpu.get("arch") or ""),
@@ -95,6 +95,7 @@ class Trial:
     parent: str | None = None
     excluded_nodes: tuple[str, ...] = ()
     prior_speedup: float | None = None
+    """The proposer's expectation, as reported; ``expected_speedup`` moves as the search learns."""
     order: int | None = None
     """Position in which it was tried (1-based); None while waiting."""
     counted: bool = True
@@ -150,6 +151,7 @@ def propose(
 
     A graph optimiser that rewrites (transformer fusion) is also combined with
     every quantiser proposal, since fusing first lets quantisation use fused kernels.
+    A plugin that raises, or proposes something unusable, is recorded as declined.
     """
     trials: list[Trial] = []
     declined: list[Declined] = []
@@ -162,42 +164,26 @@ def propose(
                 continue
             try:
                 proposals = list(call_plugin(record, "propose candidates", record.propose, context))
+                for proposal in proposals:
+                    _check_proposal(record, proposal)
             except Exception as exc:  # a plugin's bad guess must not stop the search
-                message = getattr(exc, "message", str(exc))
+                message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
                 declined.append(Declined(record.plugin, record.name, message))
                 continue
             for proposal in proposals:
+                step = {"plugin": record.name, **proposal.options}
                 if proposal.declined:
                     declined.append(Declined(record.plugin, proposal.name, proposal.reason))
-                elif kind == "quantizer":
+                    continue
+                if kind == "quantizer":
                     quantized.append((record, proposal))
-                    trials.append(
-                        _trial(
-                            Recipe(
-                                proposal.name, dict(graph),
-                                {"plugin": record.name, **proposal.options},
-                            ),
-                            proposal,
-                        )
-                    )  # fmt: skip
+                    recipe = Recipe(proposal.name, dict(graph), step)
                 elif record.rewrites:
                     rewrites.append((record, proposal))
-                    trials.append(
-                        _trial(
-                            Recipe(
-                                proposal.name, dict(graph),
-                                rewrite={"plugin": record.name, **proposal.options},
-                            ),
-                            proposal,
-                        )
-                    )  # fmt: skip
+                    recipe = Recipe(proposal.name, dict(graph), rewrite=step)
                 else:
-                    trials.append(
-                        _trial(
-                            Recipe(proposal.name, {"plugin": record.name, **proposal.options}),
-                            proposal,
-                        )
-                    )
+                    recipe = Recipe(proposal.name, step)
+                trials.append(_trial(recipe, proposal))
     for rewriter, rewrite in rewrites:
         for quantizer, quantize in quantized:
             combined = Proposal(
@@ -207,41 +193,66 @@ def propose(
                 f"{quantize.reason}; after {rewrite.name}",
                 1.0 - (1.0 - rewrite.accuracy_risk) * (1.0 - quantize.accuracy_risk),
             )
-            trial = _trial(
-                Recipe(
-                    combined.name,
-                    dict(graph),
-                    {"plugin": quantizer.name, **quantize.options},
-                    rewrite={"plugin": rewriter.name, **rewrite.options},
-                ),
-                combined,
+            recipe = Recipe(
+                combined.name,
+                dict(graph),
+                {"plugin": quantizer.name, **quantize.options},
+                rewrite={"plugin": rewriter.name, **rewrite.options},
             )
+            trial = _trial(recipe, combined)
             trial.families = tuple(f for f in (rewrite.family, quantize.family) if f)
             trials.append(trial)
     return _unique(trials, declined), declined
+
+
+def _check_proposal(record: Any, proposal: Any) -> None:
+    """A proposal becomes a recipe and a folder name: hold it to what a policy could say."""
+    import re
+
+    from gate.policy import POLICY_SCHEMA, format_location, load_schema, schema_problems
+
+    if not isinstance(proposal, Proposal):
+        raise ValueError(f"proposed a {type(proposal).__name__}, not a gate.Proposal")
+    pattern = load_schema(POLICY_SCHEMA)["$defs"]["recipe"]["properties"]["name"]["pattern"]
+    if not isinstance(proposal.name, str) or not re.fullmatch(pattern, proposal.name):
+        raise ValueError(f"proposed an invalid candidate name {proposal.name!r}")
+    if proposal.declined:
+        return
+    if not (math.isfinite(proposal.expected_speedup) and proposal.expected_speedup > 0):
+        raise ValueError(f"{proposal.name}: expected_speedup must be a positive number")
+    if not 0.0 <= proposal.accuracy_risk <= 1.0:
+        raise ValueError(f"{proposal.name}: accuracy_risk must be between 0 and 1")
+    problems = schema_problems(dict(proposal.options), record.options_schema)
+    if "plugin" in proposal.options or problems:
+        where, message = problems[0] if problems else (("plugin",), "is not an option")
+        raise ValueError(f"{proposal.name}: option {format_location(where)}: {message}")
 
 
 def _trial(recipe: Recipe, proposal: Proposal) -> Trial:
     return Trial(
         recipe,
         "proposed",
-        max(proposal.expected_speedup, 0.0),
-        min(max(proposal.accuracy_risk, 0.0), 1.0),
+        proposal.expected_speedup,
+        proposal.accuracy_risk,
         proposal.reason,
         (proposal.family,) if proposal.family else (),
-        prior_speedup=max(proposal.expected_speedup, 0.0),
+        prior_speedup=proposal.expected_speedup,
     )
 
 
 def _unique(trials: list[Trial], declined: list[Declined]) -> list[Trial]:
     seen: dict[str, Trial] = {}
     for trial in trials:
-        if trial.name in seen or trial.name == "original":
+        if trial.name == "original":
+            declined.append(
+                Declined("", trial.name, "'original' is reserved for the model as given")
+            )
+        elif trial.name in seen:
             declined.append(
                 Declined("", trial.name, "another plugin already proposed a candidate of this name")
             )
-            continue
-        seen[trial.name] = trial
+        else:
+            seen[trial.name] = trial
     return list(seen.values())
 
 
@@ -286,7 +297,7 @@ class Search:
             self.stopped_by = "max_seconds"
             return None
         fallbacks = [t for t in self.waiting if t.origin == "fallback"]
-        if fallbacks:  # recover a fast candidate's accuracy before moving on
+        if fallbacks and self.auto:  # recover a fast candidate's accuracy before moving on
             trial = fallbacks[0]
         elif self.auto:
             trial = max(self.waiting, key=lambda t: t.value(self.to_beat))
@@ -312,6 +323,14 @@ class Search:
         """
         if outcome == "skipped":
             trial.counted = False
+            if trial.recipe.rewrite is not None and trial.recipe.quantize is None:
+                # The rewrite itself declined the model: every combination with it would too.
+                dropped = [t for t in self.waiting if t.recipe.rewrite == trial.recipe.rewrite]
+                self.waiting = [t for t in self.waiting if all(t is not d for d in dropped)]
+                if dropped:
+                    self.log.append(
+                        f"{trial.name} was skipped, so {len(dropped)} candidate(s) built on it were dropped"
+                    )
             return
         if outcome == "passed" and speedup is not None:
             self.to_beat = max(self.to_beat, speedup)
@@ -331,8 +350,22 @@ class Search:
             elif outcome == "passed":
                 other.accuracy_risk *= 0.5
 
-    def add_fallback(self, trial: Trial) -> None:
-        self.waiting.insert(0, trial)
+    def fallbacks_of(self, root: str) -> int:
+        """Fallbacks already made for the candidate named ``root``."""
+        return sum(1 for t in (*self.tried, *self.waiting) if t.parent == root)
+
+    def add_fallback(self, trial: Trial) -> str | None:
+        """Queue a fallback: next in auto mode, after the policy's own list otherwise.
+
+        Returns why it was refused, or None.
+        """
+        if any(t.name == trial.name for t in (*self.tried, *self.waiting)):
+            return f"a candidate is already named {trial.name}"
+        if self.auto:
+            self.waiting.insert(0, trial)
+        else:
+            self.waiting.append(trial)
+        return None
 
     def describe(self) -> dict[str, Any]:
         why = {
@@ -403,8 +436,3 @@ def fallback_trial(
         excluded_nodes=excluded,
         prior_speedup=measured_speedup * 0.95,
     )
-
-
-def lineage_size(search: Search, root: str) -> int:
-    """Fallbacks already made for the candidate named ``root``."""
-    return sum(1 for t in search.tried + search.waiting if t.parent == root)

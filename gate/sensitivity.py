@@ -48,32 +48,39 @@ class ErrorSource:
         }
 
 
-def _exposed(model: Path, work: Path, label: str) -> Any:
-    """A session of ``model`` with every float tensor shape inference can type as an output,
-    optimisations off so tensor names survive."""
+def _float_tensors(model: Any) -> dict[str, int]:
+    """Tensors computed by the graph's nodes that shape inference types as floating point,
+    with their element type (stale ``value_info`` a model may carry is ignored)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    computed = {name for node in model.graph.node for name in node.output}
+    types = {
+        info.name: info.type.tensor_type.elem_type
+        for info in (*inferred.graph.value_info, *inferred.graph.output)
+    }
+    return {name: types[name] for name in computed if types.get(name) in FLOAT_TYPES}
+
+
+def _exposed(model: Path, work: Path, label: str) -> tuple[Any, set[str]]:
+    """A session of ``model`` with every float tensor as an output, optimisations off so
+    tensor names survive; and the names of those tensors."""
     import onnx
     import onnxruntime as ort
 
     loaded = onnx.load(str(model))
-    inferred = onnx.shape_inference.infer_shapes(loaded)
+    floats = _float_tensors(loaded)
     present = {output.name for output in loaded.graph.output}
-    computed = {name for node in loaded.graph.node for name in node.output}  # not stale value_info
-    for info in inferred.graph.value_info:
-        if (
-            info.type.tensor_type.elem_type in FLOAT_TYPES
-            and info.name in computed
-            and info.name not in present
-        ):
-            exposed = onnx.ValueInfoProto()
-            exposed.CopyFrom(info)
-            exposed.type.tensor_type.ClearField("shape")  # inference can be wrong; ORT checks types
-            loaded.graph.output.append(exposed)
+    for name in sorted(set(floats) - present):
+        # Typed but shapeless: an inferred shape can be wrong, and ORT would then refuse it.
+        loaded.graph.output.append(onnx.helper.make_tensor_value_info(name, floats[name], None))
     path = work / f"{label}.exposed.onnx"
     onnx.save_model(loaded, str(path))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, set(floats)
 
 
 def _tensors(session: Any, feed: Sample) -> dict[str, np.ndarray]:
@@ -96,19 +103,20 @@ def _channels(value: np.ndarray) -> np.ndarray:
 
 def tensor_errors(
     original: Path, candidate: Path, feeds: Sequence[Sample], work: Path
-) -> dict[str, float]:
+) -> tuple[dict[str, float], set[str]]:
     """Every float tensor the two models share by name: its mean per-channel noise-to-signal
-    power, each channel capped at 1 (lost).
+    power, each channel capped at 1 (lost); and the original's float tensors.
 
     Per channel, because an outlier channel can carry nearly all of a tensor's
     power: quantised to one scale with it, the other channels are lost while
     the tensor as a whole still looks 99% right.
     """
     work.mkdir(parents=True, exist_ok=True)
-    reference = _exposed(original, work, "original")
-    quantized = _exposed(candidate, work, "candidate")
+    reference, floats = _exposed(original, work, "original")
+    quantized, _ = _exposed(candidate, work, "candidate")
     signal: dict[str, np.ndarray] = {}
     noise: dict[str, np.ndarray] = {}
+    uneven: set[str] = set()
     for feed in feeds[:SAMPLES]:
         ours, theirs = _tensors(reference, feed), _tensors(quantized, feed)
         for name, value in ours.items():
@@ -120,16 +128,22 @@ def tensor_errors(
             a, b = value.astype(np.float64), other.astype(np.float64)
             finite = np.isfinite(a) & np.isfinite(b)
             a, b = np.where(finite, a, 0.0), np.where(finite, b, 0.0)
-            signal[name] = signal.get(name, 0.0) + _channels(a**2)
-            noise[name] = noise.get(name, 0.0) + _channels((a - b) ** 2)
+            power, error = _channels(a**2), _channels((a - b) ** 2)
+            if name in signal and signal[name].shape != power.shape:
+                uneven.add(name)  # channels differ between samples: not comparable
+                continue
+            signal[name] = signal.get(name, 0.0) + power
+            noise[name] = noise.get(name, 0.0) + error
     errors = {}
     for name, power in signal.items():
+        if name in uneven:
+            continue
         live = power > power.max(initial=0.0) * 1e-12
         if not live.any():
             errors[name] = 1.0 if noise[name].any() else 0.0
             continue
         errors[name] = float(np.mean(np.minimum(noise[name][live] / power[live], 1.0)))
-    return errors
+    return errors, floats
 
 
 def rank_sources(
@@ -143,7 +157,7 @@ def rank_sources(
     """
     import onnx
 
-    errors = tensor_errors(original, candidate, feeds, work)
+    errors, floats = tensor_errors(original, candidate, feeds, work)
     graph = onnx.load(str(original), load_external_data=False).graph
     producer = {name: node for node in graph.node for name in node.output}
     consumers: dict[str, list[Any]] = {}
@@ -155,7 +169,7 @@ def rank_sources(
         node = producer.get(tensor)
         if node is None:  # a graph input
             continue
-        region, boundary = _region(node, producer, errors)
+        region, boundary = _region(node, producer, errors, floats)
         added = error - max((errors[name] for name in boundary), default=0.0)
         if added <= 0:
             continue
@@ -166,25 +180,29 @@ def rank_sources(
 
 
 def _region(
-    node: Any, producer: dict[str, Any], measured: dict[str, float]
+    node: Any, producer: dict[str, Any], measured: dict[str, float], floats: set[str]
 ) -> tuple[list[Any], set[str]]:
-    """``node`` with the producers of unmeasured tensors feeding it (a few levels up), and the
-    measured tensors at the region's edge."""
+    """``node`` with the producers of the unmeasured float tensors feeding it (a few levels
+    up), and the measured tensors at the region's edge.
+
+    Integer tensors (shapes, indices) and Constant nodes are not followed: they
+    are not quantised, and a folded Constant no longer exists to be excluded.
+    """
     region, boundary, frontier = [node], set(), [node]
     seen = {id(node)}
     for _ in range(REGION_DEPTH):
         following = []
         for current in frontier:
             for name in current.input:
-                if not name or name in measured:
-                    if name:
-                        boundary.add(name)
+                if name in measured:
+                    boundary.add(name)
                     continue
                 source = producer.get(name)
-                if source is not None and id(source) not in seen:
-                    seen.add(id(source))
-                    region.append(source)
-                    following.append(source)
+                if source is None or name not in floats or not source.input or id(source) in seen:
+                    continue
+                seen.add(id(source))
+                region.append(source)
+                following.append(source)
         if not following:
             break
         frontier = following

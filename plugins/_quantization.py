@@ -90,10 +90,12 @@ def prepare(source: Path, options: Mapping[str, Any], context: BuildContext) -> 
     ``nodes_to_exclude`` can vanish; then the graph is quantised as given.
     """
     refuse_quantized(source)
+    given = source
     source = _fold_constant_weights(source, context)
     excluded = set(options.get("nodes_to_exclude") or ())
     if excluded:
-        unknown = excluded - _node_names(source)
+        # A folded Constant is no longer a node, and there is nothing left of it to exclude.
+        unknown = excluded - _node_names(source) - _node_names(given)
         if unknown:
             raise ValueError(
                 f"nodes_to_exclude names node(s) not in the model: {', '.join(sorted(unknown))}"

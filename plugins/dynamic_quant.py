@@ -12,7 +12,6 @@ from gate_plugins._quantization import (
     already_quantized,
     extra_options,
     is_arm,
-    is_x86,
     prepare,
 )
 
@@ -67,7 +66,6 @@ def _propose(context: SearchContext) -> list[Proposal]:
                 declined=True,
             )
         ]  # fmt: skip
-    no_vnni_x86 = is_x86(context) and not context.vnni
     if matmul >= conv:
         if context.vnni or is_arm(context):
             fast, fast_why = (
@@ -89,7 +87,7 @@ def _propose(context: SearchContext) -> list[Proposal]:
             Proposal(fast_name, fast, expected, fast_why, 0.3, "dynamic"),
             Proposal(
                 f"{fast_name}-pc",
-                {**fast, "per_channel": True, **({"reduce_range": True} if no_vnni_x86 else {})},
+                {**fast, "per_channel": True},
                 expected * 0.95,
                 "per-channel weight scales: the same kernels with less accuracy lost",
                 0.2,

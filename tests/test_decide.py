@@ -149,7 +149,9 @@ def test_recommendations_follow_what_was_measured():
             "search": {"origin": "fallback"},
         },
     ]
-    assert "did not recover it within search.max_fallbacks" in recommend(tried, "original", False)
+    assert "did not recover it: consider quantisation-aware training" in recommend(
+        tried, "original", False
+    )
     assert recommend([entry("original"), entry("d", "dynamic")], "d", True).endswith(
         "confirm with data.validation before relying on it."
     )

@@ -145,7 +145,9 @@ def test_auto_is_the_default_and_tries_the_most_promising_first(classifier, gate
     tried = report["candidates"][1:]
     assert search["tried"] == len(tried) and search["not_tried"] == []
     assert [c["search"]["order"] for c in tried] == list(range(1, len(tried) + 1))
-    assert all(c["search"]["origin"] == "proposed" and c["search"]["reason"] for c in tried)
+    proposed = [c for c in tried if c["search"]["origin"] == "proposed"]
+    assert all(c["search"]["reason"] and c["search"]["expected_speedup"] > 0 for c in proposed)
+    assert all(c["search"]["origin"] == "fallback" for c in tried if c not in proposed)
     names = {c["name"] for c in tried}
     assert {"dynamic-u8", "static-qdq", "static-qdq-mm", "graph-disabled"} <= names
     # Expected value first: a quantised recipe, not a graph level that is rarely faster.
@@ -178,6 +180,8 @@ def test_search_limits_are_kept_and_what_was_left_is_listed(classifier, gate_cli
     )
     names = [c["name"] for c in report["candidates"]] + [i["name"] for i in search["not_tried"]]
     assert not any(name.startswith("static") for name in names)  # search.exclude
+    # The most promising first: int8 on an MLP, not a graph level.
+    assert report["candidates"][1]["recipe"]["quantize"]["plugin"] == "dynamic"
     assert "search.max_trials reached" in (out / "summary.md").read_text()
 
 
@@ -189,7 +193,7 @@ def test_a_search_out_of_time_keeps_the_original_and_says_so(classifier, gate_cl
     report = load_report(out)
     assert report["search"]["stopped_by"] == "max_seconds" and report["search"]["tried"] == 0
     assert report["chosen"] == "original"
-    assert report["decision"] == "no other candidate was measured: the original is kept"
+    assert report["decision"] == "no other candidate could be measured: the original is kept"
     assert (out / "model.onnx").read_bytes() == classifier.model.read_bytes()
     assert all(
         item["not_tried"] == "search.max_seconds (1e-06) reached"
@@ -304,9 +308,15 @@ def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
     fused = next(t for t in trials if t.name == "transformer-fused")
     level = next(t for t in trials if t.name == "graph-basic")
     before = (combined[0].expected_speedup, level.expected_speedup)
+    first = search.next_trial()
+    assert first is not None and first.name.startswith("transformer-fused+dynamic")
+    search.waiting.append(first)  # put it back: only the ordering is under test
+    search.tried.clear()
     search.observe(fused, "passed", fused.expected_speedup * 0.5)
     assert combined[0].expected_speedup == pytest.approx(before[0] * 0.5)
     assert level.expected_speedup == before[1]
+    # Fusion measured at half its promise: what the search tries next is no longer fused.
+    assert not search.next_trial().name.startswith("transformer-fused")
 
 
 def test_a_built_model_onnxruntime_cannot_run_fails_alone(
@@ -404,11 +414,157 @@ def test_a_constant_weight_graph_is_quantised_by_auto(tmp_path, gate_cli):
         f"version: 1\nmodel: {{path: cw.onnx}}\nmeasure: {FAST_MEASURE}\nsearch: {{exclude: [ort]}}\n"
     )
     out = tmp_path / "out"
-    assert gate_cli("run", tmp_path / "p.yaml", "-o", out, "-q").exit_code == 0
+    assert gate_cli("run", tmp_path / "p.yaml", "-o", out, "-q", "--keep-candidates").exit_code == 0
     report = load_report(out)
     assert report["search"]["context"]["weight_share"] == {"MatMul": 1.0}
     built = [c for c in report["candidates"] if c["name"].startswith("dynamic")]
     assert built and all(c["status"] != "failed" for c in built)
-    assert all(
-        "folded 1 Constant node(s) into initializers before quantising" in c["notes"] for c in built
+    for item in built:
+        assert "folded 1 Constant node(s) into initializers before quantising" in item["notes"]
+        ops = [n.op_type for n in onnx.load(str(out / item["artifact"]["path"])).graph.node]
+        assert "MatMulInteger" in ops and "Constant" not in ops
+
+
+def test_where_the_error_arises_is_found_without_timing_anything(fragile_mlp, tmp_path):
+    """The ranking and the fallback recipe on their own: deterministic, no clock involved."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from gate.policy import Recipe
+    from gate.search import Trial, fallback_trial
+    from gate.sensitivity import rank_sources
+
+    quantised = tmp_path / "int8.onnx"
+    quantize_dynamic(str(fragile_mlp.model), str(quantised), weight_type=QuantType.QInt8)
+    with np.load(fragile_mlp.folder / "calibration.npz") as data:
+        feeds = [{"x": row[None, :]} for row in data["x"][:8]]
+    sources = rank_sources(fragile_mlp.model, quantised, feeds, tmp_path / "work")
+    worst = sources[0]
+    # The layer with the outlier column: its output loses every other channel.
+    assert worst.tensor in ("mm1", "add1") and "matmul1" in worst.nodes
+    assert worst.added > 0.5 and all(s.added <= worst.added for s in sources)
+    assert not any(node.startswith("Constant") for s in sources for node in s.nodes)
+
+    parent = Trial(Recipe("int8", {"plugin": "ort"}, {"plugin": "dynamic"}), "proposed", 1.5)
+    ranking = [(s.nodes, s.added) for s in sources]
+    child = fallback_trial(parent, ranking, measured_speedup=1.6)
+    assert child is not None and child.origin == "fallback" and child.parent == "int8"
+    assert "matmul1" in child.excluded_nodes
+    assert child.name == f"int8-x{len(child.excluded_nodes)}"
+    assert child.recipe.quantize == {
+        "plugin": "dynamic",
+        "nodes_to_exclude": list(child.excluded_nodes),
+    }
+    # A second step adds to the first, keeps the lineage's name, and never repeats a node.
+    grandchild = fallback_trial(child, ranking, measured_speedup=1.2)
+    assert grandchild is not None and grandchild.parent == "int8"
+    assert set(child.excluded_nodes) < set(grandchild.excluded_nodes)
+    assert len(set(grandchild.excluded_nodes)) == len(grandchild.excluded_nodes)
+    everything = tuple(node for s in sources for node in s.nodes)
+    spent = Trial(Recipe("int8-xN", {"plugin": "ort"}, {"plugin": "dynamic"}), "fallback", 1.0,
+                  parent="int8", excluded_nodes=everything)  # fmt: skip
+    assert fallback_trial(spent, ranking, 1.0) is None  # nothing left to keep in float
+
+
+def test_the_search_queue_keeps_its_limits():
+    from gate.policy import Recipe, SearchSettings
+    from gate.search import Search, Trial
+
+    def trial(name, expected, **fields):
+        return Trial(
+            Recipe(name, {"plugin": "ort"}, {"plugin": "dynamic"}), "proposed", expected, **fields
+        )
+
+    clock = [0.0]
+    search = Search(
+        [
+            trial("a", 1.5, families=("q",)),
+            trial("b", 1.2, families=("q",)),
+            trial("c", 1.1),
+            trial("e", 1.0),
+        ],
+        SearchSettings(max_trials=2, max_seconds=100),
+        True,
+        clock=lambda: clock[0],
+        to_beat=1.05,
+    )
+    first = search.next_trial()
+    assert first.name == "a" and first.order == 1
+    search.observe(first, "skipped", None)  # skipped: does not count against max_trials
+    second = search.next_trial()
+    search.observe(second, "failed", None)
+    third = search.next_trial()
+    assert third is not None and search.next_trial() is None
+    assert search.stopped_by == "max_trials"
+    assert [t["name"] for t in search.describe()["not_tried"]] == ["e"]
+    # A fallback of the same name is refused; fallbacks are counted per lineage.
+    again = Trial(
+        Recipe("a-x1", {"plugin": "ort"}, {"plugin": "dynamic"}), "fallback", 1.4, parent="a"
+    )
+    assert search.add_fallback(again) is None and search.fallbacks_of("a") == 1
+    assert search.add_fallback(again) == "a candidate is already named a-x1"
+    # Time: a build gets what is left of search.max_seconds, but at least 30 s.
+    clock[0] = 90.0
+    assert search.build_timeout(600) == (30.0, "search.max_seconds")
+    assert search.build_timeout(20) == (20, "build.timeout_s")
+    clock[0] = 101.0
+    timed = Search([trial("d", 1.3)], SearchSettings(max_seconds=100), True, clock=lambda: clock[0])
+    clock[0] = 202.0
+    assert timed.next_trial() is None and timed.stopped_by == "max_seconds"
+    assert timed.describe()["not_tried"][0]["not_tried"] == "search.max_seconds (100) reached"
+
+    # In a policy's own list, order is the user's and fallbacks come after it.
+    listed = Search([trial("x", 1.0), trial("y", 2.0)], SearchSettings(), False)
+    assert listed.next_trial().name == "x"
+    listed.add_fallback(
+        Trial(Recipe("x-x1", {"plugin": "ort"}, {"plugin": "dynamic"}), "fallback", 1.0, parent="x")
+    )
+    assert [listed.next_trial().name, listed.next_trial().name] == ["y", "x-x1"]
+
+    # A rewrite that declines the model takes its combinations with it.
+    rewrite = {"plugin": "transformer"}
+    fused = Trial(Recipe("fused", {"plugin": "ort"}, rewrite=rewrite), "proposed", 1.1)
+    combo = Trial(
+        Recipe("fused+q", {"plugin": "ort"}, {"plugin": "dynamic"}, rewrite=rewrite),
+        "proposed",
+        1.6,
+    )
+    plain = trial("q", 1.2)
+    queue = Search([fused, combo, plain], SearchSettings(), True, to_beat=1.05)
+    queue.waiting = [combo, plain]
+    queue.tried = [fused]
+    queue.observe(fused, "skipped", None)
+    assert [t.name for t in queue.waiting] == ["q"]
+    assert "fused was skipped, so 1 candidate(s) built on it were dropped" in queue.log
+
+
+def test_a_plugin_that_proposes_nonsense_is_declined_and_the_search_goes_on():
+    from gate import Proposal, Quantizer, hookimpl
+    from gate.policy import SearchSettings
+    from gate.search import propose
+
+    class Careless:
+        @hookimpl
+        def onnx_gate_quantizers(self):
+            def quantize(source, destination, options, context):
+                raise AssertionError("never built")
+
+            return [
+                Quantizer(name="escape", quantize=quantize, propose=lambda c: [Proposal("../../etc", {}, 2.0, "x")]),
+                Quantizer(name="nan", quantize=quantize, propose=lambda c: [Proposal("nan", {}, float("nan"), "x")]),
+                Quantizer(name="boom", quantize=quantize, propose=lambda c: 1 / 0),
+                Quantizer(
+                    name="opts", quantize=quantize,
+                    propose=lambda c: [Proposal("opts", {"bits": 3}, 1.2, "x")],
+                ),
+            ]  # fmt: skip
+
+    host = get_host(plugins=[("careless", Careless())])
+    trials, declined = propose(host, context(), SearchSettings())
+    reasons = {d.name: d.reason for d in declined if d.plugin == "careless"}
+    assert "invalid candidate name '../../etc'" in reasons["escape"]
+    assert "expected_speedup must be a positive number" in reasons["nan"]
+    assert "ZeroDivisionError" in reasons["boom"]
+    assert "option (top level): Additional properties are not allowed" in reasons["opts"]
+    assert trials and not any(
+        t.recipe.quantize and t.recipe.quantize["plugin"] in reasons for t in trials
     )

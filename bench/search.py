@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""candidates: auto on a short budget against an exhaustive grid of the same recipes.
+
+    python3 bench/fetch_models.py
+    python3 bench/search.py [--only NAME ...] [--max-trials 8] [--max-seconds 3]
+
+For each real published model (fetched by fetch_models.py; synthetic
+calibration and validation inputs from the value ranges in bench/models.json,
+as in run_real_models.py):
+
+1. **auto**: `candidates: auto` with `search.max_trials` (a short budget,
+   accuracy fallbacks included);
+2. **grid**: every recipe the same plugins propose for this model and machine,
+   listed explicitly, no limit, no fallback;
+3. the two chosen models timed side by side in one paired block (the gate's
+   own ABBA harness): how auto's choice compares with the grid's best.
+
+Prints Markdown tables for bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from run_real_models import BENCH, synthetic
+
+DEFAULT_MODELS = ["ppocr_rec", "paraphrase_minilm_l3", "nudenet_320n", "magika", "silero_vad"]
+# What a user of each model compares: the pooled sentence embedding, not the token states.
+JUDGED_OUTPUT = {"paraphrase_minilm_l3": "461"}
+
+
+def policy_for(name: str, entry: dict[str, Any], out: Path, max_seconds: float) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez(out / "calibration.npz", **synthetic(entry["inputs"], 16, seed=1))
+    np.savez(out / "validation.npz", **synthetic(entry["inputs"], 16, seed=2))
+    policy: dict[str, Any] = {
+        "version": 1,
+        "model": {"path": str((BENCH.parent / entry["path"]).resolve())},
+        "inputs": {spec["name"]: {"shape": spec["shape"]} for spec in entry["inputs"]},
+        "data": {"calibration": "calibration.npz", "validation": "validation.npz"},
+        "target": {"provider": "cpu", "usd_per_hour": 0.096},
+        "measure": {"max_seconds": max_seconds},
+        "budgets": [
+            {"metric": "cosine_similarity", "min": 0.99},
+            *([{"metric": "top1_agreement", "min": 0.9}] if entry["kind"] == "classifier" else []),
+        ],
+    }
+    if name in JUDGED_OUTPUT:
+        policy["validation"] = {"output": JUDGED_OUTPUT[name]}
+    return policy
+
+
+def grid_recipes(policy_path: Path) -> list[dict[str, Any]]:
+    """Every recipe candidates: auto would consider on this model and machine."""
+    from gate.host import get_host
+    from gate.policy import load_policy
+    from gate.runtime import Target
+    from gate.search import propose, search_context
+    from gate.testbed import fingerprint
+
+    policy = load_policy(policy_path)
+    target = Target("CPUExecutionProvider")
+    context = search_context(
+        policy.model_path,
+        fingerprint({"ort_provider": target.provider}),
+        target.provider,
+        True,
+        "all",
+    )
+    trials, _ = propose(get_host(), context, policy.search)
+    return [trial.recipe.to_json() for trial in trials]
+
+
+def run(policy: dict[str, Any], folder: Path, label: str) -> tuple[dict[str, Any], float]:
+    from gate.pipeline import run_gate
+
+    path = folder / f"{label}.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    started = time.perf_counter()
+
+    def say(message: str) -> None:
+        print(f"  [{label} {time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr)
+
+    result = run_gate(path, folder / label, progress=say)
+    return result.report, time.perf_counter() - started
+
+
+def side_by_side(auto: dict[str, Any], grid: dict[str, Any], folder: Path, feed_file: Path):
+    """Auto's chosen model against the grid's, in one paired block: speedup > 1 = auto faster."""
+    from gate.measure import time_pair, timing_estimates
+    from gate.policy import MeasureSettings
+    from gate.runtime import Target, make_session
+    from gate.testbed import physical_cores
+
+    target = Target("CPUExecutionProvider", {}, physical_cores())
+    sessions = [
+        make_session(folder / label / "model.onnx", report["output_model"]["session"], target)
+        for label, report in (("grid", grid), ("auto", auto))
+    ]
+    with np.load(feed_file) as data:
+        feed = {name: data[name][0] for name in data.files}
+    settings = MeasureSettings(max_seconds=6.0, min_runs=200, max_runs=20000, min_seconds=6.0)
+    timing = time_pair(sessions[0], sessions[1], feed, settings)
+    estimate = timing_estimates(
+        timing.candidate_ms, (timing.original_turns, timing.candidate_turns), 1, None
+    )["speedup"]
+    return estimate
+
+
+def counts(report: dict[str, Any]) -> dict[str, int]:
+    statuses = [c["status"] for c in report["candidates"][1:]]
+    return {status: statuses.count(status) for status in ("failed", "rejected", "skipped")}
+
+
+def chosen_entry(report: dict[str, Any]) -> dict[str, Any]:
+    return next(c for c in report["candidates"] if c["name"] == report["chosen"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--only", action="append", help="model name from bench/models.json")
+    parser.add_argument("--max-trials", type=int, default=8, help="auto's search.max_trials")
+    parser.add_argument("--max-seconds", type=float, default=3.0, help="timing per candidate")
+    args = parser.parse_args(argv)
+    import onnxruntime
+
+    manifest = json.loads((BENCH / "models.json").read_text())["models"]
+    rows, rescues = [], []
+    for name in args.only or DEFAULT_MODELS:
+        entry = manifest[name]
+        if not (BENCH.parent / entry["path"]).is_file():
+            print(f"{name}: not fetched; run bench/fetch_models.py", file=sys.stderr)
+            return 2
+        folder = BENCH / "out" / "search" / name
+        base = policy_for(name, entry, folder, args.max_seconds)
+        (folder / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
+        auto, auto_s = run({**base, "search": {"max_trials": args.max_trials}}, folder, "auto")
+        recipes = grid_recipes(folder / "base.yaml")
+        grid, grid_s = run(
+            {
+                **base,
+                "candidates": recipes,
+                "search": {"fallback": False, "max_trials": 1000, "max_seconds": 36000},
+            },
+            folder,
+            "grid",
+        )
+        ratio = side_by_side(auto, grid, folder, folder / "validation.npz")
+        rows.append((name, entry["kind"], auto, auto_s, grid, grid_s, len(recipes), ratio))
+        for item in auto["candidates"]:
+            search = item.get("search") or {}
+            if search.get("origin") == "fallback":
+                parent = next(c for c in auto["candidates"] if c["name"] == search["parent"])
+                rescues.append((name, parent, item))
+        print(f"{name}: done", file=sys.stderr)
+
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} logical cores, Python "
+        f"{platform.python_version()}, onnxruntime {onnxruntime.__version__}; auto: "
+        f"search.max_trials {args.max_trials}; measure.max_seconds {args.max_seconds}"
+    )
+    print()
+    print(
+        "| model | kind | auto's choice | speedup | cosine | top-1 | auto tried (fallbacks) | auto s "
+        "| grid's best | speedup | grid tried | grid s | auto / grid latency, side by side | "
+        "grid failed / rejected / skipped |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|")
+    for name, kind, auto, auto_s, grid, grid_s, grid_size, ratio in rows:
+        a, g = chosen_entry(auto), chosen_entry(grid)
+        c = counts(grid)
+        top1 = a["metrics"].get("top1_agreement")
+        print(
+            f"| {name} | {kind} | {auto['chosen']} | {a['metrics']['speedup']:.2f}x | "
+            f"{a['metrics'].get('cosine_similarity', float('nan')):.4f} | "
+            f"{'-' if top1 is None else f'{top1:.2f}'} | "
+            f"{auto['search']['tried']} ({auto['search']['fallbacks']}) | {auto_s:.0f} | "
+            f"{grid['chosen']} | {g['metrics']['speedup']:.2f}x | {grid_size} | {grid_s:.0f} | "
+            f"{1 / ratio.point:.3f} ({1 / ratio.high:.3f}-{1 / ratio.low:.3f}) | "
+            f"{c['failed']} / {c['rejected']} / {c['skipped']} |"
+        )
+    print()
+    print(
+        "| model | rejected candidate | its speedup, cosine | fallback | nodes kept in float | status | speedup, cosine |"
+    )
+    print("|---|---|---|---|---:|---|---|")
+    for name, parent, child in rescues:
+        pm, cm = parent["metrics"], child["metrics"]
+        print(
+            f"| {name} | {parent['name']} | {pm.get('speedup', 0):.2f}x, "
+            f"{pm.get('cosine_similarity', float('nan')):.4f} | {child['name']} | "
+            f"{len(child['search']['excluded_nodes'])} | {child['status']} | "
+            f"{cm.get('speedup', float('nan')):.2f}x, {cm.get('cosine_similarity', float('nan')):.4f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
