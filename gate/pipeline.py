@@ -406,7 +406,7 @@ class GateRun:
         )
         if child is None:
             search.log.append(
-                f"{name}: no accuracy fallback: no quantised node adds measurable error"
+                f"{name}: no accuracy fallback: nothing it still quantises adds measurable error"
             )
             return
         refused = search.add_fallback(child)

@@ -23,7 +23,7 @@ from gate.graph import node_key
 from gate.records import Sample
 
 SAMPLES = 8
-FLOAT_TYPES = {1, 10, 11, 16}  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
 DEQUANTIZED_SUFFIX = "_DequantizeLinear_Output"  # ORT's QDQ name for a tensor as consumers see it
 REGION_DEPTH = 6
 
@@ -48,49 +48,35 @@ class ErrorSource:
         }
 
 
-def _float_tensors(model: Any) -> dict[str, int]:
-    """Tensors computed by the graph's nodes that shape inference types as floating point,
-    with their element type (stale ``value_info`` a model may carry is ignored)."""
-    import onnx
+def _exposed(model: Path, work: Path, label: str) -> tuple[Any, list[str]]:
+    """A session of ``model`` with every tensor its nodes compute as an output, optimisations
+    off so tensor names survive; and the names of the floating-point ones.
 
-    inferred = onnx.shape_inference.infer_shapes(model)
-    computed = {name for node in model.graph.node for name in node.output}
-    types = {
-        info.name: info.type.tensor_type.elem_type
-        for info in (*inferred.graph.value_info, *inferred.graph.output)
-    }
-    return {name: types[name] for name in computed if types.get(name) in FLOAT_TYPES}
-
-
-def _exposed(model: Path, work: Path, label: str) -> tuple[Any, set[str]]:
-    """A session of ``model`` with every float tensor as an output, optimisations off so
-    tensor names survive; and the names of those tensors."""
+    The outputs are left untyped: ONNX Runtime types them itself, contrib
+    operators (a fused transformer's) included, where ONNX shape inference cannot.
+    """
     import onnx
     import onnxruntime as ort
 
     loaded = onnx.load(str(model))
-    floats = _float_tensors(loaded)
     present = {output.name for output in loaded.graph.output}
-    for name in sorted(set(floats) - present):
-        # Typed but shapeless: an inferred shape can be wrong, and ORT would then refuse it.
-        loaded.graph.output.append(onnx.helper.make_tensor_value_info(name, floats[name], None))
+    for node in loaded.graph.node:
+        for name in node.output:
+            if name and name not in present:
+                present.add(name)
+                loaded.graph.output.append(onnx.ValueInfoProto(name=name))
     path = work / f"{label}.exposed.onnx"
     onnx.save_model(loaded, str(path))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session, set(floats)
+    floats = [output.name for output in session.get_outputs() if output.type in FLOAT_TYPES]
+    return session, floats
 
 
-def _tensors(session: Any, feed: Sample) -> dict[str, np.ndarray]:
-    names = [output.name for output in session.get_outputs()]
-    values = session.run(names, feed)
-    return {
-        name: value
-        for name, value in zip(names, values, strict=True)
-        if isinstance(value, np.ndarray) and np.issubdtype(value.dtype, np.floating)
-    }
+def _tensors(session: Any, names: list[str], feed: Sample) -> dict[str, np.ndarray]:
+    return dict(zip(names, session.run(names, feed), strict=True))
 
 
 def _channels(value: np.ndarray) -> np.ndarray:
@@ -113,12 +99,13 @@ def tensor_errors(
     """
     work.mkdir(parents=True, exist_ok=True)
     reference, floats = _exposed(original, work, "original")
-    quantized, _ = _exposed(candidate, work, "candidate")
+    quantized, theirs_floats = _exposed(candidate, work, "candidate")
     signal: dict[str, np.ndarray] = {}
     noise: dict[str, np.ndarray] = {}
     uneven: set[str] = set()
     for feed in feeds[:SAMPLES]:
-        ours, theirs = _tensors(reference, feed), _tensors(quantized, feed)
+        ours = _tensors(reference, floats, feed)
+        theirs = _tensors(quantized, theirs_floats, feed)
         for name, value in ours.items():
             # In a QDQ graph consumers read the dequantised copy; ORT may even drop the Relu
             # before it, leaving the raw tensor with a different meaning.
@@ -143,7 +130,7 @@ def tensor_errors(
             errors[name] = 1.0 if noise[name].any() else 0.0
             continue
         errors[name] = float(np.mean(np.minimum(noise[name][live] / power[live], 1.0)))
-    return errors, floats
+    return errors, set(floats)
 
 
 def rank_sources(
@@ -159,6 +146,7 @@ def rank_sources(
 
     errors, floats = tensor_errors(original, candidate, feeds, work)
     graph = onnx.load(str(original), load_external_data=False).graph
+    changed = _changed(graph, onnx.load(str(candidate), load_external_data=False).graph)
     producer = {name: node for node in graph.node for name in node.output}
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
@@ -167,7 +155,7 @@ def rank_sources(
     sources = []
     for tensor, error in errors.items():
         node = producer.get(tensor)
-        if node is None:  # a graph input
+        if node is None or not node.input:  # a graph input, or a Constant's weight
             continue
         region, boundary = _region(node, producer, errors, floats)
         added = error - max((errors[name] for name in boundary), default=0.0)
@@ -175,6 +163,8 @@ def rank_sources(
             continue
         touching = [*region, *consumers.get(tensor, [])]
         nodes = tuple(dict.fromkeys(node_key(item) for item in touching))
+        if changed.isdisjoint(nodes):  # e.g. a sum of signed values: relative error grows by itself
+            continue
         sources.append(ErrorSource(tensor, nodes, added))
     return sorted(sources, key=lambda source: -source.added)
 
@@ -207,3 +197,17 @@ def _region(
             break
         frontier = following
     return region, boundary
+
+
+def _changed(original: Any, candidate: Any) -> set[str]:
+    """Nodes of the original the quantiser replaced (gone by name) or feeds dequantised tensors:
+    keeping anything else in float changes nothing."""
+    kept = {node.name for node in candidate.node}
+    dequantized = {
+        name
+        for node in candidate.node
+        if node.op_type == "DequantizeLinear"
+        for name in node.output
+    }
+    fed = {node.name for node in candidate.node if any(name in dequantized for name in node.input)}
+    return {node_key(node) for node in original.node if node_key(node) not in kept} | fed
