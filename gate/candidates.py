@@ -78,23 +78,14 @@ def build_candidate(
     try:
         if recipe.rewrite is not None:
             rewritten = work_dir / "rewritten.onnx"
-            _run_optimizer(host, recipe.rewrite, source, rewritten, context)
+            _run_step(host, "graph_optimizer", recipe.rewrite, source, rewritten, context)
             source = rewritten
         if recipe.quantize is not None:
-            quantizer = host.get("quantizer", recipe.quantize["plugin"])
-            options = {k: v for k, v in recipe.quantize.items() if k != "plugin"}
             quantized = work_dir / "quantized.onnx"
-            call_plugin(
-                quantizer, "quantize", quantizer.quantize, source, quantized, options, context,
-                may_skip=True,
-            )  # fmt: skip
-            if not quantized.is_file():
-                raise GateError(
-                    f"quantizer '{quantizer.name}' (plugin '{quantizer.plugin}') wrote no model"
-                )
+            _run_step(host, "quantizer", recipe.quantize, source, quantized, context)
             source = quantized
         destination = work_dir / "model.onnx"
-        session = _run_optimizer(host, recipe.graph, source, destination, context)
+        session = _run_step(host, "graph_optimizer", recipe.graph, source, destination, context)
         candidate.path, candidate.session = destination, dict(session or {})
     except SkipCandidate as exc:
         candidate.skip(str(exc))
@@ -105,18 +96,26 @@ def build_candidate(
     return candidate
 
 
-def _run_optimizer(
-    host: Host, step: Mapping[str, Any], source: Path, destination: Path, context: BuildContext
-) -> dict[str, Any]:
-    """One graph-optimiser step of a recipe (``rewrite`` or ``graph``); its session settings."""
-    optimizer = host.get("graph_optimizer", step["plugin"])
+def _run_step(
+    host: Host,
+    kind: str,
+    step: Mapping[str, Any],
+    source: Path,
+    destination: Path,
+    context: BuildContext,
+) -> Any:
+    """One step of a recipe (rewrite, quantize or graph): the plugin named by ``step["plugin"]``
+    turns ``source`` into ``destination``. Returns what the plugin returned (a graph
+    optimiser's session settings)."""
+    record = host.get(kind, step["plugin"])
     options = {k: v for k, v in step.items() if k != "plugin"}
-    session = call_plugin(
-        optimizer, "optimize", optimizer.optimize, source, destination, options, context,
+    action = "quantize" if kind == "quantizer" else "optimize"
+    result = call_plugin(
+        record, action, getattr(record, action), source, destination, options, context,
         may_skip=True,
     )  # fmt: skip
     if not destination.is_file():
         raise GateError(
-            f"graph optimizer '{optimizer.name}' (plugin '{optimizer.plugin}') wrote no model"
+            f"{kind.replace('_', ' ')} '{record.name}' (plugin '{record.plugin}') wrote no model"
         )
-    return dict(session or {})
+    return result

@@ -79,7 +79,7 @@ class SearchContext:
     weight_share: Mapping[str, float]
     """Operator type -> share of the model's weight parameters it reads."""
     parameters: int
-    """Weight elements in the model (initializers and Constant tensors)."""
+    """Weight elements in the model: its initializers, subgraphs included."""
     kind: str
     """A rough family read off the graph: ``transformer``, ``cnn``, ``recurrent``, ``mlp`` or ``other``."""
     quantized_ops: tuple[str, ...]
