@@ -568,3 +568,49 @@ def test_a_plugin_that_proposes_nonsense_is_declined_and_the_search_goes_on():
     assert trials and not any(
         t.recipe.quantize and t.recipe.quantize["plugin"] in reasons for t in trials
     )
+
+
+def test_a_model_that_crashes_onnxruntime_when_run_fails_alone(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    # Fault injection: this quantiser writes a good model, then makes the next ONNX Runtime
+    # session in its (child) process die the way a native crash would.
+    write_module(
+        tmp_path,
+        "crashing_model",
+        """
+        import os, signal
+        import onnxruntime
+        from gate import Quantizer, copy_model, hookimpl
+
+        class Segfault:
+            def __init__(self, *args, **kwargs):
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+        def quantize(source, destination, options, context):
+            copy_model(source, destination)
+            onnxruntime.InferenceSession = Segfault
+
+        @hookimpl
+        def onnx_gate_quantizers():
+            return [Quantizer(name="crashing", quantize=quantize)]
+        """,
+    )
+    use_plugin_modules(monkeypatch, tmp_path, "crashing_model")
+    policy = classifier.write_policy(
+        {
+            "candidates": [
+                {"name": "crashes", "quantize": {"plugin": "crashing"}},
+                {"name": "b", "graph": {"level": "basic"}},
+            ]
+        }
+    )
+    out = tmp_path / "out"
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    report = load_report(out)
+    crashed = candidate(report, "crashes")
+    assert crashed["status"] == "failed" and crashed["stage"] == "load"
+    assert crashed["error"] == (
+        "the build process crashed (SIGSEGV) while loading and running the built model once"
+    )
+    assert candidate(report, "b")["status"] == "passed"
