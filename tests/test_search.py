@@ -319,34 +319,49 @@ def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
     assert not search.next_trial().name.startswith("transformer-fused")
 
 
-def test_a_built_model_onnxruntime_cannot_run_fails_alone(
+def test_built_models_onnxruntime_rejects_or_crashes_on_fail_alone(
     classifier, gate_cli, tmp_path, monkeypatch
 ):
+    # Caught in the build's child process, which loads and runs every new model once.
     write_module(
         tmp_path,
-        "broken_quantizer",
+        "faulty_models",
         """
+        import os, signal
         import onnx
+        import onnxruntime
         from onnx import helper
-        from gate import Quantizer, hookimpl
+        from gate import Quantizer, copy_model, hookimpl
 
-        def quantize(source, destination, options, context):
+        def unknown_op(source, destination, options, context):
             model = onnx.load(str(source))
             node = model.graph.node[0]
             node.op_type, node.domain = "NoSuchKernel", "com.example"
             model.opset_import.append(helper.make_opsetid("com.example", 1))
             onnx.save_model(model, str(destination))
 
+        class Segfault:  # fault injection: the next session dies as a native crash would
+            def __init__(self, *args, **kwargs):
+                os.kill(os.getpid(), signal.SIGSEGV)
+
+        def crashes_when_run(source, destination, options, context):
+            copy_model(source, destination)
+            onnxruntime.InferenceSession = Segfault
+
         @hookimpl
         def onnx_gate_quantizers():
-            return [Quantizer(name="broken", quantize=quantize)]
+            return [
+                Quantizer(name="broken", quantize=unknown_op),
+                Quantizer(name="crashing", quantize=crashes_when_run),
+            ]
         """,
     )
-    use_plugin_modules(monkeypatch, tmp_path, "broken_quantizer")
+    use_plugin_modules(monkeypatch, tmp_path, "faulty_models")
     policy = classifier.write_policy(
         {
             "candidates": [
                 {"name": "broken", "quantize": {"plugin": "broken"}},
+                {"name": "crashes", "quantize": {"plugin": "crashing"}},
                 {"name": "int8", "quantize": {"plugin": "dynamic"}},
             ]
         }
@@ -355,10 +370,14 @@ def test_a_built_model_onnxruntime_cannot_run_fails_alone(
     assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
     report = load_report(out)
     broken = candidate(report, "broken")
-    # Caught in the build's child process, which runs every new model once.
     assert broken["status"] == "failed" and broken["stage"] == "load"
     assert broken["error"].startswith("ONNX Runtime cannot run it:")
     assert "NoSuchKernel" in broken["error"]
+    crashed = candidate(report, "crashes")
+    assert crashed["status"] == "failed" and crashed["stage"] == "load"
+    assert crashed["error"] == (
+        "the build process crashed (SIGSEGV) while loading and running the built model once"
+    )
     assert candidate(report, "int8")["status"] == "passed"
 
 
@@ -568,49 +587,3 @@ def test_a_plugin_that_proposes_nonsense_is_declined_and_the_search_goes_on():
     assert trials and not any(
         t.recipe.quantize and t.recipe.quantize["plugin"] in reasons for t in trials
     )
-
-
-def test_a_model_that_crashes_onnxruntime_when_run_fails_alone(
-    classifier, gate_cli, tmp_path, monkeypatch
-):
-    # Fault injection: this quantiser writes a good model, then makes the next ONNX Runtime
-    # session in its (child) process die the way a native crash would.
-    write_module(
-        tmp_path,
-        "crashing_model",
-        """
-        import os, signal
-        import onnxruntime
-        from gate import Quantizer, copy_model, hookimpl
-
-        class Segfault:
-            def __init__(self, *args, **kwargs):
-                os.kill(os.getpid(), signal.SIGSEGV)
-
-        def quantize(source, destination, options, context):
-            copy_model(source, destination)
-            onnxruntime.InferenceSession = Segfault
-
-        @hookimpl
-        def onnx_gate_quantizers():
-            return [Quantizer(name="crashing", quantize=quantize)]
-        """,
-    )
-    use_plugin_modules(monkeypatch, tmp_path, "crashing_model")
-    policy = classifier.write_policy(
-        {
-            "candidates": [
-                {"name": "crashes", "quantize": {"plugin": "crashing"}},
-                {"name": "b", "graph": {"level": "basic"}},
-            ]
-        }
-    )
-    out = tmp_path / "out"
-    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
-    report = load_report(out)
-    crashed = candidate(report, "crashes")
-    assert crashed["status"] == "failed" and crashed["stage"] == "load"
-    assert crashed["error"] == (
-        "the build process crashed (SIGSEGV) while loading and running the built model once"
-    )
-    assert candidate(report, "b")["status"] == "passed"
