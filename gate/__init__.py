@@ -32,7 +32,7 @@ from gate.records import (  # noqa: E402
     ValidationContext,
     Validator,
 )
-from gate.report import explain_budget  # noqa: E402
+from gate.report import explain_budget, model_reports  # noqa: E402
 
 __all__ = [
     "PROJECT_NAME",
@@ -53,6 +53,7 @@ __all__ = [
     "copy_model",
     "explain_budget",
     "hookimpl",
+    "model_reports",
     "node_key",
     "op_counts",
 ]

@@ -42,13 +42,19 @@ def cli() -> None:
 
 
 def _run_and_exit(
-    policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool = False
+    policy: Path,
+    output_dir: Path,
+    quiet: bool,
+    keep_candidates: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> None:
     from gate.pipeline import run_gate
     from gate.report import render_console
 
     with progress(quiet) as say:
-        result = run_gate(policy, output_dir, progress=say, keep_candidates=keep_candidates)
+        result = run_gate(
+            policy, output_dir, progress=say, keep_candidates=keep_candidates, shard=shard
+        )
     click.echo(render_console(result.report))
     written = result.output_dir / "report.json"
     if not quiet and written.is_file():
@@ -63,9 +69,47 @@ def _run_and_exit(
 @click.option(
     "--keep-candidates", is_flag=True, help="Also save every candidate as candidates/NAME.onnx."
 )
-def run(policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool) -> None:
-    """Run the gate for POLICY (JSON or YAML) and write the reports."""
-    _run_and_exit(policy, output_dir, quiet, keep_candidates)
+@click.option(
+    "--shard",
+    metavar="K/N",
+    help="Gate only shard K of N of the policy's models (every Nth, from the Kth), "
+    "for a CI matrix; combine the shards with `onnx-gate merge`.",
+)
+def run(
+    policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool, shard: str | None
+) -> None:
+    """Run the gate for POLICY (JSON or YAML) and write the reports.
+
+    A policy naming several models (`models:`) gates each into OUTPUT_DIR/models/NAME/
+    and writes one verdict over all of them on top."""
+    from gate.suite import parse_shard
+
+    try:
+        share = parse_shard(shard) if shard is not None else None
+    except GateError as error:
+        _fail(error)
+    _run_and_exit(policy, output_dir, quiet, keep_candidates, share)
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument(
+    "directories", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path)
+)
+@output_dir_option
+def merge(directories: tuple[Path, ...], output_dir: Path) -> None:
+    """Combine the output folders of several runs (the shards of a CI matrix) into one
+    verdict and one set of report files; exits as `run` would have over all models."""
+    from gate.report import render_console
+    from gate.suite import merge_outputs
+
+    try:
+        suite, code = merge_outputs(list(directories), output_dir)
+    except GateError as error:
+        _fail(error)
+    except OSError as error:
+        _fail(UsageError(f"cannot merge into {output_dir}: {error.strerror or error}"))
+    click.echo(render_console(suite))
+    raise SystemExit(int(code))
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import date, datetime, timezone
 from typing import Any
 
 from gate.candidates import ORIGINAL
 from gate.metrics import MEASURED_METRICS
-from gate.policy import Budget
+from gate.policy import Budget, Waiver
 from gate.report import explain_budget
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 
@@ -18,15 +19,20 @@ class BudgetResult:
     budget: Budget
     actual: float | None
     decision: str
-    """``pass``, ``fail`` or ``inconclusive`` (before ``on_inconclusive`` is applied)."""
+    """``pass``, ``fail`` or ``inconclusive`` (before ``on_inconclusive`` and waivers apply)."""
     estimate: Estimate | None = None
+    waiver: Waiver | None = None
+    """Set only on a result that did not pass and that an unexpired waiver covers."""
 
     @property
     def passed(self) -> bool:
         return self.decision == PASS
 
     def effective(self, on_inconclusive: str) -> str:
-        """The decision after the policy's mapping of inconclusive (warn counts as a pass)."""
+        """The decision after waivers and the policy's mapping of inconclusive (warn counts
+        as a pass)."""
+        if self.waiver is not None:
+            return PASS
         if self.decision != UNDECIDED or on_inconclusive == "inconclusive":
             return self.decision
         return PASS if on_inconclusive == "warn" else FAIL
@@ -46,13 +52,26 @@ class BudgetResult:
             "aggregation": self.budget.aggregation,
             "interval": [self.estimate.low, self.estimate.high] if self.estimate else None,
             "location": self.budget.location,
+            "line": self.budget.line,
+            "waived": self.waiver is not None,
+            "waiver": self.waiver.to_json() if self.waiver else None,
         }
 
 
 def evaluate(
-    budgets: Sequence[Budget], metrics: Mapping[str, float], estimates: Mapping[str, Estimate]
+    budgets: Sequence[Budget],
+    metrics: Mapping[str, float],
+    estimates: Mapping[str, Estimate],
+    waivers: Sequence[Waiver] = (),
+    model: str = "",
+    today: date | None = None,
 ) -> list[BudgetResult]:
-    """Timing metrics are decided on their intervals; everything else on its value."""
+    """Timing metrics are decided on their intervals; everything else on its value.
+
+    A result that does not pass carries the first unexpired waiver covering its budget.
+    """
+    today = today or utc_today()
+    active = [w for w in waivers if not w.expired(today)]
     results = []
     for budget in budgets:
         actual = metrics.get(budget.metric)
@@ -63,8 +82,15 @@ def evaluate(
             decision = decide(estimate, budget.op, budget.threshold, budget.aggregation)
         else:
             decision = PASS if budget.holds(actual) else FAIL
-        results.append(BudgetResult(budget, actual, decision, estimate))
+        waiver = None
+        if decision != PASS and budget.level != "off":
+            waiver = next((w for w in active if w.covers(budget, model)), None)
+        results.append(BudgetResult(budget, actual, decision, estimate, waiver))
     return results
+
+
+def utc_today() -> date:
+    return datetime.now(timezone.utc).date()
 
 
 @dataclass(frozen=True)
@@ -242,3 +268,91 @@ def recommend(
             + caveat
         )
     return f"{chosen} met every budget and was the fastest." + in_float + caveat
+
+
+ROW_STATUS = {PASS: "pass", FAIL: "fail", UNDECIDED: "inconclusive"}
+
+
+def budget_rows(model: str, subject: Standing | None) -> list[dict[str, Any]]:
+    """One row per budget for CI (JUnit test cases, annotations, code-quality issues).
+
+    The subject is the chosen candidate, or the original when nothing was chosen: the
+    model that would ship.
+    """
+    if subject is None:
+        return []
+    rows = []
+    for result in subject.results:
+        if result.waiver is not None:
+            status = "waived"
+        elif result.decision == FAIL and result.actual is None:
+            status = "not_measured"
+        else:
+            status = ROW_STATUS[result.decision]
+        budget = result.budget
+        rows.append(
+            {
+                "model": model,
+                "id": budget.location,
+                "metric": budget.metric,
+                "level": budget.level,
+                "op": budget.op,
+                "threshold": budget.threshold,
+                "line": budget.line,
+                "candidate": subject.name,
+                "actual": result.actual,
+                "status": status,
+                "message": result.explain(),
+                "waiver": result.waiver.to_json() if result.waiver else None,
+            }
+        )
+    return rows
+
+
+def waiver_summary(
+    waivers: Sequence[Waiver], model: str, standings: Sequence[Standing], today: date
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each waiver for this model with what it covered; warnings so none goes unnoticed."""
+    summary, warnings = [], []
+    for waiver in waivers:
+        if waiver.model is not None and waiver.model != model:
+            continue
+        covered = [
+            f"{standing.name}: {result.budget.metric}"
+            for standing in standings
+            for result in standing.results
+            if result.waiver is waiver
+        ]
+        what = f"waiver for {waiver.budget} (owner {waiver.owner}: {waiver.reason})"
+        if waiver.expired(today):
+            status = "expired"
+            warnings.append(
+                f"{what} expired on {waiver.expires.isoformat()}: the budget is enforced again"
+            )
+        elif covered:
+            status = "applied"
+            days = (waiver.expires - today).days
+            warnings.append(
+                f"{what} waives {len(covered)} failure(s) until {waiver.expires.isoformat()} "
+                f"({days} day(s) left): {', '.join(covered[:5])}"
+            )
+        else:
+            status = "unused"
+        summary.append({**waiver.to_json(), "status": status, "covers": covered})
+    return summary, warnings
+
+
+def count_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """How many budget rows ended in each status (levels off left out)."""
+    counts = {"budgets": 0, "pass": 0, "fail": 0, "waived": 0, "inconclusive": 0, "warn": 0}
+    for row in rows:
+        if row["level"] == "off":
+            continue
+        counts["budgets"] += 1
+        if row["status"] in ("pass", "waived", "inconclusive"):
+            counts[row["status"]] += 1
+        elif row["level"] == "warn":
+            counts["warn"] += 1
+        else:
+            counts["fail"] += 1
+    return counts

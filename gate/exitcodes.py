@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import IntEnum
 
 
@@ -18,6 +19,13 @@ class ExitCode(IntEnum):
     """The model, a plugin or ONNX Runtime failed; nothing could be decided."""
     INCONCLUSIVE = 4
     """No candidate surely passed and a timing budget stayed undecided at the time cap."""
+
+    @classmethod
+    def combined(cls, codes: Iterable[int]) -> ExitCode:
+        """One code for several models: usage errors first, then runtime errors, failed
+        budgets and inconclusive ones; pass only when every model passed (or there were none)."""
+        present = {cls(code) for code in codes}
+        return next((code for code in SEVERITY if code in present), cls.PASS)
 
     @property
     def description(self) -> str:
@@ -39,3 +47,11 @@ DESCRIPTIONS = {
     ExitCode.RUNTIME_ERROR: "model, plugin or runtime error",
     ExitCode.INCONCLUSIVE: "inconclusive",
 }
+
+SEVERITY = (
+    ExitCode.USAGE_ERROR,
+    ExitCode.RUNTIME_ERROR,
+    ExitCode.BUDGET_FAILED,
+    ExitCode.INCONCLUSIVE,
+    ExitCode.PASS,
+)

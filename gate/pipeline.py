@@ -22,7 +22,18 @@ import numpy as np
 from gate.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
 from gate.check import active_validators, check_policy
 from gate.data import calibration_feeds, load_labels, validation_feeds
-from gate.decide import BudgetResult, Standing, choose, evaluate, outcome, recommend
+from gate.decide import (
+    BudgetResult,
+    Standing,
+    budget_rows,
+    choose,
+    count_rows,
+    evaluate,
+    outcome,
+    recommend,
+    utc_today,
+    waiver_summary,
+)
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
 from gate.host import Host, call_plugin, get_host
@@ -31,7 +42,7 @@ from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_si
 from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
 from gate.memory import measure_memory
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
-from gate.policy import Budget, Policy, Recipe, load_policy
+from gate.policy import Budget, Policy, Recipe, load_policies, load_policy
 from gate.progress import RESULT_PREFIX, Progress
 from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
 from gate.runtime import Target, make_session, run_all
@@ -100,15 +111,45 @@ def run_gate(
     host: Host | None = None,
     progress: Progress | None = None,
     keep_candidates: bool = False,
+    shard: tuple[int, int] | None = None,
 ) -> GateResult:
-    """Run the gate for one policy and write its reports into ``output_dir``.
+    """Run the gate for a policy and write its reports into ``output_dir``.
 
-    With ``keep_candidates`` every built candidate is also saved as
-    ``candidates/NAME.onnx`` for inspection.
+    A policy naming several models (``models:``), or any run given ``shard`` (K, N),
+    gates each model of its share into ``output_dir/models/NAME/`` and writes a suite
+    report on top (see :mod:`gate.suite`). With ``keep_candidates`` every built
+    candidate is also saved as ``candidates/NAME.onnx`` for inspection.
     """
+    try:
+        policies: list[Policy] | None = load_policies(policy_path)
+    except GateError:
+        policies = None  # the run below reports the problem in report.json
+    if shard is not None or (policies is not None and policies[0].in_suite):
+        from gate.suite import run_suite
+
+        return run_suite(
+            policy_path, policies, Path(output_dir), shard,
+            host=host, progress=progress, keep_candidates=keep_candidates,
+        )  # fmt: skip
+    return run_model(
+        policy_path, output_dir, policy=policies[0] if policies else None,
+        host=host, progress=progress, keep_candidates=keep_candidates,
+    )  # fmt: skip
+
+
+def run_model(
+    policy_path: str | Path,
+    output_dir: str | Path,
+    *,
+    policy: Policy | None = None,
+    host: Host | None = None,
+    progress: Progress | None = None,
+    keep_candidates: bool = False,
+) -> GateResult:
+    """Gate one model: ``policy`` (one model of the policy file), or the file's only model."""
     started = time.perf_counter()
     policy_path, output_dir = Path(policy_path), Path(output_dir)
-    report = new_report(Path(_relative(policy_path)))
+    report = new_report(Path(_relative(policy_path)), policy.name if policy else None)
     say = progress or (lambda message: None)
     interrupted: BaseException | None = None
     try:
@@ -116,7 +157,8 @@ def run_gate(
         _prepare_output_dir(output_dir)
         _remove_previous_output(output_dir)
         host = host or get_host()
-        policy = load_policy(policy_path)
+        policy = policy or load_policy(policy_path)
+        report["name"] = policy.name
         check_policy(policy, host)
         if (output_dir / MODEL_FILE).resolve() == policy.model_path:
             raise UsageError(
@@ -188,6 +230,7 @@ class GateRun:
         self.timings: dict[str, Timing] = {}
         self.estimates: dict[str, dict[str, Estimate]] = {}
         self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
+        self.today = utc_today()
 
     # -- stages --------------------------------------------------------------
 
@@ -341,7 +384,14 @@ class GateRun:
     def _evaluate_without_memory(self, name: str) -> list[BudgetResult]:
         """Budgets decided so far: memory is measured once the search is over."""
         budgets = [b for b in self.budgets if b.metric not in MEMORY_METRICS]
-        return evaluate(budgets, self.entries[name]["metrics"], self.estimates.get(name, {}))
+        return self._evaluate(budgets, name)
+
+    def _evaluate(self, budgets: list[Budget], name: str) -> list[BudgetResult]:
+        policy = self.policy
+        return evaluate(
+            budgets, self.entries[name]["metrics"], self.estimates.get(name, {}),
+            policy.waivers, policy.name, self.today,
+        )  # fmt: skip
 
     def _outcome_so_far(self, candidate: Candidate) -> str:
         """What the search learns from a judged candidate: passed, accuracy, rejected,
@@ -352,7 +402,7 @@ class GateRun:
             return "failed"
         missed = [
             r for r in self._evaluate_without_memory(candidate.name)
-            if r.budget.level == "error" and r.decision == FAIL
+            if r.budget.level == "error" and r.decision == FAIL and r.waiver is None
         ]  # fmt: skip
         if not missed:
             return "passed"
@@ -752,9 +802,7 @@ class GateRun:
             if candidate.failed:
                 entry["status"] = "skipped" if candidate.skipped else "failed"
                 continue
-            results = evaluate(
-                self.budgets, entry["metrics"], self.estimates.get(candidate.name, {})
-            )
+            results = self._evaluate(self.budgets, candidate.name)
             entry["budgets"] = [result.to_json() for result in results]
             standing = Standing(
                 candidate.name, self.estimates[candidate.name]["speedup"], results, on_inconclusive
@@ -765,6 +813,16 @@ class GateRun:
 
         chosen, reason = choose(standings, policy.min_gain)
         report["chosen"], report["decision"] = chosen, reason
+        subject = next(
+            (s for s in standings if s.name == (chosen or ORIGINAL)),
+            standings[0] if standings else None,
+        )
+        report["budgets"] = budget_rows(policy.name, subject)
+        report["counts"] = count_rows(report["budgets"])
+        report["waivers"], notes = waiver_summary(
+            policy.waivers, policy.name, standings, self.today
+        )
+        report["warnings"].extend(notes)
         for candidate in candidates:  # the decision log: why each one won or lost
             entry = self.entries[candidate.name]
             standing = next((s for s in standings if s.name == candidate.name), None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -73,9 +74,65 @@ class Budget:
     level: str
     location: str
     aggregation: str = "interval"
+    line: int | None = None
+    """The policy-file line that sets it (None for the gate's default accuracy budget)."""
 
     def holds(self, actual: float) -> bool:
         return actual <= self.threshold if self.op == "<=" else actual >= self.threshold
+
+
+@dataclass(frozen=True)
+class Waiver:
+    """An accepted budget failure: listed and counted in every report, never hidden."""
+
+    budget: str
+    """A metric (every budget on it) or one budget by position, ``budgets[2]``."""
+    reason: str
+    owner: str
+    expires: date
+    """The last day it applies (UTC)."""
+    model: str | None = None
+    line: int | None = None
+
+    def expired(self, today: date) -> bool:
+        return today > self.expires
+
+    def covers(self, budget: Budget, model: str) -> bool:
+        if self.model is not None and self.model != model:
+            return False
+        return self.budget in (budget.metric, budget.location)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "budget": self.budget,
+            "model": self.model,
+            "reason": self.reason,
+            "owner": self.owner,
+            "expires": self.expires.isoformat(),
+            "line": self.line,
+        }
+
+
+@dataclass(frozen=True)
+class Regression:
+    """How far a metric of the chosen model may move against a base report (``compare``)."""
+
+    metric: str
+    direction: str
+    """``drop`` (higher is better) or ``rise`` (lower is better)."""
+    fraction: float
+    level: str = "error"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"metric": self.metric, f"max_{self.direction}": self.fraction, "level": self.level}
+
+
+DEFAULT_REGRESSIONS = (
+    Regression("speedup", "drop", 0.05),
+    Regression("accuracy", "drop", 0.0),
+    Regression("top1_agreement", "drop", 0.0),
+    Regression("cosine_similarity", "drop", 0.0),
+)
 
 
 @dataclass(frozen=True)
@@ -161,6 +218,7 @@ class BuildSettings:
 class Policy:
     path: Path
     raw: dict[str, Any]
+    name: str
     model_path: Path
     exporter: str | None
     exporter_options: dict[str, Any]
@@ -184,6 +242,10 @@ class Policy:
     min_gain: float
     build: BuildSettings = field(default_factory=BuildSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    waivers: list[Waiver] = field(default_factory=list)
+    in_suite: bool = False
+    """True for each model of a ``models:`` policy."""
+    regressions: tuple[Regression, ...] = DEFAULT_REGRESSIONS
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
     @property
@@ -219,8 +281,10 @@ def _yaml_loader() -> type:
     class Loader(yaml.SafeLoader):
         pass
 
+    # YAML 1.2 has no timestamps either: a waiver's expires: 2027-01-31 stays a string.
+    dropped = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:timestamp")
     resolvers = {
-        key: [(tag, regexp) for tag, regexp in entries if tag != "tag:yaml.org,2002:bool"]
+        key: [(tag, regexp) for tag, regexp in entries if tag not in dropped]
         for key, entries in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
     Loader.yaml_implicit_resolvers = resolvers
@@ -282,13 +346,8 @@ def schema_problems(
     return sorted(problems, key=lambda item: [str(p) for p in item[0]])
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy; raise :class:`PolicyError` listing every problem.
-
-    Checks needing plugins (names, plugin options, metric names) are done by
-    :func:`gate.check.check_policy`.
-    """
-    path = Path(path).absolute()
+def _read_valid(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
+    """The policy document, checked against the schema, and its line index."""
     document, text = _parse(path)
     lines = _line_index(text)
 
@@ -310,7 +369,116 @@ def load_policy(path: str | Path) -> Policy:
             f"{path.name}: {len(problems)} problem(s)",
             [f"{where(location)}: {message}" for location, message in problems],
         )
-    return _build(path, document, lines)
+    return document, lines
+
+
+def load_policies(path: str | Path) -> list[Policy]:
+    """Read and validate a policy; one :class:`Policy` per model it names (``model`` or
+    ``models``), in the policy's order. Raise :class:`PolicyError` listing every problem.
+
+    Checks needing plugins (names, plugin options, metric names) are done by
+    :func:`gate.check.check_policy`.
+    """
+    path = Path(path).absolute()
+    document, lines = _read_valid(path)
+    policies = [_build(path, doc, doc_lines) for doc, doc_lines in _per_model(document, lines)]
+    for policy in policies:
+        policy.in_suite = "models" in document
+    problems = []
+    seen: dict[str, int] = {}
+    for index, policy in enumerate(policies):
+        if policy.name in seen:
+            problems.append(
+                f"{path.name}:{lines.get(('models', index, 'name'), '?')}: models[{index}].name: "
+                f"'{policy.name}' is also the name of models[{seen[policy.name]}]"
+            )
+        seen.setdefault(policy.name, index)
+    for index, waiver in enumerate(policies[0].waivers):
+        if waiver.model is not None and waiver.model not in seen:
+            problems.append(
+                f"{path.name}:{waiver.line or '?'}: waivers[{index}].model: no model is called "
+                f"'{waiver.model}' (models: {', '.join(seen)})"
+            )
+    if problems:
+        raise PolicyError(f"{path.name}: {len(problems)} problem(s)", problems)
+    return policies
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy naming one model (see :func:`load_policies`)."""
+    policies = load_policies(path)
+    if policies[0].in_suite:
+        raise PolicyError(
+            f"{Path(path).name}: names {len(policies)} models under 'models'; "
+            "this command takes a policy with one 'model'"
+        )
+    return policies[0]
+
+
+MODEL_KEYS = ("name", "path", "exporter", "options")
+OVERRIDES = ("inputs", "data", "budgets")
+
+
+def _per_model(
+    document: dict[str, Any], lines: dict[tuple[Any, ...], int]
+) -> list[tuple[dict[str, Any], dict[tuple[Any, ...], int]]]:
+    """A ``models:`` policy as one single-model document per entry, with line numbers
+    pointing at the entry's own keys where it overrides the policy's."""
+    if "models" not in document:
+        return [(document, lines)]
+    shared = {key: value for key, value in document.items() if key != "models"}
+    expanded = []
+    for index, entry in enumerate(document["models"]):
+        overridden = [key for key in OVERRIDES if key in entry]
+        doc = {
+            **shared,
+            **{key: entry[key] for key in overridden},
+            "model": {key: entry[key] for key in MODEL_KEYS if key in entry},
+        }
+        doc_lines = {
+            location: line
+            for location, line in lines.items()
+            if not location or location[0] not in ("models", *overridden)
+        }
+        doc_lines[("model",)] = lines.get(("models", index), 0)
+        for location, line in lines.items():
+            rest = location[2:]
+            if location[:2] != ("models", index) or not rest:
+                continue
+            doc_lines[("model", *rest) if rest[0] in MODEL_KEYS else rest] = line
+        expanded.append((doc, doc_lines))
+    return expanded
+
+
+def _waivers(doc: dict[str, Any], path: Path, lines: dict[tuple[Any, ...], int]) -> list[Waiver]:
+    waivers, problems = [], []
+    for index, item in enumerate(doc.get("waivers", [])):
+        line = lines.get(("waivers", index))
+        try:
+            expires = date.fromisoformat(item["expires"])
+        except ValueError as exc:
+            problems.append(f"{path.name}:{line or '?'}: waivers[{index}].expires: {exc}")
+            continue
+        waivers.append(
+            Waiver(item["budget"], item["reason"], item["owner"], expires, item.get("model"), line)
+        )
+    if problems:
+        raise PolicyError(f"{path.name}: {len(problems)} problem(s)", problems)
+    return waivers
+
+
+def _regressions(doc: dict[str, Any]) -> tuple[Regression, ...]:
+    if "regressions" not in doc:
+        return DEFAULT_REGRESSIONS
+    return tuple(
+        Regression(
+            item["metric"],
+            "drop" if "max_drop" in item else "rise",
+            float(item.get("max_drop", item.get("max_rise", 0.0))),
+            item.get("level", "error"),
+        )
+        for item in doc["regressions"]
+    )
 
 
 def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -> Policy:
@@ -339,12 +507,14 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             level=item.get("level", "error"),
             location=f"budgets[{index}]",
             aggregation=item.get("aggregation", "interval"),
+            line=lines.get(("budgets", index)),
         )
         for index, item in enumerate(doc.get("budgets", []))
     ]
     return Policy(
         path=path,
         raw=doc,
+        name=model.get("name") or Path(model["path"]).stem,
         model_path=resolve(model["path"]),  # type: ignore[arg-type]
         exporter=model.get("exporter"),
         exporter_options=model.get("options", {}),
@@ -397,5 +567,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             max_fallbacks=search.get("max_fallbacks", 3),
             exclude=tuple(search.get("exclude", ())),
         ),
+        waivers=_waivers(doc, path, lines),
+        regressions=_regressions(doc),
         lines=lines,
     )

@@ -18,6 +18,8 @@ import numpy as np
 from gate import __version__
 
 REPORT_FILE = "report.json"
+SUITE = "suite"
+"""``kind`` of a report over several models (see gate.suite)."""
 MODEL_FILE = "model.onnx"
 KEY_METRICS = (
     "latency_ms.p50",
@@ -39,10 +41,11 @@ def environment() -> dict[str, str]:
     return versions
 
 
-def new_report(policy_path: Path) -> dict[str, Any]:
+def new_report(policy_path: Path, name: str | None = None) -> dict[str, Any]:
     return {
         "report_version": 1,
         "tool": {"name": "onnx-gate", "version": __version__},
+        "name": name,
         "verdict": "error",
         "exit_code": 3,
         "message": "",
@@ -55,6 +58,8 @@ def new_report(policy_path: Path) -> dict[str, Any]:
         "measurement": None,
         "cost": None,
         "candidates": [],
+        "budgets": [],
+        "waivers": [],
         "chosen": None,
         "decision": "",
         "output_model": None,
@@ -63,6 +68,19 @@ def new_report(policy_path: Path) -> dict[str, Any]:
         "environment": {},
         "duration_s": 0.0,
     }
+
+
+def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, Any]]:
+    """The per-model reports behind a report: itself, or a suite's models (read from disk)."""
+    if report.get("kind") != SUITE:
+        return [report]
+    loaded = []
+    for model in report.get("models") or []:
+        try:
+            loaded.append(json.loads((output_dir / model["dir"] / REPORT_FILE).read_text()))
+        except (OSError, ValueError):
+            loaded.append({**model, "name": model["name"], "budgets": [], "candidates": []})
+    return loaded
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -125,6 +143,8 @@ def _format(metric: str, value: float | None) -> str:
 
 def render_console(report: Mapping[str, Any]) -> str:
     """One screen: a line per candidate with key metrics, then each failing budget."""
+    if report.get("kind") == SUITE:
+        return _render_suite(report)
     lines = []
     candidates = report.get("candidates") or []
     if candidates:
@@ -169,5 +189,25 @@ def render_console(report: Mapping[str, Any]) -> str:
     tail = f"chosen: {chosen}" if chosen else "nothing chosen"
     lines.append(
         f"verdict: {verdict} (exit {report.get('exit_code')}) - {tail}. {report.get('decision') or report.get('message') or ''}".rstrip()
+    )
+    return "\n".join(lines)
+
+
+def _render_suite(report: Mapping[str, Any]) -> str:
+    """A line per model, each budget that did not pass, then the one verdict."""
+    lines = [f"{'model':<24} {'verdict':<13} chosen"]
+    for model in report.get("models") or []:
+        lines.append(f"{model['name']:<24} {model['verdict']:<13} {model.get('chosen') or '-'}")
+    shard = report.get("shard")
+    if shard:
+        lines.append(f"shard {shard['index']}/{shard['count']}")
+    for row in report.get("budgets") or []:
+        if row["status"] != "pass" and row["level"] != "off":
+            lines.append(f"  {row['model']}: {row['status']} ({row['level']}): {row['message']}")
+    lines += [f"warning: {warning}" for warning in report.get("warnings") or []]
+    lines += [f"error: {error}" for error in report.get("errors") or []]
+    lines.append(
+        f"verdict: {str(report.get('verdict', 'error')).upper()} (exit {report.get('exit_code')}) "
+        f"- {report.get('message', '')}".rstrip()
     )
     return "\n".join(lines)

@@ -1,0 +1,280 @@
+"""Many models, many runners: a suite report over several models, shards of a
+policy's models for a CI matrix, and merging the shards' outputs into one verdict.
+
+The CI system's matrix is the distributed engine: each job runs
+``onnx-gate run POLICY --shard K/N`` and a last job runs ``onnx-gate merge``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gate.errors import GateError, UsageError
+from gate.exitcodes import ExitCode
+from gate.host import Host, get_host
+from gate.policy import Policy
+from gate.progress import Progress
+from gate.report import REPORT_FILE, SUITE, environment, new_report
+from gate.testbed import fingerprint
+
+MODELS_DIR = "models"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"2/3"`` -> (2, 3); shards count from 1."""
+    index, _, count = text.partition("/")
+    try:
+        shard = int(index), int(count)
+    except ValueError:
+        raise UsageError(f"--shard takes K/N, e.g. 2/3 (got '{text}')") from None
+    if not 1 <= shard[0] <= shard[1]:
+        raise UsageError(f"--shard {text}: K must be between 1 and N")
+    return shard
+
+
+def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
+    """The deterministic share of shard K of N: every Nth model of the policy's order,
+    starting at the Kth, so shards differ in size by at most one model."""
+    if shard is None:
+        return list(names)
+    index, count = shard
+    return [name for position, name in enumerate(names) if position % count == index - 1]
+
+
+def file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def new_suite(policy: str, shard: tuple[int, int] | None, everything: list[str]) -> dict[str, Any]:
+    report = new_report(Path(policy))
+    for key in ("model", "target", "baseline", "data", "validation", "measurement", "cost"):
+        report.pop(key)
+    for key in ("candidates", "chosen", "decision", "output_model", "name"):
+        report.pop(key)
+    report.update(
+        kind=SUITE,
+        models=[],
+        shard=None
+        if shard is None
+        else {"index": shard[0], "count": shard[1], "models": shard_of(everything, shard)},
+        all_models=everything,
+    )
+    return report
+
+
+def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]]]) -> None:
+    """Fill the suite's verdict, rows and counts from its models' reports."""
+    suite["models"] = [
+        {
+            "name": name,
+            "dir": f"{MODELS_DIR}/{name}",
+            "verdict": report.get("verdict", "error"),
+            "exit_code": report.get("exit_code", int(ExitCode.RUNTIME_ERROR)),
+            "chosen": report.get("chosen"),
+            "message": report.get("message", ""),
+            "partial": bool(report.get("partial")),
+        }
+        for name, report in reports
+    ]
+    suite["budgets"] = [row for _, report in reports for row in report.get("budgets") or []]
+    counts: dict[str, int] = {}
+    for _, report in reports:
+        for key, value in (report.get("counts") or {}).items():
+            counts[key] = counts.get(key, 0) + value
+    suite["counts"] = counts
+    suite["waivers"] = [
+        {**waiver, "model": name}
+        for name, report in reports
+        for waiver in report.get("waivers") or []
+    ]
+    for name, report in reports:
+        suite["warnings"].extend(f"{name}: {line}" for line in report.get("warnings") or [])
+        suite["errors"].extend(f"{name}: {line}" for line in report.get("errors") or [])
+    if suite.get("testbed") is None and reports:
+        suite["testbed"] = reports[0][1].get("testbed")
+    if any(model["partial"] for model in suite["models"]):
+        suite["partial"] = True
+    code = ExitCode.combined([model["exit_code"] for model in suite["models"]])
+    if suite["errors"] and not reports:
+        code = ExitCode.RUNTIME_ERROR
+    by_verdict: dict[str, list[str]] = {}
+    for model in suite["models"]:
+        by_verdict.setdefault(model["verdict"], []).append(model["name"])
+    tally = ", ".join(f"{len(names)} {verdict}" for verdict, names in sorted(by_verdict.items()))
+    failing = [n for v, names in by_verdict.items() if v != "pass" for n in names]
+    message = (
+        f"{len(reports)} model(s): {tally}" + (f" ({', '.join(failing[:10])})" if failing else "")
+        if reports
+        else "no models in this share"
+    )
+    if suite.get("message"):  # set earlier: missing shards, an unreadable policy
+        message = f"{suite['message']}; {message}" if reports else suite["message"]
+    suite.update(verdict=code.verdict, exit_code=int(code), message=message)
+
+
+def run_suite(
+    policy_path: str | Path,
+    policies: list[Policy] | None,
+    output_dir: Path,
+    shard: tuple[int, int] | None,
+    *,
+    host: Host | None = None,
+    progress: Progress | None = None,
+    keep_candidates: bool = False,
+) -> Any:
+    """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
+    from gate.pipeline import GateResult, _relative, _write_reports, run_model
+
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    everything = [policy.name for policy in policies or []]
+    suite = new_suite(_relative(Path(policy_path)), shard, everything)
+    suite["policy_sha256"] = file_digest(Path(policy_path))
+    suite["testbed"] = None
+    reports: list[tuple[str, dict[str, Any]]] = []
+    interrupted: BaseException | None = None
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        host = host or get_host()
+        if policies is None:  # unreadable policy: load it again for the error to report
+            from gate.policy import load_policies
+
+            load_policies(policy_path)
+            raise GateError(f"cannot read the policy {policy_path}")
+        chosen = set(shard_of(everything, shard))
+        share = [policy for policy in policies if policy.name in chosen]
+        for number, policy in enumerate(share, 1):
+            say(f"model {number}/{len(share)}: {policy.name}")
+            result = run_model(
+                policy_path, output_dir / MODELS_DIR / policy.name, policy=policy,
+                host=host, progress=progress, keep_candidates=keep_candidates,
+            )  # fmt: skip
+            reports.append((policy.name, result.report))
+        if not share and shard is not None:
+            suite["warnings"].append(
+                f"shard {shard[0]}/{shard[1]} holds no model: the policy names {len(everything)}"
+            )
+    except KeyboardInterrupt as exc:
+        interrupted = exc
+        suite["partial"] = True
+        suite["errors"].append("interrupted before every model was gated; this report is partial")
+    except GateError as exc:
+        suite["errors"].extend(exc.lines())
+        suite.update(message=exc.message, exit_code=int(exc.exit_code))
+    failed_early = int(suite["exit_code"]) if suite["errors"] and not reports else None
+    summarise(suite, reports)
+    if suite.get("partial") or failed_early is not None:
+        code = ExitCode.combined([suite["exit_code"], failed_early or int(ExitCode.RUNTIME_ERROR)])
+        suite.update(verdict=code.verdict, exit_code=int(code))
+    suite["testbed"] = suite["testbed"] or fingerprint()
+    suite["environment"] = environment()
+    suite["duration_s"] = round(time.perf_counter() - started, 3)
+    if output_dir.is_dir():
+        try:
+            _write_reports(suite, output_dir, host)
+        except OSError as exc:
+            suite["errors"].append(f"cannot write the report into {output_dir}: {exc}")
+            suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
+    if interrupted is not None:
+        raise interrupted
+    return GateResult(suite, ExitCode(suite["exit_code"]), output_dir)
+
+
+def _read(directory: Path) -> dict[str, Any]:
+    from gate.compare import read_report
+
+    path = directory / REPORT_FILE
+    if not path.is_file():
+        raise UsageError(f"{directory} holds no {REPORT_FILE}: is it an onnx-gate output folder?")
+    return read_report(path)
+
+
+def merge_outputs(
+    directories: Sequence[Path], output_dir: Path, host: Host | None = None
+) -> tuple[dict[str, Any], ExitCode]:
+    """Combine the outputs of several runs (shards, or single-model runs) into one suite
+    report and one set of report files in ``output_dir``.
+
+    Every model's folder is copied under ``output_dir/models/``. Shards of one policy
+    must all be there: a missing shard means models nobody gated, and the merged
+    verdict is then an error naming them.
+    """
+    from gate.pipeline import _write_reports
+
+    started = time.perf_counter()
+    output = output_dir.resolve()
+    sources: list[tuple[str, Path, dict[str, Any]]] = []
+    shards: dict[int, dict[str, Any]] = {}
+    policies: set[str | None] = set()
+    everything: list[str] = []
+    for directory in directories:
+        if directory.resolve() == output:
+            raise UsageError(f"--output-dir {output_dir} is also an input: choose another folder")
+        report = _read(directory)
+        if report.get("kind") == SUITE:
+            policies.add(report.get("policy_sha256"))
+            shard = report.get("shard")
+            if shard:
+                if shard["index"] in shards:
+                    raise UsageError(
+                        f"{directory}: shard {shard['index']}/{shard['count']} is given twice"
+                    )
+                shards[shard["index"]] = shard
+            everything = everything or list(report.get("all_models") or [])
+            for model in report["models"]:
+                folder = directory / model["dir"]
+                sources.append((model["name"], folder, _read(folder)))
+        else:
+            sources.append((report.get("name") or directory.resolve().name, directory, report))
+    names = [name for name, _, _ in sources]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise UsageError(f"the same model appears in several inputs: {', '.join(duplicates)}")
+    counts = {shard["count"] for shard in shards.values()}
+    if len(counts) > 1:
+        raise UsageError(f"the inputs are shards of different splits (N = {sorted(counts)})")
+
+    suite = new_suite(
+        str(next(iter(r.get("policy") for _, _, r in sources), "")) if sources else "",
+        None,
+        everything or names,
+    )
+    suite["merged_from"] = [str(directory) for directory in directories]
+    suite["policy_sha256"] = next(iter(policies)) if len(policies) == 1 else None
+    if len(policies) > 1:
+        suite["warnings"].append(
+            "the shards were run with different policy files (their digests differ)"
+        )
+    missing = [name for name in everything if name not in names]
+    if counts:
+        absent = ", ".join(map(str, sorted(set(range(1, counts.pop() + 1)) - set(shards))))
+        if missing:
+            suite["errors"].append(
+                f"shard(s) {absent or '-'} missing: model(s) {', '.join(missing)} were not gated"
+            )
+            suite["message"] = "incomplete: not every shard's output was given"
+        elif absent:
+            suite["warnings"].append(f"shard(s) {absent} not given; they held no model")
+    suite["testbed"] = None
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name, folder, _ in sources:
+        target = output_dir / MODELS_DIR / name
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(MODELS_DIR))
+    summarise(suite, [(name, report) for name, _, report in sources])
+    if missing:
+        code = ExitCode.combined([suite["exit_code"], int(ExitCode.RUNTIME_ERROR)])
+        suite.update(verdict=code.verdict, exit_code=int(code))
+    suite["environment"] = environment()
+    suite["duration_s"] = round(time.perf_counter() - started, 3)
+    _write_reports(suite, output_dir, host or get_host())
+    return suite, ExitCode(suite["exit_code"])
