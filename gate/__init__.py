@@ -32,7 +32,7 @@ from gate.records import (  # noqa: E402
     ValidationContext,
     Validator,
 )
-from gate.report import explain_budget, model_reports  # noqa: E402
+from gate.report import explain_budget, model_reports, write_atomic  # noqa: E402
 
 __all__ = [
     "PROJECT_NAME",
@@ -56,4 +56,5 @@ __all__ = [
     "model_reports",
     "node_key",
     "op_counts",
+    "write_atomic",
 ]

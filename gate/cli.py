@@ -185,28 +185,48 @@ def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None
     click.echo(f"written: {written}", err=True)
 
 
-@cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("base", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("head", type=click.Path(dir_okay=False, path_type=Path))
+@cli.command(epilog="Exit codes: 0 no regression, 1 a regression budget failed, 2 usage error.")
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("head", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def compare(base: Path, head: Path, as_json: bool) -> None:
-    """Compare two report.json files (BASE, e.g. main's, and HEAD); warns when their testbeds differ."""
-    from gate.compare import compare_reports, read_report
+@click.option(
+    "--output-dir",
+    "-o",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also write compare.json and compare.md (Markdown) here.",
+)
+def compare(base: Path, head: Path, as_json: bool, output_dir: Path | None) -> None:
+    """Compare two reports (BASE, e.g. main's, and HEAD; report.json files or output
+    folders) and check the regression budgets (the policy's `regressions`, else: speedup
+    may fall at most 5%, accuracy may not fall). Timing regressions only warn when the
+    testbeds differ."""
+    from gate.compare import compare_reports, read_report, write_comparison
 
     try:
         result = compare_reports(read_report(base), read_report(head))
+        if output_dir is not None:
+            write_comparison(result, output_dir)
     except GateError as error:
         _fail(error)
+    except OSError as error:
+        _fail(UsageError(f"cannot write into {output_dir}: {error.strerror or error}"))
     if as_json:
         click.echo(json.dumps(result, indent=2))
-        return
+        raise SystemExit(result["exit_code"])
     for warning in result["warnings"]:
         click.echo(f"warning: {warning}", err=True)
-    click.echo(f"base: {result['base']['verdict']}, chosen {result['base']['chosen']}")
-    click.echo(f"head: {result['head']['verdict']}, chosen {result['head']['chosen']}")
-    for row in result["metrics"]:
-        change = "" if row["change"] is None else f" ({row['change']:+.1%})"
-        click.echo(f"  {row['metric']:<18} {row['base']!s:>24} -> {row['head']!s:<24}{change}")
+    for model in result["models"]:
+        click.echo(
+            f"{model['name']}: base {model['base']['verdict']} ({model['base']['chosen']}), "
+            f"head {model['head']['verdict']} ({model['head']['chosen']})"
+        )
+        for row in model["metrics"]:
+            change = "" if row["change"] is None else f" ({row['change']:+.1%})"
+            click.echo(f"  {row['metric']:<18} {row['base']!s:>24} -> {row['head']!s:<24}{change}")
+    for line in result["failed"]:
+        click.echo(f"regression: {line}")
+    click.echo(f"compare: {result['verdict'].upper()} (exit {result['exit_code']})")
+    raise SystemExit(result["exit_code"])
 
 
 @cli.command()

@@ -1,14 +1,31 @@
-"""Compare two reports (say main's and a pull request's): what changed, and whether
-the comparison is fair at all (same testbed)."""
+"""Compare two reports (say main's and a pull request's): what changed, whether the
+comparison is fair at all (same testbed), and whether a regression budget is broken.
+
+Regression budgets come from the head report (the policy's ``regressions``), or the
+defaults: speedup may fall at most 5%, accuracy metrics may not fall, and the median
+latency may rise at most 10% (a warning). Timings from different testbeds are not
+comparable: their regressions are reported as warnings, never failures.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from gate.errors import UsageError
-from gate.policy import REPORT_SCHEMA, format_location, load_schema, schema_problems
+from gate.exitcodes import ExitCode
+from gate.metrics import TIMING_METRICS
+from gate.policy import (
+    DEFAULT_REGRESSIONS,
+    REPORT_SCHEMA,
+    Regression,
+    format_location,
+    load_schema,
+    schema_problems,
+)
+from gate.report import REPORT_FILE, SUITE, model_reports, write_atomic
 from gate.testbed import differences
 
 COMPARED_METRICS = (
@@ -22,9 +39,14 @@ COMPARED_METRICS = (
     "accuracy",
     "cosine_similarity",
 )
+TOLERANCE = 1e-9
+"""Changes smaller than this fraction are rounding, not regressions."""
 
 
 def read_report(path: Path) -> dict[str, Any]:
+    """A report.json (or a folder holding one), checked against the report schema."""
+    if path.is_dir():
+        path = path / REPORT_FILE
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -42,10 +64,11 @@ def read_report(path: Path) -> dict[str, Any]:
                 for where, message in problems[:10]
             ],
         )
+    report["_folder"] = str(path.parent)
     return report
 
 
-def _chosen_metrics(report: dict[str, Any]) -> tuple[str | None, dict[str, float]]:
+def _chosen_metrics(report: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
     chosen = report.get("chosen")
     for item in report.get("candidates") or []:
         if item.get("name") == chosen:
@@ -53,12 +76,61 @@ def _chosen_metrics(report: dict[str, Any]) -> tuple[str | None, dict[str, float
     return chosen, {}
 
 
-def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
-    """Testbed differences (warnings) and the chosen model's metrics side by side."""
-    warnings = [
-        f"testbeds differ, so timings are not comparable: {line}"
-        for line in differences(base.get("testbed"), head.get("testbed"))
+def _regressions(head: Mapping[str, Any]) -> list[Regression]:
+    listed = head.get("regressions")
+    if not listed:
+        return list(DEFAULT_REGRESSIONS)
+    return [
+        Regression(
+            item["metric"],
+            "drop" if "max_drop" in item else "rise",
+            float(item.get("max_drop", item.get("max_rise", 0.0))),
+            item.get("level", "error"),
+        )
+        for item in listed
     ]
+
+
+def check_regression(
+    regression: Regression, before: float | None, after: float | None, comparable: bool
+) -> dict[str, Any]:
+    """One regression budget on one metric: pass, fail or not_compared, with why."""
+    level = regression.level
+    note = ""
+    if regression.metric in TIMING_METRICS and not comparable and level == "error":
+        level, note = "warn", " (testbeds differ: a warning only)"
+    row: dict[str, Any] = {
+        "metric": regression.metric,
+        "direction": regression.direction,
+        "allowed": regression.fraction,
+        "level": level,
+        "base": before,
+        "head": after,
+        "change": None,
+    }
+    limit = f"may {regression.direction} at most {regression.fraction:.1%}"
+    if before is None or after is None or before == 0:
+        missing = "base" if before is None else "head" if after is None else "base (zero)"
+        return {
+            **row,
+            "status": "not_compared",
+            "message": f"{regression.metric}: not in the {missing} report",
+        }
+    change = (after - before) / abs(before)
+    worse = -change if regression.direction == "drop" else change
+    failed = worse > regression.fraction + TOLERANCE
+    return {
+        **row,
+        "change": change,
+        "status": "fail" if failed else "pass",
+        "message": f"{regression.metric} {before:.6g} -> {after:.6g} ({change:+.1%}); {limit}{note}",
+    }
+
+
+def _compare_model(
+    base: Mapping[str, Any], head: Mapping[str, Any], regressions: Sequence[Regression]
+) -> dict[str, Any]:
+    comparable = not differences(base.get("testbed"), head.get("testbed"))
     base_name, base_metrics = _chosen_metrics(base)
     head_name, head_metrics = _chosen_metrics(head)
     rows = []
@@ -67,7 +139,13 @@ def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any
             before, after = base_metrics.get(metric), head_metrics.get(metric)
             change = (after / before - 1.0) if before and after is not None else None
             rows.append({"metric": metric, "base": before, "head": after, "change": change})
+    checked = [
+        check_regression(r, base_metrics.get(r.metric), head_metrics.get(r.metric), comparable)
+        for r in regressions
+        if r.level != "off"
+    ]
     return {
+        "name": head.get("name") or base.get("name"),
         "base": {
             "verdict": base.get("verdict"),
             "chosen": base_name,
@@ -79,5 +157,92 @@ def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any
             "model_sha256": (head.get("model") or {}).get("sha256"),
         },
         "metrics": rows,
-        "warnings": warnings,
+        "regressions": checked,
     }
+
+
+def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+    """Every model in both reports side by side, with the regression budgets checked.
+
+    Suite reports (several models) are matched by model name.
+    """
+    warnings = [
+        f"testbeds differ, so timings are not comparable: {line}"
+        for line in differences(base.get("testbed"), head.get("testbed"))
+    ]
+    regressions = _regressions(head)
+    base_models = {
+        str(r.get("name")): r for r in model_reports(base, Path(base.get("_folder", ".")))
+    }
+    head_models = {
+        str(r.get("name")): r for r in model_reports(head, Path(head.get("_folder", ".")))
+    }
+    single = base.get("kind") != SUITE and head.get("kind") != SUITE
+    if single:  # one model each: compare them whatever their names
+        pairs = [(base, head)]
+    else:
+        pairs = [(base_models[n], head_models[n]) for n in head_models if n in base_models]
+        new = [name for name in head_models if name not in base_models]
+        gone = [name for name in base_models if name not in head_models]
+        if new:
+            warnings.append(f"not in the base report (nothing to compare): {', '.join(new)}")
+        if gone:
+            warnings.append(f"in the base report only: {', '.join(gone)}")
+    models = [_compare_model(b, h, regressions) for b, h in pairs]
+    failed = [
+        f"{model['name']}: {row['message']}"
+        for model in models
+        for row in model["regressions"]
+        if row["status"] == "fail" and row["level"] == "error"
+    ]
+    warned = [
+        f"{model['name']}: {row['message']}"
+        for model in models
+        for row in model["regressions"]
+        if row["status"] == "fail" and row["level"] == "warn"
+    ]
+    code = ExitCode.BUDGET_FAILED if failed else ExitCode.PASS
+    result = {
+        "verdict": code.verdict,
+        "exit_code": int(code),
+        "regressions": [regression.to_json() for regression in regressions],
+        "failed": failed,
+        "warnings": warnings + [f"regression (warn): {line}" for line in warned],
+        "models": models,
+    }
+    if single:  # the one-model shape earlier releases printed
+        result.update(base=models[0]["base"], head=models[0]["head"], metrics=models[0]["metrics"])
+    return result
+
+
+def render_markdown(result: Mapping[str, Any]) -> str:
+    """compare.md: a table per model, for a job summary or a merge-request comment."""
+    icon = "✅" if result["verdict"] == "pass" else "❌"
+    lines = [f"## {icon} onnx-gate compare: {result['verdict'].upper()}", ""]
+    for model in result["models"]:
+        lines += [
+            f"### {model['name']}: `{model['base']['chosen']}` -> `{model['head']['chosen']}`",
+            "",
+            "| metric | base | head | change |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in model["metrics"]:
+            change = "" if row["change"] is None else f"{row['change']:+.1%}"
+            cells = ["-" if row[key] is None else f"{row[key]:.4g}" for key in ("base", "head")]
+            lines.append(f"| {row['metric']} | {cells[0]} | {cells[1]} | {change} |")
+        lines.append("")
+        for row in model["regressions"]:
+            if row["status"] == "fail":
+                mark = "❌" if row["level"] == "error" else "⚠️"
+                lines.append(f"- {mark} {row['message']}")
+        lines.append("")
+    lines += [f"> ⚠️ {warning}" for warning in result["warnings"]]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def write_comparison(result: Mapping[str, Any], output_dir: Path) -> list[Path]:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = [output_dir / "compare.json", output_dir / "compare.md"]
+    write_atomic(written[0], json.dumps(result, indent=2) + "\n")
+    write_atomic(written[1], render_markdown(result))
+    return written

@@ -159,6 +159,7 @@ def run_model(
         host = host or get_host()
         policy = policy or load_policy(policy_path)
         report["name"] = policy.name
+        report["regressions"] = [regression.to_json() for regression in policy.regressions]
         check_policy(policy, host)
         if (output_dir / MODEL_FILE).resolve() == policy.model_path:
             raise UsageError(
@@ -203,11 +204,14 @@ def _write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) 
             reporters = list(host.records["reporter"].values())
         except GateError:  # the registry itself is what failed; report.json still goes out
             reporters = []
+    written = []
     for reporter in reporters:
         try:
-            call_plugin(reporter, "write", reporter.write, report, output_dir)
+            paths = call_plugin(reporter, "write", reporter.write, report, output_dir)
+            written += [Path(path).name for path in paths or ()]
         except GateError as exc:
             report["errors"].append(exc.message)
+    report["files"] = sorted({REPORT_FILE, *written})
     write_report_json(report, output_dir)
 
 

@@ -132,6 +132,7 @@ DEFAULT_REGRESSIONS = (
     Regression("accuracy", "drop", 0.0),
     Regression("top1_agreement", "drop", 0.0),
     Regression("cosine_similarity", "drop", 0.0),
+    Regression("latency_ms.p50", "rise", 0.10, "warn"),
 )
 
 
