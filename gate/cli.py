@@ -47,14 +47,17 @@ def _run_and_exit(
     quiet: bool,
     keep_candidates: bool = False,
     shard: tuple[int, int] | None = None,
+    stage: str | None = None,
+    source: Path | None = None,
 ) -> None:
     from gate.pipeline import run_gate
     from gate.report import render_console
 
     with progress(quiet) as say:
         result = run_gate(
-            policy, output_dir, progress=say, keep_candidates=keep_candidates, shard=shard
-        )
+            policy, output_dir, progress=say, keep_candidates=keep_candidates, shard=shard,
+            stage=stage, source=source,
+        )  # fmt: skip
     click.echo(render_console(result.report))
     written = result.output_dir / "report.json"
     if not quiet and written.is_file():
@@ -75,8 +78,27 @@ def _run_and_exit(
     help="Gate only shard K of N of the policy's models (every Nth, from the Kth), "
     "for a CI matrix; combine the shards with `onnx-gate merge`.",
 )
+@click.option(
+    "--stage",
+    type=click.Choice(["build", "measure", "decide"]),
+    help="Run one stage, as its own CI job: build (search, build, validate), measure "
+    "(validate and time on this runner, then decide; needs --from), decide (again, from "
+    "measurements and the current budgets; needs --from).",
+)
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The previous stage's output folder.",
+)
 def run(
-    policy: Path, output_dir: Path, quiet: bool, keep_candidates: bool, shard: str | None
+    policy: Path,
+    output_dir: Path,
+    quiet: bool,
+    keep_candidates: bool,
+    shard: str | None,
+    stage: str | None,
+    source: Path | None,
 ) -> None:
     """Run the gate for POLICY (JSON or YAML) and write the reports.
 
@@ -86,9 +108,15 @@ def run(
 
     try:
         share = parse_shard(shard) if shard is not None else None
+        if (source is not None) != (stage in ("measure", "decide")):
+            raise UsageError(
+                f"--stage {stage} needs --from: the previous stage's output folder"
+                if stage in ("measure", "decide")
+                else "--from goes with --stage measure or --stage decide"
+            )
     except GateError as error:
         _fail(error)
-    _run_and_exit(policy, output_dir, quiet, keep_candidates, share)
+    _run_and_exit(policy, output_dir, quiet, keep_candidates, share, stage, source)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

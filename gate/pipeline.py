@@ -112,13 +112,17 @@ def run_gate(
     progress: Progress | None = None,
     keep_candidates: bool = False,
     shard: tuple[int, int] | None = None,
+    stage: str | None = None,
+    source: Path | None = None,
 ) -> GateResult:
     """Run the gate for a policy and write its reports into ``output_dir``.
 
     A policy naming several models (``models:``), or any run given ``shard`` (K, N),
     gates each model of its share into ``output_dir/models/NAME/`` and writes a suite
     report on top (see :mod:`gate.suite`). With ``keep_candidates`` every built
-    candidate is also saved as ``candidates/NAME.onnx`` for inspection.
+    candidate is also saved as ``candidates/NAME.onnx`` for inspection. ``stage``
+    (build, measure or decide) runs one stage, reading the previous one's output folder
+    ``source`` (see :mod:`gate.stages`).
     """
     try:
         policies: list[Policy] | None = load_policies(policy_path)
@@ -130,10 +134,12 @@ def run_gate(
         return run_suite(
             policy_path, policies, Path(output_dir), shard,
             host=host, progress=progress, keep_candidates=keep_candidates,
+            stage=stage, source=source,
         )  # fmt: skip
     return run_model(
         policy_path, output_dir, policy=policies[0] if policies else None,
         host=host, progress=progress, keep_candidates=keep_candidates,
+        stage=stage, source=source,
     )  # fmt: skip
 
 
@@ -145,6 +151,8 @@ def run_model(
     host: Host | None = None,
     progress: Progress | None = None,
     keep_candidates: bool = False,
+    stage: str | None = None,
+    source: Path | None = None,
 ) -> GateResult:
     """Gate one model: ``policy`` (one model of the policy file), or the file's only model."""
     started = time.perf_counter()
@@ -167,7 +175,13 @@ def run_model(
                 "the chosen model would overwrite it: choose another output directory"
             )
         with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
-            GateRun(policy, host, Path(work), output_dir, report, say, keep_candidates).execute()
+            arguments = (policy, host, Path(work), output_dir, report, say, keep_candidates)
+            if stage is None:
+                GateRun(*arguments).execute()
+            else:
+                from gate.stages import StagedRun
+
+                StagedRun(*arguments, stage=stage, source=source).execute()
     except GateError as exc:
         report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
         report["errors"].extend(exc.lines())
@@ -235,6 +249,8 @@ class GateRun:
         self.estimates: dict[str, dict[str, Estimate]] = {}
         self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
         self.today = utc_today()
+        self.timed = True
+        """False in the build stage: candidates are built and validated, timed elsewhere."""
 
     # -- stages --------------------------------------------------------------
 
@@ -254,6 +270,12 @@ class GateRun:
 
     def execute(self) -> None:
         self.prepare()
+        original = self._judge_original()
+        self._finish([original, *self._search()])
+
+    def _judge_original(self) -> Candidate:
+        """Open, validate and check the original: a broken reference or a budget it cannot
+        produce is known before minutes go into building and timing candidates."""
         original = original_candidate(self.model, self.policy)
         try:
             self.original_session = make_session(self.model.path, original.session, self.target)
@@ -262,19 +284,17 @@ class GateRun:
             raise ModelError(
                 f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
             ) from exc
-
-        # Judge the original first: a broken reference or a budget it cannot produce
-        # is known before minutes go into building and timing candidates.
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL]["search"] = {"origin": "original"}
         self.report["candidates"] = [self.entries[ORIGINAL]]
         if original.failed:  # without a judged reference nothing can be decided
             raise GateError(f"the original model failed to {original.stage}: {original.error}")
         self._require_budget_metrics()
-
         self._default_accuracy_budget()
+        return original
 
-        candidates = [original, *self._search()]
+    def _finish(self, candidates: list[Candidate]) -> None:
+        """Time the original against itself, measure memory, keep, decide."""
         self.report["candidates"] = [self.entries[c.name] for c in candidates]
         self._measure_original()
         if self.policy.measure.memory:
@@ -289,6 +309,9 @@ class GateRun:
         if candidate.failed:
             return f"{candidate.name}: {'skipped' if candidate.skipped else 'failed'}: {candidate.error}"
         speedup = entry["metrics"].get("speedup")
+        if speedup is None:  # the build stage: validated, timed later on the target
+            passing = self._outcome_so_far(candidate) == "passed"
+            return f"{candidate.name}: {'meets' if passing else 'misses'} the accuracy budgets"
         passing = all(
             r.decision == PASS
             for r in self._evaluate_without_memory(candidate.name)
@@ -386,8 +409,10 @@ class GateRun:
         )  # fmt: skip
 
     def _evaluate_without_memory(self, name: str) -> list[BudgetResult]:
-        """Budgets decided so far: memory is measured once the search is over."""
-        budgets = [b for b in self.budgets if b.metric not in MEMORY_METRICS]
+        """Budgets decided so far: memory is measured once the search is over, and
+        timing not at all in the build stage."""
+        unknown = MEMORY_METRICS if self.timed else TIMING_METRICS | MEMORY_METRICS
+        budgets = [b for b in self.budgets if b.metric not in unknown]
         return self._evaluate(budgets, name)
 
     def _evaluate(self, budgets: list[Budget], name: str) -> list[BudgetResult]:
@@ -428,8 +453,8 @@ class GateRun:
                 f"{name}: no accuracy fallback: quantizer '{quantize['plugin']}' takes no nodes_to_exclude"
             )
             return
-        speedup = self.estimates[name]["speedup"]
-        if speedup.high < search.to_beat:
+        speedup = self.estimates.get(name, {}).get("speedup")
+        if speedup is not None and speedup.high < search.to_beat:
             search.log.append(
                 f"{name}: no accuracy fallback: at {speedup.point:.2f}x (at most {speedup.high:.2f}x) "
                 f"it cannot beat {search.to_beat:.2f}x (the original by selection.min_gain, or the "
@@ -456,7 +481,9 @@ class GateRun:
             return
         self.entries[name]["sensitivity"] = [source.describe() for source in ranking[:10]]
         child = fallback_trial(
-            trial, [(source.nodes, source.added) for source in ranking], speedup.point
+            trial,
+            [(source.nodes, source.added) for source in ranking],
+            speedup.point if speedup is not None else trial.expected_speedup or 1.0,
         )
         if child is None:
             search.log.append(
@@ -537,7 +564,8 @@ class GateRun:
             else None
         )
         self.calibration = calibration_feeds(policy, model)
-        if self.validation.source == "synthetic":
+        self.synthetic = self.validation.source == "synthetic"
+        if self.synthetic:
             self.report["warnings"].append(
                 f"no data.validation: validated on {len(self.validation.feeds)} synthetic samples; "
                 "accuracy metrics show agreement on random inputs only"
@@ -623,7 +651,7 @@ class GateRun:
                     candidate.fail("load", f"ONNX Runtime cannot load it: {_first_line(exc)}")
             if not candidate.failed:
                 self._validate(candidate, session, entry)
-            if not candidate.failed and candidate.name != ORIGINAL:
+            if not candidate.failed and candidate.name != ORIGINAL and self.timed:
                 self._time(candidate, session, entry)
         entry["stage"], entry["error"] = candidate.stage, candidate.error
         return entry
@@ -836,9 +864,7 @@ class GateRun:
                 what = "skipped" if candidate.skipped else f"failed to {candidate.stage}"
                 entry["outcome"] = f"{what}: {candidate.error}"
         report["recommendation"] = recommend(
-            [self.entries[c.name] for c in candidates],
-            chosen,
-            self.validation.source == "synthetic",
+            [self.entries[c.name] for c in candidates], chosen, self.synthetic
         )
         if chosen is None:
             if any(s.status == "inconclusive" for s in standings):

@@ -109,7 +109,7 @@ def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]
     for model in suite["models"]:
         by_verdict.setdefault(model["verdict"], []).append(model["name"])
     tally = ", ".join(f"{len(names)} {verdict}" for verdict, names in sorted(by_verdict.items()))
-    failing = [n for v, names in by_verdict.items() if v != "pass" for n in names]
+    failing = [n for v, names in by_verdict.items() if v not in ("pass", "pending") for n in names]
     message = (
         f"{len(reports)} model(s): {tally}" + (f" ({', '.join(failing[:10])})" if failing else "")
         if reports
@@ -129,6 +129,8 @@ def run_suite(
     host: Host | None = None,
     progress: Progress | None = None,
     keep_candidates: bool = False,
+    stage: str | None = None,
+    source: Path | None = None,
 ) -> Any:
     """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
     from gate.pipeline import GateResult, _relative, _write_reports, run_model
@@ -155,7 +157,8 @@ def run_suite(
             say(f"model {number}/{len(share)}: {policy.name}")
             result = run_model(
                 policy_path, output_dir / MODELS_DIR / policy.name, policy=policy,
-                host=host, progress=progress, keep_candidates=keep_candidates,
+                host=host, progress=progress, keep_candidates=keep_candidates, stage=stage,
+                source=None if source is None else source / MODELS_DIR / policy.name,
             )  # fmt: skip
             reports.append((policy.name, result.report))
         if not share and shard is not None:
@@ -171,6 +174,10 @@ def run_suite(
         suite.update(message=exc.message, exit_code=int(exc.exit_code))
     failed_early = int(suite["exit_code"]) if suite["errors"] and not reports else None
     summarise(suite, reports)
+    if stage is not None:
+        suite["stage"] = stage
+        if stage == "build" and suite["exit_code"] == 0:
+            suite["verdict"] = "pending"
     if suite.get("partial") or failed_early is not None:
         code = ExitCode.combined([suite["exit_code"], failed_early or int(ExitCode.RUNTIME_ERROR)])
         suite.update(verdict=code.verdict, exit_code=int(code))

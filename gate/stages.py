@@ -1,0 +1,267 @@
+"""Stages as CI jobs: build candidates on one runner, time them on the target runner
+(say a GPU runner), decide anywhere - passing the output folder between jobs.
+
+- ``--stage build`` loads, searches, builds and validates: candidates that miss an
+  accuracy budget stop here. It writes ``stage/`` (the original, the candidates that
+  go on, ``build.json``) and a report with verdict ``pending``.
+- ``--stage measure --from BUILD_DIR`` validates those candidates again and times them
+  on this runner's provider, then decides: a complete report and the chosen model.
+  The policy must be the one the build stage used.
+- ``--stage decide --from MEASURE_DIR`` decides again from those measurements with the
+  current policy's budgets, waivers and selection (no model is run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gate.candidates import ORIGINAL, Candidate
+from gate.check import active_validators
+from gate.errors import UsageError
+from gate.exitcodes import ExitCode
+from gate.load import copy_model
+from gate.metrics import TIMING_METRICS
+from gate.pipeline import GateRun
+from gate.report import REPORT_FILE, SUITE, json_safe, write_atomic
+from gate.stats import Estimate
+from gate.suite import file_digest
+
+STAGES = ("build", "measure", "decide")
+BUNDLE = "stage"
+BUILD_FILE = "build.json"
+ORIGINAL_FILE = "original.onnx"
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"{path.parent} holds no {path.name}: {what}") from None
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+
+
+class StagedRun(GateRun):
+    """One stage of a run; the same steps as a whole run, split where artifacts move."""
+
+    def __init__(self, *args: Any, stage: str, source: Path | None) -> None:
+        super().__init__(*args)
+        if stage not in STAGES:
+            raise UsageError(f"--stage must be one of {', '.join(STAGES)} (got '{stage}')")
+        if (source is None) != (stage == "build"):
+            raise UsageError(
+                "--stage build takes no --from"
+                if stage == "build"
+                else f"--stage {stage} needs --from: the output folder of the previous stage"
+            )
+        self.stage, self.source = stage, source
+
+    def execute(self) -> None:
+        self.report["stage"] = self.stage
+        {"build": self.build, "measure": self.measure, "decide": self.decide}[self.stage]()
+
+    # -- build -----------------------------------------------------------------
+
+    def build(self) -> None:
+        self.timed = False
+        self.prepare()
+        original = self._judge_original()
+        built = self._search()
+        candidates = [original, *built]
+        self.entries[ORIGINAL]["status"] = "pending"
+        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        going_on = self._write_bundle(candidates)
+        self.report.update(
+            verdict="pending",
+            exit_code=int(ExitCode.PASS),
+            message=(
+                f"built {len(built)} candidate(s); {len(going_on)} meet every budget known "
+                f"before timing and go on: run --stage measure --from {self.output_dir} "
+                "on the target"
+            ),
+            decision="pending: nothing is timed in the build stage",
+        )
+
+    def _write_bundle(self, candidates: list[Candidate]) -> list[str]:
+        bundle = self.output_dir / BUNDLE
+        shutil.rmtree(bundle, ignore_errors=True)
+        (bundle / "candidates").mkdir(parents=True)
+        copy_model(self.model.path, bundle / ORIGINAL_FILE)
+        items, going_on = [], []
+        for candidate in candidates[1:]:
+            entry = self.entries[candidate.name]
+            status = "failed"
+            if candidate.skipped:
+                status = "skipped"
+            elif not candidate.failed:
+                passed = self._outcome_so_far(candidate) == "passed"
+                status = "pending" if passed else "rejected"
+                if not passed:
+                    entry["reasons"] = [
+                        r.explain()
+                        for r in self._evaluate_without_memory(candidate.name)
+                        if r.budget.level == "error" and r.decision != "pass" and not r.waiver
+                    ]
+            entry["status"] = status
+            file = None
+            if status == "pending":
+                assert candidate.path is not None
+                file = f"candidates/{candidate.name}.onnx"
+                copy_model(candidate.path, bundle / file)
+                going_on.append(candidate.name)
+            items.append(
+                {
+                    "name": candidate.name,
+                    "recipe": candidate.recipe,
+                    "session": candidate.session,
+                    "notes": candidate.notes,
+                    "status": status,
+                    "error": candidate.error,
+                    "stage": candidate.stage,
+                    "reasons": entry["reasons"],
+                    "file": file,
+                }
+            )
+        build = {
+            "format": 1,
+            "policy_sha256": file_digest(self.policy.path),
+            "name": self.policy.name,
+            "model": self.report["model"],
+            "testbed": self.report["testbed"],
+            "build": self.report.get("build"),
+            "search": self.report.get("search"),
+            "candidates": items,
+            "entries": self.entries,
+        }
+        write_atomic(bundle / BUILD_FILE, json.dumps(json_safe(build), indent=1) + "\n")
+        return going_on
+
+    # -- measure ---------------------------------------------------------------
+
+    def measure(self) -> None:
+        assert self.source is not None
+        bundle = self.source / BUNDLE
+        build = _read_json(bundle / BUILD_FILE, "run --stage build first, into that folder")
+        if build.get("policy_sha256") != file_digest(self.policy.path):
+            raise UsageError(
+                f"{self.policy.path.name} is not the policy the build stage in {self.source} used: "
+                "run both stages with the same policy file"
+            )
+        # The model to time is the one the build stage loaded (exported, shapes fixed).
+        self.policy = dataclasses.replace(
+            self.policy, model_path=bundle / ORIGINAL_FILE, exporter=None, exporter_options={}
+        )
+        self.prepare()
+        self.report["model"] = build["model"]
+        self.report["build_stage"] = {"from": str(self.source), "testbed": build["testbed"]}
+        self.report["build"], self.report["search"] = build["build"], build["search"]
+        original = self._judge_original()
+        candidates = [original]
+        for item in build["candidates"]:
+            candidate = Candidate(item["name"], item["recipe"], None, item["session"])
+            candidate.notes = list(item["notes"])
+            if item["file"]:
+                candidate.path = bundle / item["file"]
+                self.say(f"validating and measuring {candidate.name}")
+                entry = self._judge(candidate)
+            else:
+                entry = build["entries"][item["name"]]
+                if item["status"] == "skipped":
+                    candidate.skip(item["error"])
+                elif item["status"] == "rejected":
+                    candidate.fail(
+                        "validate", "rejected in the build stage: " + "; ".join(item["reasons"])
+                    )
+                else:
+                    candidate.fail(item["stage"] or "build", item["error"] or "failed")
+                entry.update(stage=candidate.stage, error=candidate.error)
+            entry["search"] = build["entries"].get(item["name"], {}).get("search")
+            self.entries[candidate.name] = entry
+            candidates.append(candidate)
+        self._finish(candidates)
+        # The next stage (decide) needs the models, whichever it chooses.
+        if bundle.resolve() != (self.output_dir / BUNDLE).resolve():
+            shutil.rmtree(self.output_dir / BUNDLE, ignore_errors=True)
+            shutil.copytree(bundle, self.output_dir / BUNDLE)
+
+    # -- decide ----------------------------------------------------------------
+
+    def decide(self) -> None:
+        assert self.source is not None
+        from gate.compare import read_report
+
+        measured = read_report(self.source / REPORT_FILE)
+        if measured.get("kind") == SUITE or measured.get("stage") == "build":
+            raise UsageError(
+                f"{self.source} holds no measurements of one model: "
+                "give the output folder of --stage measure (or of a whole run)"
+            )
+        for key in ("model", "target", "testbed", "baseline", "data", "validation"):
+            self.report[key] = measured.get(key)
+        for key in ("measurement", "cost", "build", "search", "build_stage"):
+            self.report[key] = measured.get(key)
+        self.report["measured"] = {"from": str(self.source), "duration_s": measured["duration_s"]}
+        self.validators = active_validators(self.policy, self.host)
+        self.judged = (measured.get("validation") or {}).get("output") or ""
+        self.synthetic = bool((measured.get("validation") or {}).get("synthetic_inputs"))
+        self.budgets = list(self.policy.budgets)
+        bundle = self.source / BUNDLE
+        candidates = []
+        for old in measured["candidates"]:
+            entry = {
+                **old,
+                "chosen": False,
+                "budgets": [],
+                "reasons": [],
+                "outcome": None,
+            }
+            self.entries[entry["name"]] = entry
+            candidate = Candidate(entry["name"], entry["recipe"], None, entry["session"])
+            if old.get("error"):
+                candidate.fail(old.get("stage") or "build", old["error"])
+                candidate.skipped = old["status"] == "skipped"
+            else:
+                candidate.path = bundle / (
+                    ORIGINAL_FILE
+                    if candidate.name == ORIGINAL
+                    else f"candidates/{candidate.name}.onnx"
+                )
+                self.estimates[candidate.name] = _estimates(entry, measured)
+            candidates.append(candidate)
+        if ORIGINAL not in self.entries or ORIGINAL not in self.estimates:
+            raise UsageError(f"{self.source}: the report has no measured original")
+        self._default_accuracy_budget()
+        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        try:
+            self._decide(candidates)
+        except FileNotFoundError as exc:
+            raise UsageError(
+                f"{self.source} does not hold the chosen model ({Path(str(exc.filename)).name}): "
+                "decide from the output folder of --stage measure"
+            ) from None
+
+
+def _estimates(entry: dict[str, Any], measured: dict[str, Any]) -> dict[str, Estimate]:
+    """The timing estimates a measured report recorded (point and interval per metric)."""
+    confidence = float((measured.get("measurement") or {}).get("confidence") or 0.95)
+    rounds = int((entry.get("timing") or {}).get("rounds") or 0)
+    estimates = {}
+    for metric in TIMING_METRICS:
+        point = (entry.get("metrics") or {}).get(metric)
+        bounds = (entry.get("intervals") or {}).get(metric)
+        if point is None:
+            continue
+        low, high = bounds if bounds else (point, point)
+        estimates[metric] = Estimate(
+            float(point),
+            0.0 if low is None else float(low),
+            math.inf if high is None else float(high),
+            rounds,
+            confidence,
+        )
+    return estimates
