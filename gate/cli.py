@@ -156,17 +156,27 @@ def check(policy: Path) -> None:
     """Validate POLICY against the schema and the installed plugins; run nothing."""
     from gate.check import check_policy
     from gate.host import get_host
-    from gate.policy import load_policy
+    from gate.policy import load_policies
 
     try:
-        loaded = load_policy(policy)
-        check_policy(loaded, get_host())
+        loaded = load_policies(policy)
+        host = get_host()
+        errors: list[GateError] = []
+        for each in loaded:  # every model's problems at once, each line once
+            try:
+                check_policy(each, host)
+            except GateError as error:
+                errors.append(error)
+        if errors:
+            problems = list(dict.fromkeys(line for error in errors for line in error.lines()))
+            worst = max(errors, key=lambda error: int(error.exit_code))
+            raise type(worst)(f"{policy}: {len(problems)} problem(s)", problems)
     except GateError as error:
         _fail(error)
-    recipes = (
-        "candidates: auto" if loaded.recipes is None else f"{len(loaded.recipes)} candidate(s)"
-    )
-    click.echo(f"{policy}: OK ({recipes}, {len(loaded.budgets)} budget(s))")
+    first = loaded[0]
+    recipes = "candidates: auto" if first.recipes is None else f"{len(first.recipes)} candidate(s)"
+    models = f"{len(loaded)} models, " if first.in_suite else ""
+    click.echo(f"{policy}: OK ({models}{recipes}, {len(first.budgets)} budget(s))")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -69,7 +69,8 @@ def render(report: Mapping[str, Any], output_dir: Path) -> str:
         if model.get("verdict") == "error" or not rows:
             case = TestCase("gate run", f"onnx-gate.{name}", 0.0)
             if model.get("verdict") == "error":
-                case.result = [Error(str(model.get("message") or "error"), "error")]
+                errors = model.get("errors") or [model.get("message") or "error"]
+                case.result = [Error(str(errors[0]), "error")]
                 case.result[0].text = "\n".join(model.get("errors") or [])
             suite.add_testcase(case)
         suite.update_statistics()

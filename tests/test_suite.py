@@ -1,0 +1,202 @@
+"""Many models, many runners: a policy with several models, --shard K/N, merge, and
+compare with regression budgets (pull request against main)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from conftest import load_report
+
+FAST = {"candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}]}
+
+
+def _suite_policy(case, models: list[dict], **extra) -> Path:
+    body = {**FAST, **extra}
+    path = case.write_policy(body)
+    document = path.read_text().replace(f"model:\n  path: {case.model.name}\n", "")
+    models_yaml = "models:\n" + "".join(
+        "  - " + json.dumps(model) + "\n" for model in models
+    )  # JSON is YAML: one flow mapping per line
+    path.write_text(models_yaml + document)
+    return path
+
+
+def _models(case, names: list[str], failing: str | None = None) -> list[dict]:
+    models = []
+    for name in names:
+        model: dict = {"name": name, "path": case.model.name}
+        if name == failing:
+            model["budgets"] = [{"metric": "size_mb", "max": 0.0001}]
+        models.append(model)
+    return models
+
+
+def test_a_policy_with_several_models_gates_each_and_gives_one_verdict(
+    classifier, gate_cli, tmp_path
+):
+    from junitparser import JUnitXml
+
+    policy = _suite_policy(
+        classifier, _models(classifier, ["alpha", "beta", "gamma"], failing="beta"),
+        budgets=[{"metric": "top1_agreement", "min": 0.9}],
+    )  # fmt: skip
+    assert gate_cli("check", policy).exit_code == 0
+    out = tmp_path / "out"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 1
+    report = load_report(out)
+    assert report["kind"] == "suite" and report["verdict"] == "fail"
+    assert [(m["name"], m["verdict"]) for m in report["models"]] == [
+        ("alpha", "pass"), ("beta", "fail"), ("gamma", "pass"),
+    ]  # fmt: skip
+    assert report["message"] == "3 model(s): 1 fail, 2 pass (beta)"
+    for name in ("alpha", "beta", "gamma"):
+        assert load_report(out / "models" / name)["name"] == name
+    assert (out / "models/alpha/model.onnx").is_file()
+    # beta's own budgets replaced the policy's: its row points at its own line.
+    [beta_row] = [row for row in report["budgets"] if row["model"] == "beta"][:1]
+    lines = policy.read_text().splitlines()
+    assert "beta" in lines[beta_row["line"] - 1] and beta_row["status"] == "fail"
+    xml = JUnitXml.fromfile(str(out / "junit.xml"))
+    assert [s.name for s in xml] == ["onnx-gate.alpha", "onnx-gate.beta", "onnx-gate.gamma"]
+    assert xml.failures == 1
+    assert "beta: fail (error): size_mb expected <= 0.0001" in result.stdout
+
+
+def test_shards_split_the_models_and_merge_gives_the_one_verdict(classifier, gate_cli, tmp_path):
+    names = ["m1", "m2", "m3", "m4", "m5"]
+    policy = _suite_policy(classifier, _models(classifier, names, failing="m4"))
+    shards = []
+    for index in (1, 2, 3):
+        out = tmp_path / f"shard{index}"
+        code = gate_cli("run", policy, "--shard", f"{index}/3", "-o", out, "-q").exit_code
+        report = load_report(out)
+        shards.append(out)
+        assert report["shard"]["index"] == index and report["shard"]["count"] == 3
+        assert code == (1 if "m4" in report["shard"]["models"] else 0)
+    assert [load_report(s)["shard"]["models"] for s in shards] == [
+        ["m1", "m4"],
+        ["m2", "m5"],
+        ["m3"],
+    ]
+
+    merged = tmp_path / "merged"
+    result = gate_cli("merge", *shards, "-o", merged)
+    assert result.exit_code == 1
+    report = load_report(merged)
+    assert sorted(m["name"] for m in report["models"]) == names
+    assert report["verdict"] == "fail" and "m4" in report["message"]
+    assert (merged / "models/m4/report.json").is_file() and (merged / "junit.xml").is_file()
+    assert report["counts"]["fail"] == 1
+
+    # A lost shard is never a silent pass: the models nobody gated are named.
+    incomplete = gate_cli("merge", shards[1], shards[2], "-o", tmp_path / "incomplete")
+    assert incomplete.exit_code == 3
+    partial = load_report(tmp_path / "incomplete")
+    assert any("shard(s) 1 missing: model(s) m1, m4 were not gated" in e for e in partial["errors"])
+    twice = gate_cli("merge", shards[0], shards[0], "-o", tmp_path / "twice")
+    assert twice.exit_code == 2 and "given twice" in twice.stderr
+
+
+def test_merge_combines_single_model_runs_and_refuses_duplicates(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy(FAST)
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert gate_cli("run", policy, "-o", first, "-q").exit_code == 0
+    shutil.copytree(first, second)
+    duplicate = gate_cli("merge", first, second, "-o", tmp_path / "merged")
+    assert duplicate.exit_code == 2 and "the same model appears in several inputs: model" in (
+        duplicate.stderr
+    )
+    assert gate_cli("merge", first, "-o", tmp_path / "one").exit_code == 0
+    assert load_report(tmp_path / "one")["models"][0]["name"] == "model"
+    missing = gate_cli("merge", tmp_path / "nowhere", "-o", tmp_path / "x")
+    assert missing.exit_code == 2 and "holds no report.json" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+def test_bad_shards_and_duplicate_model_names_are_usage_errors(classifier, gate_cli, tmp_path):
+    policy = _suite_policy(classifier, _models(classifier, ["same", "same"]))
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "models[1].name: 'same' is also the name of models[0]" in result.stderr
+    result = gate_cli("run", classifier.write_policy(FAST), "--shard", "3/2")
+    assert result.exit_code == 2 and "K must be between 1 and N" in result.stderr
+    result = gate_cli("run", classifier.write_policy(FAST), "--shard", "two")
+    assert result.exit_code == 2 and "--shard takes K/N" in result.stderr
+
+
+def _report_with(report: dict, **metrics: float) -> dict:
+    changed = json.loads(json.dumps(report))
+    chosen = next(c for c in changed["candidates"] if c["name"] == changed["chosen"])
+    chosen["metrics"].update(metrics)
+    return changed
+
+
+def test_compare_fails_a_regression_and_only_warns_on_another_testbed(
+    classifier, gate_cli, tmp_path
+):
+    policy = classifier.write_policy(
+        {**FAST, "budgets": [{"metric": "top1_agreement", "min": 0.5}]}
+    )
+    out = tmp_path / "main"
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    base = load_report(out)
+    chosen = next(c for c in base["candidates"] if c["name"] == base["chosen"])
+    speedup = chosen["metrics"]["speedup"]
+
+    def compare(head: dict, name: str) -> tuple[int, dict, str]:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(head))
+        result = gate_cli("compare", out, path, "-o", tmp_path / name)
+        return (
+            result.exit_code,
+            json.loads((tmp_path / name / "compare.json").read_text()),
+            (tmp_path / name / "compare.md").read_text(),
+        )
+
+    code, result, markdown = compare(_report_with(base, speedup=speedup * 0.97), "small")
+    assert code == 0 and result["failed"] == []
+    code, result, markdown = compare(_report_with(base, speedup=speedup * 0.8), "slower")
+    assert code == 1
+    assert result["failed"][0].startswith("model: speedup") and "(-20.0%)" in result["failed"][0]
+    assert "❌" in markdown and "may drop at most 5.0%" in markdown
+
+    moved = _report_with(base, speedup=speedup * 0.8)
+    moved["testbed"]["cpu"]["model"] = "Another CPU"
+    code, result, _ = compare(moved, "moved")
+    assert code == 0  # timings across testbeds: a warning, never a failure
+    assert any("testbeds differ" in w for w in result["warnings"])
+    assert any("regression (warn): model: speedup" in w for w in result["warnings"])
+    worse = _report_with(moved, top1_agreement=chosen["metrics"]["top1_agreement"] - 0.1)
+    code, result, _ = compare(worse, "worse")
+    assert code == 1 and any("top1_agreement" in line for line in result["failed"])
+
+
+def test_compare_uses_the_policys_regression_budgets(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy(
+        {**FAST, "regressions": [{"metric": "size_mb", "max_rise": 0.0}]}
+    )
+    out = tmp_path / "main"
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    base = load_report(out)
+    size = next(c for c in base["candidates"] if c["chosen"])["metrics"]["size_mb"]
+    head = tmp_path / "head.json"
+    head.write_text(json.dumps(_report_with(base, size_mb=size * 1.5, speedup=0.1)))
+    result = gate_cli("compare", out / "report.json", head, "--json")
+    assert result.exit_code == 1
+    payload = json.loads(result.stdout)
+    assert payload["regressions"] == [{"metric": "size_mb", "max_rise": 0.0, "level": "error"}]
+    assert [line.split(" ")[1] for line in payload["failed"]] == ["size_mb"]  # speedup unchecked
+
+
+def test_compare_matches_the_models_of_two_suites_by_name(classifier, gate_cli, tmp_path):
+    policy = _suite_policy(classifier, _models(classifier, ["a", "b"]))
+    base, head = tmp_path / "base", tmp_path / "head"
+    assert gate_cli("run", policy, "-o", base, "-q").exit_code == 0
+    assert gate_cli("run", policy, "--shard", "2/2", "-o", head, "-q").exit_code == 0
+    result = gate_cli("compare", base, head, "--json")
+    payload = json.loads(result.stdout)
+    assert [model["name"] for model in payload["models"]] == ["b"]
+    assert any("in the base report only: a" in w for w in payload["warnings"])
