@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, explain_budget, hookimpl
+from gate import Reporter, explain_budget, hookimpl, model_reports, write_atomic
 
 COLUMNS = [
     ("latency_ms.p50", "p50 ms", "{:.3f}"),
@@ -130,11 +130,60 @@ def _search(search: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+STATUS_ICONS = {"fail": "❌", "not_measured": "❌", "inconclusive": "❔", "waived": "🏳️"}
+
+
+def render_suite(report: Mapping[str, Any], output_dir: Path) -> str:
+    """Several models: one line each, the budgets that did not pass, then each model's
+    own summary folded."""
+    verdict = report.get("verdict", "error")
+    lines = [f"## {ICONS.get(verdict, '')} onnx-gate: {verdict.upper()}", ""]
+    shard = report.get("shard")
+    where = f" (shard {shard['index']}/{shard['count']})" if shard else ""
+    lines += [f"{report.get('message', '')}{where}", ""]
+    models = model_reports(dict(report), output_dir)
+    if models:
+        lines += [
+            "| model | verdict | chosen | speedup | budgets failed | waived |",
+            "|---|---|---|---:|---:|---:|",
+        ]
+        for model in models:
+            chosen = model.get("chosen")
+            entry = next((c for c in model.get("candidates") or [] if c.get("name") == chosen), {})
+            speedup = (entry.get("metrics") or {}).get("speedup")
+            counts = model.get("counts") or {}
+            lines.append(
+                f"| {model.get('name')} | {ICONS.get(model.get('verdict', ''), '')} "
+                f"{model.get('verdict')} | {f'`{chosen}`' if chosen else '-'} | "
+                f"{'' if speedup is None else f'{speedup:.2f}x'} | {counts.get('fail', 0)} | "
+                f"{counts.get('waived', 0)} |"
+            )
+        lines.append("")
+    missed = [
+        f"- {STATUS_ICONS[row['status']]} `{row['model']}` {row['level']}: {row['message']}"
+        for row in report.get("budgets") or []
+        if row["status"] in STATUS_ICONS and row["level"] != "off"
+    ]
+    lines += missed + ([""] if missed else [])
+    for model in models:
+        lines += [
+            f"<details><summary>{model.get('name')}: {model.get('verdict')}</summary>",
+            "",
+            render(model).replace("\n## ", "\n#### ").replace("## ", "#### ", 1),
+            "</details>",
+            "",
+        ]
+    prefixes = tuple(f"{model.get('name')}: " for model in models)
+    own = [w for w in report.get("warnings") or [] if not prefixes or not w.startswith(prefixes)]
+    lines += [f"> ⚠️ {warning}" for warning in own]  # each model's own are in its fold
+    lines += [f"> 💥 {error}" for error in report.get("errors") or []]
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
     path = output_dir / "summary.md"
-    temp = path.with_suffix(".md.tmp")
-    temp.write_text(render(report), encoding="utf-8")
-    temp.replace(path)
+    text = render_suite(report, output_dir) if report.get("kind") == "suite" else render(report)
+    write_atomic(path, text)
     return [path]
 
 

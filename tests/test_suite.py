@@ -63,6 +63,10 @@ def test_a_policy_with_several_models_gates_each_and_gives_one_verdict(
     assert [s.name for s in xml] == ["onnx-gate.alpha", "onnx-gate.beta", "onnx-gate.gamma"]
     assert xml.failures == 1
     assert "beta: fail (error): size_mb expected <= 0.0001" in result.stdout
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("## ❌ onnx-gate: FAIL")
+    assert "| beta | ❌ fail | - |" in summary and "| alpha | ✅ pass | `dyn` |" in summary
+    assert "<details><summary>beta: fail</summary>" in summary
 
 
 def test_shards_split_the_models_and_merge_gives_the_one_verdict(classifier, gate_cli, tmp_path):
