@@ -217,5 +217,24 @@ class Reporter:
     description: str = ""
     plugin: str = ""
 
+    @classmethod
+    def file(
+        cls,
+        name: str,
+        filename: str,
+        render: Callable[[Mapping[str, Any], Path], str],
+        description: str = "",
+    ) -> Reporter:
+        """A reporter writing one file, ``render(report, output_dir)``, atomically."""
+
+        def write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
+            from gate.report import write_atomic
+
+            path = output_dir / filename
+            write_atomic(path, render(report, output_dir))
+            return [path]
+
+        return cls(name, write, f"{filename}: {description}" if description else filename)
+
 
 Record = Exporter | GraphOptimizer | Quantizer | Validator | ExecutionProvider | Reporter

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl, write_atomic
+from gate import Reporter, hookimpl
 
 FILE = "codequality.json"
 SEVERITY = {
@@ -71,12 +71,10 @@ def issues(report: Mapping[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / FILE
-    write_atomic(path, json.dumps(issues(report), indent=2) + "\n")
-    return [path]
+def render(report: Mapping[str, Any], output_dir: Path) -> str:
+    return json.dumps(issues(report), indent=2) + "\n"
 
 
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("codequality", _write, f"{FILE}: budgets missed, as code-quality issues")]
+    return [Reporter.file("codequality", FILE, render, "budgets missed, as code-quality issues")]

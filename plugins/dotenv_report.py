@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl, write_atomic
+from gate import Reporter, hookimpl
 
 FILE = "gate.env"
 
@@ -33,12 +33,6 @@ def render(report: Mapping[str, Any], output_dir: Path) -> str:
     return "".join(f"{key}={_value(value)}\n" for key, value in values.items())
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / FILE
-    write_atomic(path, render(report, output_dir))
-    return [path]
-
-
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("dotenv", _write, f"{FILE}: verdict and paths as KEY=value for later jobs")]
+    return [Reporter.file("dotenv", FILE, render, "verdict and paths as KEY=value for later jobs")]

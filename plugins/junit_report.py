@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl, model_reports, write_atomic
+from gate import Reporter, hookimpl, model_reports
 
 FILE = "junit.xml"
 
@@ -82,12 +82,6 @@ def render(report: Mapping[str, Any], output_dir: Path) -> str:
     return minidom.parseString(xml.tostring()).toprettyxml(indent="  ", encoding="utf-8").decode()
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / FILE
-    write_atomic(path, render(report, output_dir))
-    return [path]
-
-
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("junit", _write, f"{FILE}: one test case per budget per model")]
+    return [Reporter.file("junit", FILE, render, "one test case per budget per model")]

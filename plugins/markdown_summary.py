@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, explain_budget, hookimpl, model_reports, write_atomic
+from gate import Reporter, explain_budget, hookimpl, model_reports
 
 COLUMNS = [
     ("latency_ms.p50", "p50 ms", "{:.3f}"),
@@ -180,13 +180,10 @@ def render_suite(report: Mapping[str, Any], output_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / "summary.md"
-    text = render_suite(report, output_dir) if report.get("kind") == "suite" else render(report)
-    write_atomic(path, text)
-    return [path]
+def _render(report: Mapping[str, Any], output_dir: Path) -> str:
+    return render_suite(report, output_dir) if report.get("kind") == "suite" else render(report)
 
 
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("markdown", _write, "summary.md: a Markdown table for CI summaries")]
+    return [Reporter.file("markdown", "summary.md", _render, "a Markdown table for CI summaries")]

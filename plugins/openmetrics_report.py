@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl, model_reports, write_atomic
+from gate import Reporter, hookimpl, model_reports
 
 FILE = "metrics.txt"
 PREFIX = "onnx_gate_"
@@ -54,12 +54,6 @@ def render(report: Mapping[str, Any], output_dir: Path) -> str:
     return generate_latest(registry).decode("utf-8")
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / FILE
-    write_atomic(path, render(report, output_dir))
-    return [path]
-
-
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("openmetrics", _write, f"{FILE}: the chosen model's metrics (OpenMetrics)")]
+    return [Reporter.file("openmetrics", FILE, render, "the chosen model's metrics (OpenMetrics)")]

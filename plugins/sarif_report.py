@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, __version__, hookimpl, write_atomic
+from gate import Reporter, __version__, hookimpl
 
 FILE = "report.sarif"
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -98,12 +98,10 @@ def sarif(report: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-    path = output_dir / FILE
-    write_atomic(path, json.dumps(sarif(report), indent=2) + "\n")
-    return [path]
+def render(report: Mapping[str, Any], output_dir: Path) -> str:
+    return json.dumps(sarif(report), indent=2) + "\n"
 
 
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
-    return [Reporter("sarif", _write, f"{FILE}: budgets missed, as SARIF 2.1.0 results")]
+    return [Reporter.file("sarif", FILE, render, "budgets missed, as SARIF 2.1.0 results")]
