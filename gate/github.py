@@ -517,6 +517,8 @@ def render_summary(
     gate_summary = _read_text(output_dir / "summary.md")
     if gate_summary and gate_summary.strip():
         parts.append(gate_summary.rstrip() + "\n")
+        if report and is_suite(report) and not re.search(r"(?m)^\|\s*model\s*\|", gate_summary):
+            parts.append("### Models\n\n" + _models_table(report))
     else:
         title = f"## {ICONS.get(verdict, '')} onnx-gate: {verdict.upper()}".replace("  ", " ")
         message = (report or {}).get("message") or (
@@ -556,8 +558,8 @@ def render_summary(
 
 
 def _demote_headings(text: str) -> str:
-    """Nest another document's headings under ours (``#`` -> ``####``)."""
-    return re.sub(r"(?m)^(#{1,4}) ", lambda m: "#" * min(len(m.group(1)) + 3, 6) + " ", text)
+    """Nest another document's headings under our ``###`` (``##`` -> ``####``)."""
+    return re.sub(r"(?m)^(#{1,5}) ", lambda m: "#" * min(len(m.group(1)) + 2, 6) + " ", text)
 
 
 def cap_markdown(text: str, limit: int, note: str) -> str:
@@ -662,6 +664,17 @@ def report_main(args: argparse.Namespace) -> int:
 # --- run ------------------------------------------------------------------------------
 
 
+def onnx_gate(python: str | None = None) -> list[str]:
+    """How to start onnx-gate for an interpreter: the console script beside it, else
+    ``python -m gate`` (which would prefer a ``gate`` folder in the working directory)."""
+    interpreter = python or sys.executable
+    folder = Path(interpreter).parent
+    for script in (folder / "onnx-gate", folder / "onnx-gate.exe"):
+        if script.is_file():
+            return [str(script)]
+    return [interpreter, "-m", "gate"]
+
+
 def gate_command(
     output_dir: str,
     policy: str = "",
@@ -671,7 +684,7 @@ def gate_command(
 ) -> list[str]:
     """The ``onnx-gate`` command line for the action's inputs (``args`` split like a shell
     would, never run by one; ``merge`` globs expanded to directories)."""
-    executable = [python or sys.executable, "-m", "gate"]
+    executable = onnx_gate(python)
     extra = shlex.split(extra_args)
     if merge.strip():
         directories = []
@@ -708,7 +721,8 @@ def run_main(args: argparse.Namespace) -> int:
         print(Annotation("error", str(exc)).command())
         set_outputs({"exit-code": 2, "compare-exit-code": ""})
         return 0
-    print("$ onnx-gate " + shlex.join(command[3:]), flush=True)
+    shown = command[1:] if len(command) > 1 and command[1] != "-m" else command[3:]
+    print("$ onnx-gate " + shlex.join(shown), flush=True)
     code = fenced(command)
     print(f"onnx-gate exited with {code}", flush=True)
     print("::endgroup::", flush=True)
@@ -732,7 +746,7 @@ def run_main(args: argparse.Namespace) -> int:
         else:
             compare_dir = str(Path(args.output_dir) / "compare")
             compare_code = fenced(
-                [args.python or sys.executable, "-m", "gate", "compare",
+                [*onnx_gate(args.python), "compare",
                  args.base_report, str(head), "--output-dir", compare_dir]
             )  # fmt: skip
             print(f"onnx-gate compare exited with {compare_code}", flush=True)
@@ -790,14 +804,9 @@ def pull_request_of(event_name: str, event: Mapping[str, Any]) -> PullRequest:
     if isinstance(pr, Mapping) and isinstance(pr.get("number"), int):
         head_repo = (pr.get("head") or {}).get("repo") or {}
         base_repo = (pr.get("base") or {}).get("repo") or {}
-        fork = bool(
-            head_repo.get("fork")
-            or not head_repo
-            or (
-                head_repo.get("full_name")
-                and head_repo.get("full_name") != base_repo.get("full_name")
-            )
-        )
+        # A deleted fork leaves head.repo null. (head.repo.fork is no test: a repository that
+        # is itself a fork has it set for its own branches too.)
+        fork = not head_repo or head_repo.get("full_name") != base_repo.get("full_name")
         return PullRequest(pr["number"], fork and event_name != "pull_request_target")
     issue = event.get("issue")
     if (
@@ -806,6 +815,10 @@ def pull_request_of(event_name: str, event: Mapping[str, Any]) -> PullRequest:
         and isinstance(issue.get("number"), int)
     ):
         return PullRequest(issue["number"], False)
+    if event_name.startswith("pull_request"):
+        return PullRequest(
+            None, False, "the event payload (GITHUB_EVENT_PATH) names no pull request"
+        )
     return PullRequest(None, False, f"the {event_name or 'unknown'} event is not a pull request")
 
 
