@@ -68,12 +68,20 @@ def read_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def _chosen_metrics(report: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
+def _chosen(report: Mapping[str, Any]) -> Mapping[str, Any]:
     chosen = report.get("chosen")
-    for item in report.get("candidates") or []:
-        if item.get("name") == chosen:
-            return chosen, item.get("metrics") or {}
-    return chosen, {}
+    return next((c for c in report.get("candidates") or [] if c.get("name") == chosen), {})
+
+
+def _chosen_metrics(report: Mapping[str, Any]) -> tuple[str | None, dict[str, float]]:
+    return report.get("chosen"), dict(_chosen(report).get("metrics") or {})
+
+
+def _interval(report: Mapping[str, Any], metric: str) -> tuple[float, float] | None:
+    bounds = (_chosen(report).get("intervals") or {}).get(metric)
+    if not bounds or bounds[0] is None or bounds[1] is None:
+        return None
+    return float(bounds[0]), float(bounds[1])
 
 
 def _regressions(head: Mapping[str, Any]) -> list[Regression]:
@@ -92,9 +100,19 @@ def _regressions(head: Mapping[str, Any]) -> list[Regression]:
 
 
 def check_regression(
-    regression: Regression, before: float | None, after: float | None, comparable: bool
+    regression: Regression,
+    before: float | None,
+    after: float | None,
+    comparable: bool,
+    intervals: tuple[tuple[float, float] | None, tuple[float, float] | None] = (None, None),
 ) -> dict[str, Any]:
-    """One regression budget on one metric: pass, fail or not_compared, with why."""
+    """One regression budget on one metric: pass, fail, inconclusive or not_compared.
+
+    A timing metric with confidence intervals in both reports fails only when the
+    intervals show it worse by more than allowed; a point change past the allowance
+    that the intervals do not confirm is ``inconclusive`` (a warning): two runs on a
+    shared machine differ by more than one run's interval suggests.
+    """
     level = regression.level
     note = ""
     if regression.metric in TIMING_METRICS and not comparable and level == "error":
@@ -118,11 +136,27 @@ def check_regression(
         }
     change = (after - before) / abs(before)
     worse = -change if regression.direction == "drop" else change
-    failed = worse > regression.fraction + TOLERANCE
+    status = "fail" if worse > regression.fraction + TOLERANCE else "pass"
+    base_interval, head_interval = intervals
+    if status == "fail" and base_interval and head_interval:
+        allowance = (
+            1 - regression.fraction if regression.direction == "drop" else 1 + regression.fraction
+        )
+        surely = (
+            head_interval[1] < base_interval[0] * allowance
+            if regression.direction == "drop"
+            else head_interval[0] > base_interval[1] * allowance
+        )
+        if not surely:
+            status = "inconclusive"
+            note += (
+                f" (intervals {base_interval[0]:.4g}-{base_interval[1]:.4g} and "
+                f"{head_interval[0]:.4g}-{head_interval[1]:.4g} overlap that far: not surely a regression)"
+            )
     return {
         **row,
         "change": change,
-        "status": "fail" if failed else "pass",
+        "status": status,
         "message": f"{regression.metric} {before:.6g} -> {after:.6g} ({change:+.1%}); {limit}{note}",
     }
 
@@ -140,10 +174,13 @@ def _compare_model(
             change = (after / before - 1.0) if before and after is not None else None
             rows.append({"metric": metric, "base": before, "head": after, "change": change})
     checked = [
-        check_regression(r, base_metrics.get(r.metric), head_metrics.get(r.metric), comparable)
+        check_regression(
+            r, base_metrics.get(r.metric), head_metrics.get(r.metric), comparable,
+            (_interval(base, r.metric), _interval(head, r.metric)),
+        )
         for r in regressions
         if r.level != "off"
-    ]
+    ]  # fmt: skip
     return {
         "name": head.get("name") or base.get("name"),
         "base": {
@@ -199,7 +236,7 @@ def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any
         f"{model['name']}: {row['message']}"
         for model in models
         for row in model["regressions"]
-        if row["status"] == "fail" and row["level"] == "warn"
+        if (row["status"] == "fail" and row["level"] == "warn") or row["status"] == "inconclusive"
     ]
     code = ExitCode.BUDGET_FAILED if failed else ExitCode.PASS
     result = {
@@ -232,9 +269,9 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             lines.append(f"| {row['metric']} | {cells[0]} | {cells[1]} | {change} |")
         lines.append("")
         for row in model["regressions"]:
-            if row["status"] == "fail":
-                mark = "❌" if row["level"] == "error" else "⚠️"
-                lines.append(f"- {mark} {row['message']}")
+            if row["status"] in ("fail", "inconclusive"):
+                failed = row["status"] == "fail" and row["level"] == "error"
+                lines.append(f"- {'❌' if failed else '⚠️'} {row['message']}")
         lines.append("")
     lines += [f"> ⚠️ {warning}" for warning in result["warnings"]]
     return "\n".join(lines).rstrip() + "\n"

@@ -131,10 +131,17 @@ def test_bad_shards_and_duplicate_model_names_are_usage_errors(classifier, gate_
     assert result.exit_code == 2 and "--shard takes K/N" in result.stderr
 
 
-def _report_with(report: dict, **metrics: float) -> dict:
+def _report_with(report: dict, move_intervals: bool = True, **metrics: float) -> dict:
+    """The report with the chosen candidate's metrics changed (and their intervals moved
+    by the same factor, unless told not to)."""
     changed = json.loads(json.dumps(report))
     chosen = next(c for c in changed["candidates"] if c["name"] == changed["chosen"])
-    chosen["metrics"].update(metrics)
+    for metric, value in metrics.items():
+        factor = value / chosen["metrics"][metric]
+        chosen["metrics"][metric] = value
+        interval = chosen["intervals"].get(metric)
+        if interval and move_intervals:
+            chosen["intervals"][metric] = [bound * factor for bound in interval]
     return changed
 
 
@@ -166,6 +173,13 @@ def test_compare_fails_a_regression_and_only_warns_on_another_testbed(
     assert code == 1
     assert result["failed"][0].startswith("model: speedup") and "(-20.0%)" in result["failed"][0]
     assert "❌" in markdown and "may drop at most 5.0%" in markdown
+    # Past the allowance by its point, but the two runs' intervals overlap that far.
+    chosen["intervals"]["speedup"] = [speedup * 0.5, speedup * 1.5]  # the head's (in memory)
+    wide = _report_with(base, move_intervals=False, speedup=speedup * 0.9)
+    code, result, markdown = compare(wide, "wide")
+    assert code == 0 and result["failed"] == []
+    assert any("not surely a regression" in w for w in result["warnings"])
+    assert "⚠️ speedup" in markdown
 
     moved = _report_with(base, speedup=speedup * 0.8)
     moved["testbed"]["cpu"]["model"] = "Another CPU"
