@@ -236,7 +236,7 @@ def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None
 def compare(base: Path, head: Path, as_json: bool, output_dir: Path | None) -> None:
     """Compare two reports (BASE, e.g. main's, and HEAD; report.json files or output
     folders) and check the regression budgets (the policy's `regressions`, else: speedup
-    may fall at most 5%, accuracy may not fall). Timing regressions only warn when the
+    may fall at most 5%, labelled accuracy may not fall). Timing regressions only warn when the
     testbeds differ."""
     from gate.compare import compare_reports, read_report, write_comparison
 

@@ -2,7 +2,7 @@
 comparison is fair at all (same testbed), and whether a regression budget is broken.
 
 Regression budgets come from the head report (the policy's ``regressions``), or the
-defaults: speedup may fall at most 5%, accuracy metrics may not fall, and the median
+defaults: speedup may fall at most 5%, labelled accuracy may not fall, and the median
 latency may rise at most 10% (a warning). Timings from different testbeds are not
 comparable: their regressions are reported as warnings, never failures.
 """
