@@ -233,15 +233,40 @@ def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None
     type=click.Path(file_okay=False, path_type=Path),
     help="Also write compare.json and compare.md (Markdown) here.",
 )
-def compare(base: Path, head: Path, as_json: bool, output_dir: Path | None) -> None:
+@click.option(
+    "--side-by-side/--no-side-by-side",
+    default=True,
+    show_default=True,
+    help="When both folders hold their chosen model.onnx, time the two against each other "
+    "here in one paired block and judge timing regressions on that ratio.",
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="Timing time per model for --side-by-side.",
+)
+def compare(
+    base: Path,
+    head: Path,
+    as_json: bool,
+    output_dir: Path | None,
+    side_by_side: bool,
+    seconds: float,
+) -> None:
     """Compare two reports (BASE, e.g. main's, and HEAD; report.json files or output
     folders) and check the regression budgets (the policy's `regressions`, else: speedup
-    may fall at most 5%, labelled accuracy may not fall). Timing regressions only warn when the
-    testbeds differ."""
+    may fall at most 5%, labelled accuracy may not fall). Two runs on a shared machine differ
+    by more than either run's noise, so when both folders hold their chosen model.onnx the two
+    models are timed side by side here and timing regressions are judged on that ratio;
+    otherwise on both reports' intervals, and only as warnings when the testbeds differ."""
     from gate.compare import compare_reports, read_report, write_comparison
 
     try:
-        result = compare_reports(read_report(base), read_report(head))
+        result = compare_reports(
+            read_report(base), read_report(head), seconds if side_by_side else None
+        )
         if output_dir is not None:
             write_comparison(result, output_dir)
     except GateError as error:
@@ -258,6 +283,13 @@ def compare(base: Path, head: Path, as_json: bool, output_dir: Path | None) -> N
             f"{model['name']}: base {model['base']['verdict']} ({model['base']['chosen']}), "
             f"head {model['head']['verdict']} ({model['head']['chosen']})"
         )
+        paired = model.get("side_by_side") or {}
+        if "speedup" in paired:
+            low, high = paired["interval"]
+            click.echo(
+                f"  side by side: the head's model runs at {paired['speedup']:.3f}x the base's "
+                f"speed (95% interval {low:.3f}-{high:.3f}, {paired['rounds']} rounds)"
+            )
         for row in model["metrics"]:
             change = "" if row["change"] is None else f" ({row['change']:+.1%})"
             click.echo(f"  {row['metric']:<18} {row['base']!s:>24} -> {row['head']!s:<24}{change}")

@@ -161,8 +161,109 @@ def check_regression(
     }
 
 
+def _chosen_model(report: Mapping[str, Any]) -> Path | None:
+    """The chosen model.onnx beside a report, if it is there and is the one it recorded."""
+    output = report.get("output_model") or {}
+    if not output.get("path"):
+        return None
+    path = Path(str(report.get("_folder", "."))) / output["path"]
+    if not path.is_file():
+        return None
+    from gate.load import file_sha256
+
+    return path if file_sha256(path) == output.get("sha256") else None
+
+
+def side_by_side(
+    base: Mapping[str, Any], head: Mapping[str, Any], seconds: float
+) -> dict[str, Any]:
+    """Time the two chosen models against each other in one paired block on this machine.
+
+    Two runs on a shared runner differ by more than either run's own noise; one block of
+    alternating runs of both models does not (the relative strategy of benchmarking CI).
+    ``speedup`` is how much faster the head's model runs than the base's.
+    """
+    import numpy as np
+
+    from gate.measure import time_pair, timing_estimates
+    from gate.policy import MeasureSettings
+    from gate.runtime import Target, make_session
+
+    paths = [_chosen_model(base), _chosen_model(head)]
+    if None in paths:
+        which = "base" if paths[0] is None else "head"
+        return {"error": f"the {which} folder does not hold its chosen model.onnx"}
+    inputs = [
+        [(i["name"], i["dtype"], tuple(i["shape"])) for i in (r.get("model") or {}).get("inputs") or []]
+        for r in (base, head)
+    ]  # fmt: skip
+    if not inputs[1] or inputs[0] != inputs[1]:
+        return {"error": "the two models take different inputs: they cannot be timed on one feed"}
+    rng = np.random.default_rng(0)
+    feed = {}
+    for name, dtype, shape in inputs[1]:
+        kind = np.dtype(dtype)
+        feed[name] = (
+            rng.integers(0, 10, size=shape).astype(kind)
+            if np.issubdtype(kind, np.integer) or kind == np.bool_
+            else rng.standard_normal(size=shape).astype(kind)
+        )
+    described = head.get("target") or {}
+    threads = described.get("intra_op_threads")
+    target = Target(
+        str(described.get("ort_provider") or "CPUExecutionProvider"),
+        dict(described.get("provider_options") or {}),
+        threads if isinstance(threads, int) else 0,
+    )
+    sessions = [
+        make_session(path, (report.get("output_model") or {}).get("session") or {}, target)
+        for path, report in zip(paths, (base, head), strict=True)
+    ]
+    settings = MeasureSettings(max_seconds=seconds, min_seconds=seconds, max_runs=1_000_000)
+    timing = time_pair(sessions[0], sessions[1], feed, settings)
+    speedup = timing_estimates(
+        timing.candidate_ms, (timing.original_turns, timing.candidate_turns), 1, None
+    )["speedup"]
+    return {
+        "speedup": speedup.point,
+        "interval": [speedup.low, speedup.high],
+        "rounds": len(timing.candidate_turns),
+        "seconds": seconds,
+        "input": "synthetic (standard normal floats, integers in [0, 10))",
+    }
+
+
+def check_side_by_side(regression: Regression, paired: Mapping[str, Any]) -> dict[str, Any]:
+    """A timing regression judged on the side-by-side ratio: the head's model may be at most
+    ``fraction`` slower (drop of speed, or rise of latency) than the base's."""
+    ratio, (low, high) = paired["speedup"], paired["interval"]
+    floor = (
+        1 - regression.fraction if regression.direction == "drop" else 1 / (1 + regression.fraction)
+    )
+    status = "fail" if high < floor else "inconclusive" if ratio < floor else "pass"
+    return {
+        "metric": regression.metric,
+        "direction": regression.direction,
+        "allowed": regression.fraction,
+        "level": regression.level,
+        "base": None,
+        "head": None,
+        "change": ratio - 1.0,
+        "status": status,
+        "side_by_side": True,
+        "message": (
+            f"{regression.metric}: the head's model runs at {ratio:.3f}x the base's speed, side by "
+            f"side (95% interval {low:.3f}-{high:.3f}); may {regression.direction} at most "
+            f"{regression.fraction:.1%}"
+        ),
+    }
+
+
 def _compare_model(
-    base: Mapping[str, Any], head: Mapping[str, Any], regressions: Sequence[Regression]
+    base: Mapping[str, Any],
+    head: Mapping[str, Any],
+    regressions: Sequence[Regression],
+    retime: float | None = None,
 ) -> dict[str, Any]:
     comparable = not differences(base.get("testbed"), head.get("testbed"))
     base_name, base_metrics = _chosen_metrics(base)
@@ -173,8 +274,11 @@ def _compare_model(
             before, after = base_metrics.get(metric), head_metrics.get(metric)
             change = (after / before - 1.0) if before and after is not None else None
             rows.append({"metric": metric, "base": before, "head": after, "change": change})
+    paired = side_by_side(base, head, retime) if retime else None
     checked = [
-        check_regression(
+        check_side_by_side(r, paired)
+        if paired and "speedup" in paired and r.metric in TIMING_METRICS
+        else check_regression(
             r, base_metrics.get(r.metric), head_metrics.get(r.metric), comparable,
             (_interval(base, r.metric), _interval(head, r.metric)),
         )
@@ -195,13 +299,18 @@ def _compare_model(
         },
         "metrics": rows,
         "regressions": checked,
+        "side_by_side": paired,
     }
 
 
-def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any]:
+def compare_reports(
+    base: dict[str, Any], head: dict[str, Any], retime: float | None = None
+) -> dict[str, Any]:
     """Every model in both reports side by side, with the regression budgets checked.
 
-    Suite reports (several models) are matched by model name.
+    Suite reports (several models) are matched by model name. With ``retime`` (seconds),
+    the two chosen models are also timed against each other here, and timing
+    regressions are judged on that ratio rather than on two separate runs.
     """
     warnings = [
         f"testbeds differ, so timings are not comparable: {line}"
@@ -225,7 +334,14 @@ def compare_reports(base: dict[str, Any], head: dict[str, Any]) -> dict[str, Any
             warnings.append(f"not in the base report (nothing to compare): {', '.join(new)}")
         if gone:
             warnings.append(f"in the base report only: {', '.join(gone)}")
-    models = [_compare_model(b, h, regressions) for b, h in pairs]
+    models = [_compare_model(b, h, regressions, retime) for b, h in pairs]
+    for model in models:
+        paired = model["side_by_side"]
+        if paired and "error" in paired:
+            warnings.append(
+                f"{model['name']}: not timed side by side ({paired['error']}): timings compared "
+                "report against report"
+            )
     failed = [
         f"{model['name']}: {row['message']}"
         for model in models
@@ -263,11 +379,19 @@ def render_markdown(result: Mapping[str, Any]) -> str:
             "| metric | base | head | change |",
             "|---|---:|---:|---:|",
         ]
+        paired = model.get("side_by_side") or {}
         for row in model["metrics"]:
             change = "" if row["change"] is None else f"{row['change']:+.1%}"
             cells = ["-" if row[key] is None else f"{row[key]:.4g}" for key in ("base", "head")]
             lines.append(f"| {row['metric']} | {cells[0]} | {cells[1]} | {change} |")
         lines.append("")
+        if "speedup" in paired:
+            low, high = paired["interval"]
+            lines += [
+                f"Timed side by side here ({paired['rounds']} rounds): the head's model runs at "
+                f"**{paired['speedup']:.3f}x** the base's speed (95% interval {low:.3f}-{high:.3f}).",
+                "",
+            ]
         for row in model["regressions"]:
             if row["status"] in ("fail", "inconclusive"):
                 failed = row["status"] == "fail" and row["level"] == "error"

@@ -222,3 +222,44 @@ def test_compare_matches_the_models_of_two_suites_by_name(classifier, gate_cli, 
     payload = json.loads(result.stdout)
     assert [model["name"] for model in payload["models"]] == ["b"]
     assert any("in the base report only: a" in w for w in payload["warnings"])
+
+
+def test_compare_times_the_two_chosen_models_side_by_side(gate_cli, tmp_path):
+    from importlib.resources import files
+
+    demo = files("gate.demo")
+    for name in ("classifier.onnx", "calibration.npz", "validation.npz", "labels.npy"):
+        (tmp_path / name).write_bytes(demo.joinpath(name).read_bytes())
+    policy = {
+        "version": 1,
+        "model": {"path": "classifier.onnx"},
+        "inputs": {"x": {"shape": [1, 256]}},
+        "data": {"validation": "validation.npz", "labels": "labels.npy"},
+        "measure": {"max_seconds": 1, "memory": False},
+    }
+    fast = {**policy, "candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}]}
+    slow = {**policy, "candidates": [{"name": "off", "graph": {"level": "disabled"}}]}
+    (tmp_path / "fast.yaml").write_text(json.dumps(fast))
+    (tmp_path / "slow.yaml").write_text(json.dumps(slow))
+    main, pull = tmp_path / "main", tmp_path / "pull"
+    assert gate_cli("run", tmp_path / "fast.yaml", "-o", main, "-q").exit_code == 0
+    assert gate_cli("run", tmp_path / "slow.yaml", "-o", pull, "-q").exit_code == 0
+    assert load_report(main)["chosen"] == "dyn" and load_report(pull)["chosen"] == "original"
+
+    # main shipped the dynamic int8 model, the pull request ships the float one: slower.
+    result = gate_cli("compare", main, pull, "--seconds", "2", "--json")
+    payload = json.loads(result.stdout)
+    [model] = payload["models"]
+    assert model["side_by_side"]["speedup"] < 0.9 and model["side_by_side"]["rounds"] > 100
+    speed = next(r for r in model["regressions"] if r["metric"] == "speedup")
+    assert speed["side_by_side"] and speed["status"] == "fail"
+    assert result.exit_code == 1
+    # The other way round the head is faster: no regression.
+    result = gate_cli("compare", pull, main, "--seconds", "2")
+    assert result.exit_code == 0 and "side by side: the head's model runs at" in result.stdout
+    # Without the models beside the reports, the reports' own figures are compared.
+    result = gate_cli("compare", main / "report.json", pull, "--no-side-by-side", "--json")
+    speed = next(
+        r for r in json.loads(result.stdout)["models"][0]["regressions"] if r["metric"] == "speedup"
+    )
+    assert "side_by_side" not in speed

@@ -271,7 +271,7 @@ def test_compare_warns_when_testbeds_differ(classifier, gate_cli, tmp_path):
         == 0
     )
     base = out / "report.json"
-    same = gate_cli("compare", base, base, "--json")
+    same = gate_cli("compare", base, base, "--json", "--no-side-by-side")
     assert same.exit_code == 0
     assert json.loads(same.stdout)["warnings"] == []
     head_report = json.loads(base.read_text())
