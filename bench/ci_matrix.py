@@ -15,7 +15,9 @@ as a CI job would:
 3. **stages**: `--stage build`, then `--stage measure --from`;
 4. **compare**: the one-job report against the merged one - the same commit on the
    same machine twice, so every regression it reports is noise: how many the
-   interval rule calls `inconclusive` and how many a point-only rule would fail.
+   interval rule calls `inconclusive` and how many a point-only rule would fail;
+   then the same over every pair of several runs of the bundled demo, a model of
+   tens of microseconds, where run-to-run noise is largest.
 
 Prints Markdown tables for bench/RESULTS.md.
 """
@@ -104,6 +106,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=DEFAULT_MODELS)
     parser.add_argument("--max-seconds", type=float, default=2.0)
+    parser.add_argument("--demo-runs", type=int, default=5)
     args = parser.parse_args()
     missing = [n for n in args.only if not (BENCH / "out" / n / "policy.yaml").is_file()]
     if missing:
@@ -162,19 +165,60 @@ def main() -> None:
     print(f"\nMerged junit.xml: {tests} test cases, {failed} failed or errored.\n")
     print(
         "| model | chosen (run 1 -> run 2) | speedup run 1 | run 2 | change | "
-        "compare (intervals) | point-only rule |\n|---|---|---:|---:|---:|---|---|"
+        "compare (intervals) | point-only rule | p50 latency change |"
+        "\n|---|---|---:|---:|---:|---|---|---:|"
     )
     for model in comparison["models"]:
         row = next((r for r in model["regressions"] if r["metric"] == "speedup"), None)
         if row is None or row["change"] is None:
             continue
         point_only = "fail" if -row["change"] > row["allowed"] else "pass"
+        latency = next((m for m in model["metrics"] if m["metric"] == "latency_ms.p50"), {})
+        drift = "" if latency.get("change") is None else f"{latency['change']:+.1%}"
         print(
             f"| {model['name']} | {model['base']['chosen']} -> {model['head']['chosen']} | "
             f"{row['base']:.3f} | {row['head']:.3f} | {row['change']:+.1%} | {row['status']} | "
-            f"{point_only} |"
+            f"{point_only} | {drift} |"
         )
     print(f"\ncompare exit code: {compared.returncode} (same commit, same machine: 0 expected)")
+    demo_pairs(work, args.demo_runs)
+
+
+def demo_pairs(work: Path, runs: int) -> None:
+    """The bundled demo (a model of tens of microseconds) run several times, every pair
+    compared: where run-to-run noise is largest, what each rule would have failed."""
+    import itertools
+
+    folders = [work / f"demo{index}" for index in range(1, runs + 1)]
+    for folder in folders:
+        gate("demo", "--quiet", "-o", str(folder))
+    counts = {"pairs": 0, "point-only rule fails": 0, "interval rule fails": 0,
+              "side-by-side fails": 0}  # fmt: skip
+    changes, ratios = [], []
+    for base, head in itertools.combinations(folders, 2):
+        rows = {}
+        for mode in ("--no-side-by-side", "--side-by-side"):
+            done = subprocess.run(
+                ["onnx-gate", "compare", str(base), str(head), "--json", mode, "--seconds", "3"],
+                capture_output=True,
+                text=True,
+            )
+            model = json.loads(done.stdout)["models"][0]
+            rows[mode] = next(r for r in model["regressions"] if r["metric"] == "speedup")
+            if mode == "--side-by-side":
+                ratios.append(model["side_by_side"]["speedup"])
+        reports = rows["--no-side-by-side"]
+        counts["pairs"] += 1
+        changes.append(reports["change"])
+        counts["point-only rule fails"] += -reports["change"] > reports["allowed"]
+        counts["interval rule fails"] += reports["status"] == "fail"
+        counts["side-by-side fails"] += rows["--side-by-side"]["status"] == "fail"
+    print(
+        f"\nBundled demo, {runs} runs, every pair compared (same commit): the reports' speedups "
+        f"change {min(changes):+.1%} to {max(changes):+.1%}; the chosen models side by side "
+        f"{min(ratios):.3f}x to {max(ratios):.3f}x; "
+        + ", ".join(f"{key} {value}" for key, value in counts.items())
+    )
 
 
 if __name__ == "__main__":

@@ -316,9 +316,9 @@ def test_compare_job_fetches_the_base_report_and_tolerates_its_absence() -> None
     assert job["variables"]["ONNX_GATE_BASE_JOB"] == "onnx-gate-run"
     script = script_text(job)
     assert (
-        "$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/$ref/raw/$head"
-        "?job=$ONNX_GATE_BASE_JOB"
+        "$CI_API_V4_URL/projects/$CI_PROJECT_ID/jobs/artifacts/$ref/raw/$ONNX_GATE_OUTPUT_DIR"
     ) in script
+    assert 'for name in ("report.json", "model.onnx")' in script
     assert 'ref="${CI_MERGE_REQUEST_TARGET_BRANCH_NAME:-$CI_DEFAULT_BRANCH}"' in script
     assert '"JOB-TOKEN"' in script and "CI_JOB_TOKEN" in script
     assert 'onnx-gate compare "$base" "$head" --output-dir "$ONNX_GATE_COMPARE_DIR"' in script
@@ -709,31 +709,32 @@ def test_local_rules(gitlab_ci_local: str, tmp_path: Path) -> None:
 
 
 class _ArtifactsApi(http.server.BaseHTTPRequestHandler):
-    """GitLab's job-artifacts API, serving one report (or none: 404)."""
+    """GitLab's job-artifacts API, serving files by name (a missing one: 404)."""
 
-    report: bytes | None = None
+    files: dict[str, bytes] = {}  # noqa: RUF012 - set per server below
     requests: list[tuple[str, str | None]] = []  # noqa: RUF012 - set per server below
 
     def do_GET(self) -> None:
         self.requests.append((self.path, self.headers.get("JOB-TOKEN")))
-        if self.report is None:
+        data = self.files.get(self.path.split("?")[0].rsplit("/", 1)[-1])
+        if data is None:
             self.send_error(404, "404 Not found")
             return
         self.send_response(200)
-        self.send_header("Content-Length", str(len(self.report)))
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(self.report)
+        self.wfile.write(data)
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 @pytest.fixture
-def artifacts_api() -> Iterator[Callable[[bytes | None], tuple[str, list[Any]]]]:
+def artifacts_api() -> Iterator[Callable[[dict[str, bytes]], tuple[str, list[Any]]]]:
     servers: list[http.server.HTTPServer] = []
 
-    def start(report: bytes | None) -> tuple[str, list[Any]]:
-        handler = type("Api", (_ArtifactsApi,), {"report": report, "requests": []})
+    def start(files: dict[str, bytes]) -> tuple[str, list[Any]]:
+        handler = type("Api", (_ArtifactsApi,), {"files": files, "requests": []})
         server = http.server.HTTPServer(("127.0.0.1", 0), handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         servers.append(server)
@@ -749,13 +750,13 @@ def artifacts_api() -> Iterator[Callable[[bytes | None], tuple[str, list[Any]]]]
 def test_local_compare_with_main(
     gitlab_ci_local: str,
     tmp_path: Path,
-    artifacts_api: Callable[[bytes | None], tuple[str, list[Any]]],
+    artifacts_api: Callable[[dict[str, bytes]], tuple[str, list[Any]]],
     base: str,
 ) -> None:
-    """The compare job downloads the target branch's report through the job-artifacts API with
-    the job token; without one (the first run) it passes with a notice."""
+    """The compare job downloads the target branch's report and model through the job-artifacts
+    API with the job token; without them (the first run) it passes with a notice."""
     policy = fast_policy(tmp_path / "policy.yaml")
-    base_report = None
+    served: dict[str, bytes] = {}
     if base in ("published", "regressed"):
         subprocess.run(
             [Path(sys.executable).parent / "onnx-gate", "run", policy, "-q", "-o", tmp_path / "b"],
@@ -771,8 +772,10 @@ def test_local_compare_with_main(
                 # main's model was surely a thousand times faster: the head's surely is not
                 entry["metrics"]["speedup"] = 1000.0
                 entry["intervals"]["speedup"] = [999.0, 1001.0]
-        base_report = json.dumps(report).encode()
-    api_url, requests = artifacts_api(base_report)
+        served["report.json"] = json.dumps(report).encode()
+        if base == "published":  # both models at hand: compare times them side by side
+            served["model.onnx"] = (tmp_path / "b" / "model.onnx").read_bytes()
+    api_url, requests = artifacts_api(served)
     pipeline = component_pipeline({"policy": str(policy), "compare": True})
     run = run_local(
         gitlab_ci_local,
@@ -790,14 +793,17 @@ def test_local_compare_with_main(
     # a regression against the base fails the job, like a missed budget
     expected = "FAIL 1" if base == "regressed" else "PASS"
     assert run.statuses["onnx-gate-compare"] == expected, run.output
-    assert len(requests) == 1
-    path, token = requests[0]
-    assert re.fullmatch(
-        r"/api/v4/projects/\d+/jobs/artifacts/main/raw/gate-report/report\.json"
-        r"\?job=onnx-gate-run",
-        path,
-    ), path
-    assert token == "job-token-for-test"
+    # report.json, then (when there is one) the model; a missing report stops there
+    assert len(requests) == (1 if base == "missing" else 2)
+    for (path, token), name in zip(requests, ("report.json", "model.onnx"), strict=False):
+        assert re.fullmatch(
+            rf"/api/v4/projects/\d+/jobs/artifacts/main/raw/gate-report/{re.escape(name)}"
+            r"\?job=onnx-gate-run",
+            path,
+        ), path
+        assert token == "job-token-for-test"
+    if base == "published":
+        assert "side by side: the head's model runs at" in run.output
     if base == "missing":
         assert "No base report" in run.output
         return
