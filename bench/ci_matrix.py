@@ -140,6 +140,14 @@ def main() -> None:
         text=True,
     )
     comparison = json.loads(compared.stdout)
+    by_reports = json.loads(
+        subprocess.run(
+            ["onnx-gate", "compare", str(out["single"]), str(out["merged"]), "--json",
+             "--no-side-by-side"],
+            capture_output=True,
+            text=True,
+        ).stdout
+    )  # fmt: skip
 
     import onnxruntime
 
@@ -165,20 +173,27 @@ def main() -> None:
     print(f"\nMerged junit.xml: {tests} test cases, {failed} failed or errored.\n")
     print(
         "| model | chosen (run 1 -> run 2) | speedup run 1 | run 2 | change | "
-        "compare (intervals) | point-only rule | p50 latency change |"
-        "\n|---|---|---:|---:|---:|---|---|---:|"
+        "point-only rule | intervals rule | p50 latency change | side by side (95% interval) | "
+        "side-by-side rule |\n|---|---|---:|---:|---:|---|---|---:|---:|---|"
     )
-    for model in comparison["models"]:
-        row = next((r for r in model["regressions"] if r["metric"] == "speedup"), None)
-        if row is None or row["change"] is None:
+    for model, reports in zip(comparison["models"], by_reports["models"], strict=True):
+        row = next(r for r in reports["regressions"] if r["metric"] == "speedup")
+        paired = next(r for r in model["regressions"] if r["metric"] == "speedup")
+        if row["change"] is None:
             continue
         point_only = "fail" if -row["change"] > row["allowed"] else "pass"
         latency = next((m for m in model["metrics"] if m["metric"] == "latency_ms.p50"), {})
         drift = "" if latency.get("change") is None else f"{latency['change']:+.1%}"
+        side = model.get("side_by_side") or {}
+        ratio = (
+            f"{side['speedup']:.3f}x ({side['interval'][0]:.3f}-{side['interval'][1]:.3f})"
+            if "speedup" in side
+            else side.get("error", "")[:60]
+        )
         print(
             f"| {model['name']} | {model['base']['chosen']} -> {model['head']['chosen']} | "
-            f"{row['base']:.3f} | {row['head']:.3f} | {row['change']:+.1%} | {row['status']} | "
-            f"{point_only} | {drift} |"
+            f"{row['base']:.3f} | {row['head']:.3f} | {row['change']:+.1%} | {point_only} | "
+            f"{row['status']} | {drift} | {ratio} | {paired['status']} |"
         )
     print(f"\ncompare exit code: {compared.returncode} (same commit, same machine: 0 expected)")
     demo_pairs(work, args.demo_runs)
@@ -207,6 +222,12 @@ def demo_pairs(work: Path, runs: int) -> None:
             rows[mode] = next(r for r in model["regressions"] if r["metric"] == "speedup")
             if mode == "--side-by-side":
                 ratios.append(model["side_by_side"]["speedup"])
+                if rows[mode]["status"] != "pass":
+                    low, high = model["side_by_side"]["interval"]
+                    print(
+                        f"side by side {rows[mode]['status']}: {model['base']['chosen']} -> "
+                        f"{model['head']['chosen']} at {ratios[-1]:.3f}x ({low:.3f}-{high:.3f})"
+                    )
         reports = rows["--no-side-by-side"]
         counts["pairs"] += 1
         changes.append(reports["change"])

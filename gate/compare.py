@@ -3,8 +3,9 @@ comparison is fair at all (same testbed), and whether a regression budget is bro
 
 Regression budgets come from the head report (the policy's ``regressions``), or the
 defaults: speedup may fall at most 5%, labelled accuracy may not fall, and the median
-latency may rise at most 10% (a warning). Timings from different testbeds are not
-comparable: their regressions are reported as warnings, never failures.
+latency may rise at most 10% (a warning). Timing regressions fail only when both chosen
+models are at hand and timed side by side here; from two separate reports they are
+warnings.
 """
 
 from __future__ import annotations
@@ -106,17 +107,27 @@ def check_regression(
     comparable: bool,
     intervals: tuple[tuple[float, float] | None, tuple[float, float] | None] = (None, None),
 ) -> dict[str, Any]:
-    """One regression budget on one metric: pass, fail, inconclusive or not_compared.
+    """One regression budget on one metric, report against report: pass, fail,
+    inconclusive or not_compared.
 
     A timing metric with confidence intervals in both reports fails only when the
-    intervals show it worse by more than allowed; a point change past the allowance
-    that the intervals do not confirm is ``inconclusive`` (a warning): two runs on a
-    shared machine differ by more than one run's interval suggests.
+    intervals show it worse by more than allowed, and a point change past the allowance
+    that they do not confirm is ``inconclusive``. Either way a timing regression found
+    this way is a warning: two runs on a shared machine differ by more than either run's
+    interval suggests. Only :func:`check_side_by_side` fails on timing.
     """
     level = regression.level
     note = ""
-    if regression.metric in TIMING_METRICS and not comparable and level == "error":
-        level, note = "warn", " (testbeds differ: a warning only)"
+    if regression.metric in TIMING_METRICS and level == "error":
+        # Two separate runs differ by more than either's intervals say (bench/RESULTS.md:
+        # 3 of 15 same-commit pairs of the demo "regressed"): only side by side may fail.
+        level = "warn"
+        note = (
+            " (testbeds differ: a warning only)"
+            if not comparable
+            else " (two separate runs: a warning only; with both chosen models at hand they "
+            "are timed side by side)"
+        )
     row: dict[str, Any] = {
         "metric": regression.metric,
         "direction": regression.direction,
@@ -194,7 +205,7 @@ def side_by_side(
         which = "base" if paths[0] is None else "head"
         return {"error": f"the {which} folder does not hold its chosen model.onnx"}
     inputs = [
-        [(i["name"], i["dtype"], tuple(i["shape"])) for i in (r.get("model") or {}).get("inputs") or []]
+        [(i["name"], i["dtype"], tuple(i.get("shape") or ())) for i in (r.get("model") or {}).get("inputs") or []]
         for r in (base, head)
     ]  # fmt: skip
     if not inputs[1] or inputs[0] != inputs[1]:
@@ -274,7 +285,13 @@ def _compare_model(
             before, after = base_metrics.get(metric), head_metrics.get(metric)
             change = (after / before - 1.0) if before and after is not None else None
             rows.append({"metric": metric, "base": before, "head": after, "change": change})
-    paired = side_by_side(base, head, retime) if retime else None
+    paired = None
+    if retime:
+        try:
+            paired = side_by_side(base, head, retime)
+        except Exception as exc:  # a model that no longer loads or runs here: say so, go on
+            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            paired = {"error": f"timing them failed: {type(exc).__name__}: {first}"}
     checked = [
         check_side_by_side(r, paired)
         if paired and "speedup" in paired and r.metric in TIMING_METRICS

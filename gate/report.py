@@ -71,13 +71,17 @@ def new_report(policy_path: Path, name: str | None = None) -> dict[str, Any]:
 
 
 def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, Any]]:
-    """The per-model reports behind a report: itself, or a suite's models (read from disk)."""
+    """The per-model reports behind a report: itself, or a suite's models (read from disk,
+    each with ``_folder``, where it was read from)."""
     if report.get("kind") != SUITE:
         return [report]
     loaded = []
     for model in report.get("models") or []:
         try:
-            loaded.append(json.loads((output_dir / model["dir"] / REPORT_FILE).read_text()))
+            folder = output_dir / model["dir"]
+            loaded.append(
+                {**json.loads((folder / REPORT_FILE).read_text()), "_folder": str(folder)}
+            )
         except (OSError, ValueError):
             loaded.append({**model, "name": model["name"], "budgets": [], "candidates": []})
     return loaded
