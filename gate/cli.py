@@ -223,7 +223,10 @@ def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None
     click.echo(f"written: {written}", err=True)
 
 
-@cli.command(epilog="Exit codes: 0 no regression, 1 a regression budget failed, 2 usage error.")
+@cli.command(
+    epilog="Exit codes: 0 no regression, 1 a regression budget failed, 2 usage error, "
+    "4 nothing could be compared (a side chose no model, or no model is in both)."
+)
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("head", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

@@ -371,7 +371,21 @@ def compare_reports(
         for row in model["regressions"]
         if (row["status"] == "fail" and row["level"] == "warn") or row["status"] == "inconclusive"
     ]
-    code = ExitCode.BUDGET_FAILED if failed else ExitCode.PASS
+    compared = [m for m in models if m["base"]["chosen"] and m["head"]["chosen"]]
+    for model in models:
+        for side in ("base", "head"):
+            if not model[side]["chosen"]:
+                warnings.append(
+                    f"{model['name']}: the {side} report chose no model (verdict "
+                    f"{model[side]['verdict']}): nothing to compare"
+                )
+    if failed:
+        code = ExitCode.BUDGET_FAILED
+    elif not compared:  # never "no regression" when nothing was compared
+        code = ExitCode.INCONCLUSIVE
+        warnings.append("no model could be compared: the verdict is inconclusive")
+    else:
+        code = ExitCode.PASS
     result = {
         "verdict": code.verdict,
         "exit_code": int(code),

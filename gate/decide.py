@@ -277,19 +277,24 @@ def budget_rows(model: str, subject: Standing | None) -> list[dict[str, Any]]:
     """One row per budget for CI (JUnit test cases, annotations, code-quality issues).
 
     The subject is the chosen candidate, or the original when nothing was chosen: the
-    model that would ship.
+    model that would ship. ``blocking`` says whether the row holds the build back, after
+    waivers and ``measure.on_inconclusive`` (warn: an undecided budget passes with a
+    warning; fail: it fails).
     """
     if subject is None:
         return []
     rows = []
     for result in subject.results:
+        budget = result.budget
+        effective = result.effective(subject.on_inconclusive)
         if result.waiver is not None:
             status = "waived"
         elif result.decision == FAIL and result.actual is None:
             status = "not_measured"
+        elif result.decision == UNDECIDED and effective == FAIL:
+            status = "fail"  # measure.on_inconclusive: fail
         else:
             status = ROW_STATUS[result.decision]
-        budget = result.budget
         rows.append(
             {
                 "model": model,
@@ -302,6 +307,7 @@ def budget_rows(model: str, subject: Standing | None) -> list[dict[str, Any]]:
                 "candidate": subject.name,
                 "actual": result.actual,
                 "status": status,
+                "blocking": budget.level == "error" and effective != PASS,
                 "message": result.explain(),
                 "waiver": result.waiver.to_json() if result.waiver else None,
             }
@@ -343,16 +349,20 @@ def waiver_summary(
 
 
 def count_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """How many budget rows ended in each status (levels off left out)."""
+    """How many budget rows ended each way, each row counted once (levels off left out):
+    pass, waived, fail (blocking), inconclusive (blocking, undecided), warn (missed but not
+    blocking: a warn-level budget, or an undecided one under on_inconclusive: warn)."""
     counts = {"budgets": 0, "pass": 0, "fail": 0, "waived": 0, "inconclusive": 0, "warn": 0}
     for row in rows:
         if row["level"] == "off":
             continue
         counts["budgets"] += 1
-        if row["status"] in ("pass", "waived", "inconclusive"):
+        if row["status"] in ("pass", "waived"):
             counts[row["status"]] += 1
-        elif row["level"] == "warn":
+        elif not row.get("blocking", row["level"] == "error"):
             counts["warn"] += 1
+        elif row["status"] == "inconclusive":
+            counts["inconclusive"] += 1
         else:
             counts["fail"] += 1
     return counts

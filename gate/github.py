@@ -311,7 +311,18 @@ def report_verdict(report: Mapping[str, Any] | None, exit_code: int) -> str:
 
 
 def warn_misses(rows: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [row for row in rows if row.get("level") == "warn" and row.get("status") == "fail"]
+    """Misses that do not hold the build back: warn-level budgets that failed, and
+    error-level ones the gate let pass (undecided under measure.on_inconclusive: warn)."""
+    return [
+        row
+        for row in rows
+        if (row.get("level") == "warn" and row.get("status") == "fail")
+        or (
+            row.get("level") == "error"
+            and row.get("blocking") is False
+            and row.get("status") in MISSED
+        )
+    ]
 
 
 def action_exit_code(
@@ -332,7 +343,7 @@ def action_exit_code(
         raise ValueError(f"fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
     if exit_code != 0:
         return exit_code
-    if fail_on == "warn" and (verdict != "pass" or warn_misses(rows)):
+    if fail_on == "warn" and (verdict not in ("pass", "pending") or warn_misses(rows)):
         return 1
     if compare_exit_code == 1:
         return 1
@@ -381,6 +392,8 @@ def annotations(
         prefix = f"{row['model']}: " if suite and row.get("model") else ""
         message = prefix + str(row.get("message") or _explain(row))
         if status in MISSED and level in ANNOTATION_LEVEL:
+            if level == "error" and row.get("blocking") is False:
+                level = "warn"  # e.g. undecided under measure.on_inconclusive: warn
             if status != "fail":
                 message += f" ({status.replace('_', ' ')})"
             if row.get("candidate"):

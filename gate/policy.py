@@ -247,6 +247,10 @@ class Policy:
     waivers: list[Waiver] = field(default_factory=list)
     in_suite: bool = False
     """True for each model of a ``models:`` policy."""
+    model_index: int | None = None
+    """Its position under ``models:``, for locations in messages."""
+    overridden: tuple[str, ...] = ()
+    """The keys its ``models[i]`` entry sets for it (inputs, data, budgets)."""
     regressions: tuple[Regression, ...] = DEFAULT_REGRESSIONS
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
 
@@ -266,7 +270,18 @@ class Policy:
     def problem(self, location: tuple[Any, ...], message: str) -> str:
         line = self.line_of(location)
         where = f"{self.path.name}:{line}" if line else self.path.name
-        return f"{where}: {format_location(location)}: {message}"
+        return f"{where}: {format_location(self.written_at(location))}: {message}"
+
+    def written_at(self, location: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Where a location of this model's settings is written in the policy file:
+        ``model.path`` of the second model of a ``models:`` policy is ``models[1].path``."""
+        if self.model_index is None or not location:
+            return location
+        if location[0] == "model":
+            return ("models", self.model_index, *location[1:])
+        if location[0] in self.overridden:
+            return ("models", self.model_index, *location)
+        return location
 
 
 @cache
@@ -384,8 +399,11 @@ def load_policies(path: str | Path) -> list[Policy]:
     path = Path(path).absolute()
     document, lines = _read_valid(path)
     policies = [_build(path, doc, doc_lines) for doc, doc_lines in _per_model(document, lines)]
-    for policy in policies:
+    for index, policy in enumerate(policies):
         policy.in_suite = "models" in document
+        if policy.in_suite:
+            policy.model_index = index
+            policy.overridden = tuple(k for k in OVERRIDES if k in document["models"][index])
     problems = []
     seen: dict[str, int] = {}
     for index, policy in enumerate(policies):
@@ -400,6 +418,22 @@ def load_policies(path: str | Path) -> list[Policy]:
             problems.append(
                 f"{path.name}:{waiver.line or '?'}: waivers[{index}].model: no model is called "
                 f"'{waiver.model}' (models: {', '.join(seen)})"
+            )
+    for index, waiver in enumerate(policies[0].waivers):
+        # A waiver that matches no budget would never apply, and nobody would be told why.
+        covered = [
+            budget
+            for policy in policies
+            if waiver.model in (None, policy.name)
+            for budget in policy.budgets
+            if waiver.budget in (budget.metric, budget.location)
+        ]
+        if not covered:
+            known = sorted({b.metric for policy in policies for b in policy.budgets})
+            problems.append(
+                f"{path.name}:{waiver.line or '?'}: waivers[{index}].budget: '{waiver.budget}' "
+                f"matches no budget{' of ' + waiver.model if waiver.model else ''} (budgets on: "
+                f"{', '.join(known) or 'none'}; or budgets[N] by position)"
             )
     if problems:
         raise PolicyError(f"{path.name}: {len(problems)} problem(s)", problems)

@@ -196,15 +196,21 @@ class StagedRun(GateRun):
         from gate.compare import read_report
 
         measured = read_report(self.source / REPORT_FILE)
+        if not (self.source / BUNDLE / BUILD_FILE).is_file() and measured.get("stage") != "build":
+            raise UsageError(
+                f"{self.source} holds no {BUNDLE}/ folder with the candidates' models: give the "
+                "output folder of --stage measure"
+            )
         if measured.get("kind") == SUITE or measured.get("stage") == "build":
             raise UsageError(
                 f"{self.source} holds no measurements of one model: "
-                "give the output folder of --stage measure (or of a whole run)"
+                "give the output folder of --stage measure"
             )
         for key in ("model", "target", "testbed", "baseline", "data", "validation"):
             self.report[key] = measured.get(key)
         for key in ("measurement", "cost", "build", "search", "build_stage"):
-            self.report[key] = measured.get(key)
+            if measured.get(key) is not None:
+                self.report[key] = measured[key]
         self.report["measured"] = {"from": str(self.source), "duration_s": measured["duration_s"]}
         self.validators = active_validators(self.policy, self.host)
         self.judged = (measured.get("validation") or {}).get("output") or ""

@@ -222,11 +222,16 @@ def merge_outputs(
     shards: dict[int, dict[str, Any]] = {}
     policies: set[str | None] = set()
     everything: list[str] = []
+    input_codes: list[int] = []
+    input_errors: list[str] = []
     for directory in directories:
         if directory.resolve() == output:
             raise UsageError(f"--output-dir {output_dir} is also an input: choose another folder")
         report = _read(directory)
+        input_codes.append(int(report.get("exit_code", ExitCode.RUNTIME_ERROR)))
         if report.get("kind") == SUITE:
+            if not report["models"]:  # a shard that failed before gating anything says why
+                input_errors += [f"{directory}: {error}" for error in report.get("errors") or []]
             policies.add(report.get("policy_sha256"))
             shard = report.get("shard")
             if shard:
@@ -262,14 +267,21 @@ def merge_outputs(
         )
     missing = [name for name in everything if name not in names]
     if counts:
-        absent = ", ".join(map(str, sorted(set(range(1, counts.pop() + 1)) - set(shards))))
+        count = counts.pop()
+        absent = sorted(set(range(1, count + 1)) - set(shards))
+        holding = [k for k in absent if set(shard_of(everything, (k, count))) & set(missing)]
         if missing:
             suite["errors"].append(
-                f"shard(s) {absent or '-'} missing: model(s) {', '.join(missing)} were not gated"
+                f"shard(s) {', '.join(map(str, holding)) or '-'} missing: model(s) "
+                f"{', '.join(missing)} were not gated"
             )
             suite["message"] = "incomplete: not every shard's output was given"
-        elif absent:
-            suite["warnings"].append(f"shard(s) {absent} not given; they held no model")
+        if set(absent) - set(holding):
+            empty = ", ".join(str(k) for k in absent if k not in holding)
+            suite["warnings"].append(f"shard(s) {empty} not given; they held no model")
+    suite["errors"] += input_errors
+    if not sources and not input_errors:
+        suite["errors"].append("no input holds a gated model: nothing was merged")
     suite["testbed"] = None
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, folder, _ in sources:
@@ -278,9 +290,14 @@ def merge_outputs(
             shutil.rmtree(target)
         shutil.copytree(folder, target, ignore=shutil.ignore_patterns(MODELS_DIR))
     summarise(suite, [(name, report) for name, _, report in sources])
-    if missing:
-        code = ExitCode.combined([suite["exit_code"], int(ExitCode.RUNTIME_ERROR)])
-        suite.update(verdict=code.verdict, exit_code=int(code))
+    # Never better than any input: a shard that failed to load its policy fails the merge.
+    codes = [suite["exit_code"], *input_codes]
+    if missing or not sources:
+        codes.append(int(ExitCode.RUNTIME_ERROR))
+    code = ExitCode.combined(codes)
+    suite.update(verdict=code.verdict, exit_code=int(code))
+    if not sources and input_errors:
+        suite["message"] = f"no model was gated: {input_errors[0]}"
     suite["environment"] = environment()
     suite["duration_s"] = round(time.perf_counter() - started, 3)
     _write_reports(suite, output_dir, host or get_host())

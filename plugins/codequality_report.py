@@ -39,7 +39,9 @@ def issues(report: Mapping[str, Any]) -> list[dict[str, Any]]:
                 f"{waiver.get('owner')}: {waiver.get('reason')})"
             )
         else:
-            severity = SEVERITY.get((row["level"], row["status"]), "")
+            # A row that does not hold the build back is reported as a warn-level one.
+            blocking = row.get("blocking", row["level"] == "error")
+            severity = SEVERITY.get(("error" if blocking else "warn", row["status"]), "")
             text = row["message"]
         if not severity:
             continue

@@ -12,7 +12,6 @@ from gate import Reporter, __version__, hookimpl
 
 FILE = "report.sarif"
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
-LEVEL = {"error": "error", "warn": "warning"}
 
 
 def sarif(report: Mapping[str, Any]) -> dict[str, Any]:
@@ -35,7 +34,7 @@ def sarif(report: Mapping[str, Any]) -> dict[str, Any]:
         )
         result: dict[str, Any] = {
             "ruleId": rule,
-            "level": LEVEL.get(row["level"], "note"),
+            "level": "error" if row.get("blocking", row["level"] == "error") else "warning",
             "message": {"text": f"{row['model']}: {row['message']} ({row['status']})"},
             "locations": [
                 {

@@ -137,7 +137,16 @@ def fragile_classifier(tmp_path: Path) -> ModelCase:
 
 
 def load_report(output_dir: Path) -> dict[str, Any]:
-    return json.loads((output_dir / "report.json").read_text())
+    """report.json of a run, checked against the report schema: every report a test
+    reads (single, suite, stage, merged, failed) must keep the contract with CI."""
+    from jsonschema import Draft202012Validator
+
+    from gate.policy import REPORT_SCHEMA, load_schema
+
+    report = json.loads((output_dir / "report.json").read_text())
+    errors = sorted(Draft202012Validator(load_schema(REPORT_SCHEMA)).iter_errors(report), key=str)
+    assert not errors, [f"{list(e.absolute_path)}: {e.message}" for e in errors[:5]]
+    return report
 
 
 def candidate(report: dict[str, Any], name: str) -> dict[str, Any]:

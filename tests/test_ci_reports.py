@@ -199,3 +199,28 @@ def test_waiver_mistakes_are_policy_errors_with_their_line(classifier, gate_cli)
     )
     result = gate_cli("check", no_owner)
     assert result.exit_code == 2 and "'owner' is a required property" in result.stderr
+
+
+def test_a_waiver_applies_through_its_expiry_day_and_must_match_a_budget(
+    classifier, gate_cli, tmp_path
+):
+    from datetime import datetime, timezone
+
+    today = datetime.now(timezone.utc).date().isoformat()
+    waiver = {"budget": "size_mb", "reason": "until tonight", "owner": "me", "expires": today}
+    _, out, result = _run(
+        classifier, gate_cli, tmp_path,
+        {"candidates": [DYNAMIC], "budgets": BUDGETS[:2], "waivers": [waiver]},
+    )  # fmt: skip
+    assert result.exit_code == 0  # the expiry day is the last day it applies
+    assert load_report(out)["waivers"][0]["status"] == "applied"
+    typo = classifier.write_policy(
+        {"budgets": BUDGETS[:2], "waivers": [{**waiver, "budget": "size_mbb"}]}
+    )
+    result = gate_cli("check", typo)
+    assert result.exit_code == 2
+    assert "waivers[0].budget: 'size_mbb' matches no budget" in result.stderr
+    beyond = classifier.write_policy(
+        {"budgets": BUDGETS[:2], "waivers": [{**waiver, "budget": "budgets[7]"}]}
+    )
+    assert "'budgets[7]' matches no budget" in gate_cli("check", beyond).stderr

@@ -120,6 +120,25 @@ def test_merge_combines_single_model_runs_and_refuses_duplicates(classifier, gat
     assert "Traceback" not in missing.stderr
 
 
+def test_a_problem_in_one_model_is_named_where_it_is_written(classifier, gate_cli, tmp_path):
+    models = _models(classifier, ["good", "bad"])
+    models[1]["path"] = "missing.onnx"
+    models[1]["budgets"] = [{"metric": "size_mbx", "max": 1}]
+    policy = _suite_policy(classifier, models)
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert any("models[1].path: file not found" in line for line in lines)
+    assert any("models[1].budgets[0].metric: unknown metric 'size_mbx'" in line for line in lines)
+    # run gates the good model and reports the bad one: nothing is lost, exit 2 overall
+    result = gate_cli("run", policy, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 2
+    report = load_report(tmp_path / "out")
+    assert [(m["name"], m["verdict"]) for m in report["models"]] == [
+        ("good", "pass"), ("bad", "error"),
+    ]  # fmt: skip
+
+
 def test_bad_shards_and_duplicate_model_names_are_usage_errors(classifier, gate_cli, tmp_path):
     policy = _suite_policy(classifier, _models(classifier, ["same", "same"]))
     result = gate_cli("check", policy)
@@ -267,3 +286,53 @@ def test_compare_times_the_two_chosen_models_side_by_side(gate_cli, tmp_path):
         r for r in json.loads(result.stdout)["models"][0]["regressions"] if r["metric"] == "speedup"
     )
     assert "side_by_side" not in speed
+
+
+def test_shards_that_failed_before_gating_anything_never_merge_into_a_pass(
+    classifier, gate_cli, tmp_path
+):
+    policy = _suite_policy(classifier, _models(classifier, ["a", "b"]))
+    policy.write_text(policy.read_text().replace("version: 1", "version: 1\nbogus: key"))
+    shards = []
+    for index in (1, 2):
+        out = tmp_path / f"shard{index}"
+        assert gate_cli("run", policy, "--shard", f"{index}/2", "-o", out, "-q").exit_code == 2
+        shards.append(out)
+    result = gate_cli("merge", *shards, "-o", tmp_path / "merged")
+    assert result.exit_code == 2
+    report = load_report(tmp_path / "merged")
+    assert report["verdict"] == "error" and report["models"] == []
+    assert any("shard1: " in e and "bogus" in e for e in report["errors"])
+    assert report["message"].startswith("no model was gated:")
+    assert "ONNX_GATE_VERDICT=error" in (tmp_path / "merged" / "gate.env").read_text()
+
+
+def test_stages_run_per_model_of_a_suite(classifier, gate_cli, tmp_path):
+    policy = _suite_policy(classifier, _models(classifier, ["a", "b"], failing="b"))
+    built, measured = tmp_path / "built", tmp_path / "measured"
+    assert gate_cli("run", policy, "--stage", "build", "-o", built, "-q").exit_code == 0
+    report = load_report(built)
+    assert report["verdict"] == "pending" and report["stage"] == "build"
+    assert [m["verdict"] for m in report["models"]] == ["pending", "pending"]
+    assert (built / "models/a/stage/build.json").is_file()
+    result = gate_cli("run", policy, "--stage", "measure", "--from", built, "-o", measured, "-q")
+    assert result.exit_code == 1
+    report = load_report(measured)
+    assert [(m["name"], m["verdict"]) for m in report["models"]] == [("a", "pass"), ("b", "fail")]
+    assert gate_cli("merge", measured, "-o", tmp_path / "merged").exit_code == 1
+
+
+def test_compare_is_inconclusive_when_nothing_could_be_compared(classifier, gate_cli, tmp_path):
+    good = classifier.write_policy(FAST)
+    broken = classifier.write_policy({**FAST, "budgets": [{"metric": "size_mb", "max": 1e-9}]},
+                                     name="broken.yaml")  # fmt: skip
+    main, pull = tmp_path / "main", tmp_path / "pull"
+    assert gate_cli("run", good, "-o", main, "-q").exit_code == 0
+    assert gate_cli("run", broken, "-o", pull, "-q").exit_code == 1  # chose nothing
+    result = gate_cli("compare", main, pull, "--no-side-by-side")
+    assert result.exit_code == 4
+    assert "the head report chose no model (verdict fail): nothing to compare" in result.stderr
+    suite = _suite_policy(classifier, _models(classifier, ["x"]))
+    assert gate_cli("run", suite, "-o", tmp_path / "suite", "-q").exit_code == 0
+    result = gate_cli("compare", main, tmp_path / "suite", "--no-side-by-side")
+    assert result.exit_code == 4 and "in the base report only: model" in result.stderr

@@ -72,6 +72,18 @@ def test_inconclusive_can_be_mapped_to_warn_or_fail(classifier, gate_cli, tmp_pa
         if mapping == "warn":
             assert report["chosen"] == "same"
             assert any("measure.on_inconclusive: warn" in w for w in report["warnings"])
+            # CI sees what the gate decided: a warning, not a failed test or an error.
+            row = next(r for r in report["budgets"] if r["metric"] == "speedup")
+            assert (row["status"], row["blocking"]) == ("inconclusive", False)
+            assert report["counts"]["warn"] == 1 and report["counts"]["fail"] == 0
+            assert "<failure" not in (out / "junit.xml").read_text()
+            sarif = json.loads((out / "report.sarif").read_text())
+            assert [r["level"] for r in sarif["runs"][0]["results"]] == ["warning"]
+        else:
+            # nothing chosen: the row is the original's, 1.0 < 1.0001
+            row = next(r for r in report["budgets"] if r["metric"] == "speedup")
+            assert row["blocking"] and report["counts"]["fail"] == 1
+            assert "<failure" in (out / "junit.xml").read_text()
 
 
 def test_a_clear_slowdown_is_decided_early_and_reported_with_its_interval(
