@@ -210,15 +210,17 @@ def side_by_side(
     ]  # fmt: skip
     if not inputs[1] or inputs[0] != inputs[1]:
         return {"error": "the two models take different inputs: they cannot be timed on one feed"}
-    rng = np.random.default_rng(0)
-    feed = {}
-    for name, dtype, shape in inputs[1]:
-        kind = np.dtype(dtype)
-        feed[name] = (
-            rng.integers(0, 10, size=shape).astype(kind)
-            if np.issubdtype(kind, np.integer) or kind == np.bool_
-            else rng.standard_normal(size=shape).astype(kind)
-        )
+    feed, source = _timing_input(head, inputs[1]), "the head run's timing input"
+    if feed is None:
+        rng = np.random.default_rng(0)
+        feed, source = {}, "synthetic (standard normal floats, integers in [0, 10))"
+        for name, dtype, shape in inputs[1]:
+            kind = np.dtype(dtype)
+            feed[name] = (
+                rng.integers(0, 10, size=shape).astype(kind)
+                if np.issubdtype(kind, np.integer) or kind == np.bool_
+                else rng.standard_normal(size=shape).astype(kind)
+            )
     described = head.get("target") or {}
     threads = described.get("intra_op_threads")
     target = Target(
@@ -240,8 +242,29 @@ def side_by_side(
         "interval": [speedup.low, speedup.high],
         "rounds": len(timing.candidate_turns),
         "seconds": seconds,
-        "input": "synthetic (standard normal floats, integers in [0, 10))",
+        "input": source,
     }
+
+
+def _timing_input(
+    report: Mapping[str, Any], inputs: Sequence[tuple[str, str, tuple[int, ...]]]
+) -> dict[str, Any] | None:
+    """The input the run timed with (``timing-input.npz`` beside its report), if it fits."""
+    from gate.isolation import load_feeds
+
+    name = (report.get("measurement") or {}).get("input_file")
+    path = Path(str(report.get("_folder", "."))) / str(name)
+    if not name or not path.is_file():
+        return None
+    try:
+        [feed] = load_feeds(path)
+    except (OSError, ValueError):
+        return None
+    # Names and types must match; shapes are what the gate itself fed (ONNX Runtime took it).
+    fits = sorted(feed) == sorted(n for n, _, _ in inputs) and all(
+        str(feed[n].dtype) == dtype for n, dtype, _ in inputs
+    )
+    return feed if fits else None
 
 
 def check_side_by_side(regression: Regression, paired: Mapping[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from gate.testbed import fingerprint, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
 EARLY_STOP_STRICTNESS = 10
+TIMING_INPUT = "timing-input.npz"
 DEFAULT_ACCURACY_FLOOR = 0.99
 
 
@@ -296,6 +297,7 @@ class GateRun:
     def _finish(self, candidates: list[Candidate]) -> None:
         """Time the original against itself, measure memory, keep, decide."""
         self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        self._save_timing_input()
         self._measure_original()
         if self.policy.measure.memory:
             self._measure_memory(candidates)
@@ -745,6 +747,15 @@ class GateRun:
             return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
 
         return is_decided
+
+    def _save_timing_input(self) -> None:
+        """The one input every timing block used, beside the report: ``compare`` times a
+        later run's chosen model against this run's on it, and anyone can rerun the timing."""
+        path = self.output_dir / TIMING_INPUT
+        temp = path.with_name(f".{TIMING_INPUT}.tmp.npz")
+        save_feeds([self.validation.feeds[0]], temp)
+        temp.replace(path)
+        self.report["measurement"]["input_file"] = TIMING_INPUT
 
     def _measure_original(self) -> None:
         """Time the original in a block of its own, against a second session of itself.

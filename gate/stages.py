@@ -26,7 +26,7 @@ from gate.errors import UsageError
 from gate.exitcodes import ExitCode
 from gate.load import copy_model
 from gate.metrics import TIMING_METRICS
-from gate.pipeline import GateRun
+from gate.pipeline import TIMING_INPUT, GateRun
 from gate.report import REPORT_FILE, SUITE, json_safe, write_atomic
 from gate.stats import Estimate
 from gate.suite import file_digest
@@ -212,6 +212,9 @@ class StagedRun(GateRun):
             if measured.get(key) is not None:
                 self.report[key] = measured[key]
         self.report["measured"] = {"from": str(self.source), "duration_s": measured["duration_s"]}
+        timing_input = self.source / TIMING_INPUT
+        if timing_input.is_file():  # what the measurements were taken on travels with them
+            shutil.copyfile(timing_input, self.output_dir / TIMING_INPUT)
         self.validators = active_validators(self.policy, self.host)
         self.judged = (measured.get("validation") or {}).get("output") or ""
         self.synthetic = bool((measured.get("validation") or {}).get("synthetic_inputs"))

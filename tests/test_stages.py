@@ -59,6 +59,7 @@ def test_build_then_measure_then_decide(fragile_classifier, gate_cli, tmp_path):
     report = load_report(decided)
     assert report["stage"] == "decide" and report["verdict"] == "fail"
     assert report["measured"]["from"] == str(measured)
+    assert (decided / "timing-input.npz").is_file()  # the input the timings were taken on
     assert (
         candidate(report, "basic")["metrics"]
         == candidate(load_report(measured), "basic")["metrics"]

@@ -274,6 +274,7 @@ def test_compare_times_the_two_chosen_models_side_by_side(gate_cli, tmp_path):
     payload = json.loads(result.stdout)
     [model] = payload["models"]
     assert model["side_by_side"]["speedup"] < 0.9 and model["side_by_side"]["rounds"] > 100
+    assert model["side_by_side"]["input"] == "the head run's timing input"  # timing-input.npz
     speed = next(r for r in model["regressions"] if r["metric"] == "speedup")
     assert speed["side_by_side"] and speed["status"] == "fail"
     assert result.exit_code == 1
