@@ -64,7 +64,7 @@ class GateResult:
     output_dir: Path
 
 
-def _relative(path: Path) -> str:
+def cwd_relative(path: Path) -> str:
     try:
         return str(path.resolve().relative_to(Path.cwd().resolve()))
     except ValueError:
@@ -158,7 +158,7 @@ def run_model(
     """Gate one model: ``policy`` (one model of the policy file), or the file's only model."""
     started = time.perf_counter()
     policy_path, output_dir = Path(policy_path), Path(output_dir)
-    report = new_report(Path(_relative(policy_path)), policy.name if policy else None)
+    report = new_report(Path(cwd_relative(policy_path)), policy.name if policy else None)
     say = progress or (lambda message: None)
     interrupted: BaseException | None = None
     try:
@@ -202,7 +202,7 @@ def run_model(
     report["duration_s"] = round(time.perf_counter() - started, 3)
     if output_dir.is_dir():
         try:
-            _write_reports(report, output_dir, host)
+            write_reports(report, output_dir, host)
         except OSError as exc:  # a pass nobody can read is no pass
             message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
             report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
@@ -212,7 +212,7 @@ def run_model(
     return GateResult(report, ExitCode(report["exit_code"]), output_dir)
 
 
-def _write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -> None:
+def write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -> None:
     reporters: list[Any] = []
     if host is not None:
         try:
@@ -581,7 +581,7 @@ class GateRun:
         report["data"] = {
             "validation": self.validation.describe(policy.base_dir),
             "calibration": self.calibration.describe(policy.base_dir),
-            "labels": _relative(policy.labels_path) if policy.labels_path else None,
+            "labels": cwd_relative(policy.labels_path) if policy.labels_path else None,
         }
         report["validation"] = describe_validation(
             self.judged, self.validation.source == "synthetic", self.validators, self.labels
@@ -909,7 +909,7 @@ class GateRun:
     def _describe_model(self) -> dict[str, Any]:
         model, policy = self.model, self.policy
         return {
-            "path": _relative(policy.model_path),
+            "path": cwd_relative(policy.model_path),
             "exporter": model.exporter,
             "sha256": model.sha256,
             "size_mb": model.size_bytes / 1e6,

@@ -12,7 +12,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gate.errors import GateError, UsageError
 from gate.exitcodes import ExitCode
@@ -21,6 +21,9 @@ from gate.policy import Policy
 from gate.progress import Progress
 from gate.report import REPORT_FILE, SUITE, environment, new_report
 from gate.testbed import fingerprint
+
+if TYPE_CHECKING:
+    from gate.pipeline import GateResult
 
 MODELS_DIR = "models"
 
@@ -131,14 +134,14 @@ def run_suite(
     keep_candidates: bool = False,
     stage: str | None = None,
     source: Path | None = None,
-) -> Any:
+) -> GateResult:
     """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
-    from gate.pipeline import GateResult, _relative, _write_reports, run_model
+    from gate.pipeline import GateResult, cwd_relative, run_model, write_reports
 
     started = time.perf_counter()
     say = progress or (lambda message: None)
     everything = [policy.name for policy in policies or []]
-    suite = new_suite(_relative(Path(policy_path)), shard, everything)
+    suite = new_suite(cwd_relative(Path(policy_path)), shard, everything)
     suite["policy_sha256"] = file_digest(Path(policy_path))
     suite["testbed"] = None
     reports: list[tuple[str, dict[str, Any]]] = []
@@ -186,7 +189,7 @@ def run_suite(
     suite["duration_s"] = round(time.perf_counter() - started, 3)
     if output_dir.is_dir():
         try:
-            _write_reports(suite, output_dir, host)
+            write_reports(suite, output_dir, host)
         except OSError as exc:
             suite["errors"].append(f"cannot write the report into {output_dir}: {exc}")
             suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
@@ -214,7 +217,7 @@ def merge_outputs(
     must all be there: a missing shard means models nobody gated, and the merged
     verdict is then an error naming them.
     """
-    from gate.pipeline import _write_reports
+    from gate.pipeline import write_reports
 
     started = time.perf_counter()
     output = output_dir.resolve()
@@ -300,5 +303,5 @@ def merge_outputs(
         suite["message"] = f"no model was gated: {input_errors[0]}"
     suite["environment"] = environment()
     suite["duration_s"] = round(time.perf_counter() - started, 3)
-    _write_reports(suite, output_dir, host or get_host())
+    write_reports(suite, output_dir, host or get_host())
     return suite, ExitCode(suite["exit_code"])
