@@ -74,8 +74,11 @@ def check_policy(policy: Policy, host: Host) -> None:
                     )
                 )
 
+    # Availability is a runtime question (exit 3), checked when the run starts; the
+    # options are the policy's, so they are checked here.
     provider = lookup("execution_provider", policy.provider, ("target", "provider"))
-    del provider  # availability is a runtime question (exit 3), checked when the run starts
+    if provider is not None and provider.options_schema:
+        check_options(provider, policy.provider_options, ("target", "provider_options"))
     if policy.exporter is not None:
         lookup("exporter", policy.exporter, ("model", "exporter"))
     if policy.validators is not None:

@@ -105,7 +105,9 @@ def _child(spec_path: str) -> None:
     session = make_session(
         Path(spec["model"]),
         spec["session"],
-        Target(target["provider"], target["options"], target["threads"]),
+        Target(
+            target["provider"], target["options"], target["threads"], target.get("fallback", False)
+        ),
     )
     for _ in range(RUNS):
         session.run(None, feed)

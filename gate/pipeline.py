@@ -527,18 +527,32 @@ class GateRun:
     def _target(self) -> Target:
         policy = self.policy
         provider = self.host.get("execution_provider", policy.provider, "target.provider")
+        requested, fell_back = provider, None
         if not call_plugin(provider, "check availability", provider.is_available):
-            raise GateError(
-                f"execution provider '{provider.name}' ({provider.ort_name}) is not available here; "
-                f"it needs the package {provider.package}"
+            missing = (
+                f"execution provider '{provider.name}' ({provider.ort_name}) is not available "
+                f"here: it needs the package {provider.package}"
+                + (f" ({provider.install})" if provider.install else "")
             )
-        options = call_plugin(
-            provider, "map options", provider.provider_options, policy.provider_options
+            if not policy.fallback:
+                raise GateError(f"{missing}; or set target.fallback: true to time on the CPU")
+            provider = self.host.get("execution_provider", "cpu", "target.fallback")
+            fell_back = missing
+            self.report["warnings"].append(
+                f"{missing}: target.fallback is on, so everything runs and is timed on the CPU "
+                "instead - the timings say nothing about the target"
+            )
+        options = (
+            call_plugin(provider, "map options", provider.provider_options, policy.provider_options)
+            if fell_back is None
+            else {}
         )
         threads = physical_cores() if policy.threads is None else policy.threads
-        target = Target(provider.ort_name, options, threads)
+        target = Target(provider.ort_name, options, threads, policy.fallback)
         self.report["target"] = {
             "provider": provider.name,
+            "requested_provider": requested.name,
+            "fallback": {"allowed": policy.fallback, "reason": fell_back},
             "usd_per_hour": policy.usd_per_hour,
             **target.describe(),
             "threads_source": "target.threads" if policy.threads is not None else "physical cores",
@@ -785,6 +799,7 @@ class GateRun:
             "provider": self.target.provider,
             "options": self.target.provider_options,
             "threads": self.target.threads,
+            "fallback": self.target.fallback,
         }
         for candidate in candidates:
             if candidate.failed or candidate.path is None:

@@ -244,6 +244,8 @@ class Policy:
     min_gain: float
     build: BuildSettings = field(default_factory=BuildSettings)
     search: SearchSettings = field(default_factory=SearchSettings)
+    fallback: bool = False
+    """target.fallback: CPU may stand in for a provider that is missing or not used."""
     waivers: list[Waiver] = field(default_factory=list)
     in_suite: bool = False
     """True for each model of a ``models:`` policy."""
@@ -603,6 +605,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             max_fallbacks=search.get("max_fallbacks", 3),
             exclude=tuple(search.get("exclude", ())),
         ),
+        fallback=bool(target.get("fallback", False)),
         waivers=_waivers(doc, path, lines),
         regressions=_regressions(doc),
         lines=lines,

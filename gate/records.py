@@ -203,8 +203,14 @@ class ExecutionProvider:
     """The pip package that brings it, named in the error when it is missing."""
     is_available: Callable[[], bool]
     provider_options: Callable[[Mapping[str, Any]], dict[str, Any]] = lambda options: dict(options)
+    """Maps ``target.provider_options`` (validated against ``options_schema``) to what
+    ONNX Runtime takes for this provider."""
     description: str = ""
     plugin: str = ""
+    options_schema: Mapping[str, Any] = field(default_factory=dict)
+    """JSON schema of ``target.provider_options``; ``onnx-gate check`` validates against it."""
+    install: str = ""
+    """How to get the package, shown when the provider is missing."""
 
 
 @dataclass(frozen=True)

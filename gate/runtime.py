@@ -25,6 +25,8 @@ class Target:
     provider: str
     provider_options: dict[str, Any] = field(default_factory=dict)
     threads: int = 0
+    fallback: bool = False
+    """Whether a session ONNX Runtime puts on the CPU instead is accepted (target.fallback)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -64,14 +66,38 @@ def session_options(settings: Mapping[str, Any], threads: int) -> Any:
     return options
 
 
+class ProviderNotUsed(RuntimeError):
+    """ONNX Runtime created the session on another provider than the target's."""
+
+
 def make_session(path: Path, settings: Mapping[str, Any], target: Target) -> Any:
+    """A session on the target's provider, and only there.
+
+    ONNX Runtime falls back to the CPU, with a log line at most, when a provider's
+    libraries are missing (CUDA without cuDNN, say): timings would then describe the
+    CPU. That is an error unless ``target.fallback`` allows it.
+    """
+    import warnings
+
     import onnxruntime as ort
 
-    return ort.InferenceSession(
-        str(path),
-        sess_options=session_options(settings, target.threads),
-        providers=[(target.provider, target.provider_options)],
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter(
+            "ignore"
+        )  # "Specified provider ... is not in available provider names"
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=session_options(settings, target.threads),
+            providers=[(target.provider, target.provider_options)],
+        )
+    used = session.get_providers()
+    if target.provider not in used and not target.fallback:
+        raise ProviderNotUsed(
+            f"ONNX Runtime put the session on {', '.join(used)}, not {target.provider} "
+            "(its libraries may be missing or incompatible); set target.fallback: true to "
+            "accept that"
+        )
+    return session
 
 
 def run_all(session: Any, feeds: Sequence[Sample]) -> list[Sample]:

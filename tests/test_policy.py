@@ -90,7 +90,7 @@ def test_run_with_invalid_policy_writes_an_error_report(classifier, gate_cli, tm
         ({"candidates": [{"name": "original"}]}, "candidates[0].name: 'original' is reserved"),
         (
             {"target": {"provider": "tpu"}},
-            "target.provider: unknown execution provider 'tpu' (valid: cpu)",
+            "target.provider: unknown execution provider 'tpu' (valid: coreml, cpu, cuda, directml, openvino, tensorrt)",
         ),
         (
             {"validation": {"validators": ["nope"]}},
