@@ -17,6 +17,9 @@ from click.testing import CliRunner
 from gate.cli import cli
 from gate.demo.build import mlp_model
 
+# The plugin-author kit, used here as a plugin's own tests would use it.
+pytest_plugins = ["gate.testing"]
+
 # Keep timing short: these tests check behaviour, never speed.
 # 80 rounds: enough samples for a 95% upper bound on p95 (72), quick on these tiny models.
 FAST_MEASURE = {
