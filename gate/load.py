@@ -182,6 +182,15 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
                 )
             )
         exporter = matches[0]
+    if exporter.runs_code and not policy.trusted:
+        raise PolicyError(
+            policy.problem(
+                ("model", "path"),
+                f"loading {policy.model_path.name} with the '{exporter.name}' exporter runs code "
+                "stored in the file; set model.trusted: true only for a file you or your own "
+                "pipeline made",
+            )
+        )
     work_dir.mkdir(parents=True, exist_ok=True)
     path = Path(
         call_plugin(

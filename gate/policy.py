@@ -246,6 +246,8 @@ class Policy:
     search: SearchSettings = field(default_factory=SearchSettings)
     fallback: bool = False
     """target.fallback: CPU may stand in for a provider that is missing or not used."""
+    trusted: bool = False
+    """model.trusted: the model file may be loaded by an exporter that runs code from it."""
     waivers: list[Waiver] = field(default_factory=list)
     in_suite: bool = False
     """True for each model of a ``models:`` policy."""
@@ -453,7 +455,7 @@ def load_policy(path: str | Path) -> Policy:
     return policies[0]
 
 
-MODEL_KEYS = ("name", "path", "exporter", "options")
+MODEL_KEYS = ("name", "path", "exporter", "options", "trusted")
 OVERRIDES = ("inputs", "data", "budgets")
 
 
@@ -606,6 +608,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             exclude=tuple(search.get("exclude", ())),
         ),
         fallback=bool(target.get("fallback", False)),
+        trusted=bool(model.get("trusted", False)),
         waivers=_waivers(doc, path, lines),
         regressions=_regressions(doc),
         lines=lines,

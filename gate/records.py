@@ -133,6 +133,9 @@ class Exporter:
     description: str = ""
     options_schema: JsonSchema = field(default_factory=lambda: dict(EMPTY_OPTIONS_SCHEMA))
     plugin: str = ""
+    runs_code: bool = False
+    """Loading the source runs code from it (pickle, joblib, a full torch.load): the gate
+    refuses such a file unless the policy says ``model.trusted: true``."""
 
 
 @dataclass(frozen=True)

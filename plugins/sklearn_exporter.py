@@ -1,0 +1,64 @@
+"""scikit-learn estimators and pipelines (joblib or pickle files) to ONNX with skl2onnx
+(``pip install onnx-gate[sklearn]``). Loading such a file runs code from it: the gate only
+does so for a policy with ``model.trusted: true``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from gate import Exporter, hookimpl
+
+OPTIONS_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "input_name": {"type": "string", "minLength": 1, "default": "input"},
+        "features": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Input width; read from the estimator's n_features_in_ when omitted.",
+        },
+        "target_opset": {"type": "integer", "minimum": 9},
+    },
+}
+
+
+def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
+    import joblib
+    from skl2onnx import to_onnx
+    from skl2onnx.common.data_types import FloatTensorType
+
+    estimator = joblib.load(source)  # runs code from the file: the host checked model.trusted
+    features = options.get("features") or getattr(estimator, "n_features_in_", None)
+    if not features:
+        raise ValueError(
+            f"{source.name}: the estimator does not say how many features it takes; "
+            "set model.options.features"
+        )
+    name = options.get("input_name", "input")
+    model = to_onnx(
+        estimator,
+        initial_types=[(name, FloatTensorType([None, int(features)]))],
+        # Probabilities as one tensor, not ZipMap's list of dicts, so they can be validated.
+        options={id(estimator): {"zipmap": False}} if hasattr(estimator, "predict_proba") else None,
+        target_opset=options.get("target_opset"),
+    )
+    path = out_dir / f"{source.stem}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@hookimpl
+def onnx_gate_exporters() -> list[Exporter]:
+    return [
+        Exporter(
+            "sklearn",
+            (".joblib", ".pkl", ".pickle"),
+            export,
+            "scikit-learn estimators and pipelines, through skl2onnx",
+            OPTIONS_SCHEMA,
+            runs_code=True,
+        )
+    ]
