@@ -285,6 +285,7 @@ class GateRun:
             raise ModelError(
                 f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
             ) from exc
+        self._framework_reference()
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL]["search"] = {"origin": "original"}
         self.report["candidates"] = [self.entries[ORIGINAL]]
@@ -293,6 +294,42 @@ class GateRun:
         self._require_budget_metrics()
         self._default_accuracy_budget()
         return original
+
+    def _framework_reference(self) -> None:
+        """When the gate exported the model, hold the export itself to the framework model:
+        framework-vs-ONNX in ``export``, apart from every candidate's ONNX-vs-optimised."""
+        exporter = self.host.records["exporter"].get(self.model.exporter)
+        if exporter is None or exporter.reference is None:
+            return
+        described: dict[str, Any] = {"exporter": exporter.name, "output": self.judged}
+        self.report["export"] = described
+        try:
+            framework = call_plugin(
+                exporter, "run the framework model", exporter.reference,
+                self.policy.model_path, self.policy.exporter_options, self.validation.feeds,
+            )  # fmt: skip
+            if any(self.judged not in outputs for outputs in framework):
+                raise GateError(f"it gives no output '{self.judged}'")
+            described["framework_vs_onnx"] = validate_outputs(
+                self.validators, framework, self.reference, self.judged, self.labels,
+                self.synthetic,
+            )  # fmt: skip
+        except GateError as exc:
+            described["error"] = exc.message
+            self.report["warnings"].append(
+                f"the exported model could not be compared with the framework model: {exc.message}"
+            )
+            return
+        metrics = described["framework_vs_onnx"]
+        if (
+            metrics.get("cosine_similarity", 1.0) < 0.999
+            or metrics.get("top1_agreement", 1.0) < 1.0
+        ):
+            agreement = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
+            self.report["warnings"].append(
+                f"the exported ONNX model differs from the {exporter.name} model ({agreement}): "
+                "every candidate is judged against the export, so check the export first"
+            )
 
     def _finish(self, candidates: list[Candidate]) -> None:
         """Time the original against itself, measure memory, keep, decide."""

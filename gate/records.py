@@ -136,6 +136,11 @@ class Exporter:
     runs_code: bool = False
     """Loading the source runs code from it (pickle, joblib, a full torch.load): the gate
     refuses such a file unless the policy says ``model.trusted: true``."""
+    reference: Callable[[Path, Mapping[str, Any], Sequence[Sample]], list[Sample]] | None = None
+    """``reference(source, options, feeds) -> outputs``: the framework model run on the
+    validation feeds, keyed by the exported model's output names. When given, the report
+    compares the framework model with the exported one (``export``), apart from the
+    exported-vs-optimised comparison of every candidate."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,15 @@ def render(report: Mapping[str, Any]) -> str:
     model = report.get("model") or {}
     if model:
         lines.append(f"Model `{model.get('path')}` ({model.get('size_mb', 0):.2f} MB)")
+    export = report.get("export") or {}
+    if export.get("framework_vs_onnx"):
+        agreement = ", ".join(
+            f"{key} {value:.4g}" for key, value in sorted(export["framework_vs_onnx"].items())
+        )
+        lines.append(
+            f"Exported with `{export['exporter']}`; the export against the framework model: "
+            f"{agreement}. Candidates below are judged against the export."
+        )
     chosen = report.get("chosen")
     lines.append(
         f"**Chosen:** `{chosen}` - {report.get('decision', '')}"

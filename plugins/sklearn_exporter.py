@@ -50,6 +50,27 @@ def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
     return path
 
 
+def reference(
+    source: Path, options: Mapping[str, Any], feeds: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The estimator's own outputs, named like skl2onnx names the exported ones."""
+    import joblib
+    import numpy as np
+
+    estimator = joblib.load(source)
+    name = options.get("input_name", "input")
+    outputs = []
+    for feed in feeds:
+        features = np.asarray(feed[name])
+        produced = {"label": estimator.predict(features)} if hasattr(estimator, "predict") else {}
+        if hasattr(estimator, "predict_proba"):
+            produced["probabilities"] = estimator.predict_proba(features)
+        elif hasattr(estimator, "predict") and not hasattr(estimator, "classes_"):
+            produced = {"variable": estimator.predict(features).reshape(len(features), -1)}
+        outputs.append(produced)
+    return outputs
+
+
 @hookimpl
 def onnx_gate_exporters() -> list[Exporter]:
     return [
@@ -60,5 +81,6 @@ def onnx_gate_exporters() -> list[Exporter]:
             "scikit-learn estimators and pipelines, through skl2onnx",
             OPTIONS_SCHEMA,
             runs_code=True,
+            reference=reference,
         )
     ]

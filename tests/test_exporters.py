@@ -72,3 +72,13 @@ def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate
     original = next(c for c in report["candidates"] if c["name"] == "original")
     assert original["metrics"]["accuracy"] > 0.9  # the exported model classifies as trained
     assert (out / "model.onnx").is_file()
+    # The framework model is the reference of the export, reported apart from the candidates.
+    export = report["export"]
+    assert export["exporter"] == "sklearn" and export["output"] == "probabilities"
+    assert export["framework_vs_onnx"]["top1_agreement"] == 1.0
+    assert export["framework_vs_onnx"]["cosine_similarity"] > 0.9999
+    assert export["framework_vs_onnx"]["accuracy_drop"] == 0.0
+    assert (
+        "Exported with `sklearn`; the export against the framework model"
+        in (out / "summary.md").read_text()
+    )
