@@ -82,3 +82,94 @@ def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate
         "Exported with `sklearn`; the export against the framework model"
         in (out / "summary.md").read_text()
     )
+
+
+TORCH_MODEL = """
+import torch
+
+
+def build():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
+    )
+"""
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["dynamo", "torchscript"])
+def test_a_torch_module_is_exported_by_either_path_and_held_to_the_framework(
+    dynamo, gate_cli, tmp_path
+):
+    import json
+
+    pytest.importorskip("torch")
+    (tmp_path / "net.py").write_text(TORCH_MODEL)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "validation.npz", x=rng.normal(size=(16, 16)).astype(np.float32))
+    policy = tmp_path / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "model": {
+                    "path": "net.py",
+                    "trusted": True,
+                    "options": {
+                        "example_inputs": {"x": {"shape": [1, 16]}},
+                        "output_names": ["logits"],
+                        "dynamo": dynamo,
+                    },
+                },
+                "data": {"validation": "validation.npz"},
+                "candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}],
+                "measure": {"max_seconds": 1, "min_runs": 40, "max_runs": 40, "memory": False},
+            }
+        )
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 0, result.stdout
+    report = load_report(out)
+    assert report["model"]["exporter"] == "torch"
+    assert [o["name"] for o in report["model"]["outputs"]] == ["logits"]
+    export = report["export"]["framework_vs_onnx"]
+    assert export["cosine_similarity"] > 0.9999 and export["top1_agreement"] == 1.0
+    dyn = next(c for c in report["candidates"] if c["name"] == "dyn")
+    assert dyn["status"] in ("passed", "rejected")  # judged against the export
+    # Importing the file runs its code: refused without model.trusted.
+    untrusted = json.loads(policy.read_text())
+    untrusted["model"]["trusted"] = False
+    policy.write_text(json.dumps(untrusted))
+    assert gate_cli("run", policy, "-o", tmp_path / "refused", "-q").exit_code == 2
+
+
+def test_quantising_never_imports_torch_even_when_it_is_installed(tmp_path):
+    """onnxruntime's pre-quantisation shape inference imports torch when it can (about a
+    second per candidate); the gate keeps it out, and torch still imports afterwards."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torch")
+    script = f"""
+import sys
+from importlib.resources import files
+from pathlib import Path
+import numpy as np
+from gate.host import get_host
+from gate.records import BuildContext
+
+source = Path(str(files("gate.demo").joinpath("classifier.onnx")))
+feeds = [{{"x": np.zeros((1, 256), np.float32)}}]
+work = Path({str(tmp_path)!r})
+context = BuildContext(work, {{"x": [1, 256]}}, lambda: iter(feeds), "file", "CPUExecutionProvider")
+get_host().get("quantizer", "static").quantize(source, work / "static.onnx", {{}}, context)
+print("torch imported:", "torch" in sys.modules, context.notes)
+import torch
+print("torch after:", torch.__version__)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False []" in done.stdout  # no note: pre-processing succeeded
+    assert "torch after: 2." in done.stdout
