@@ -79,8 +79,16 @@ def check_policy(policy: Policy, host: Host) -> None:
     provider = lookup("execution_provider", policy.provider, ("target", "provider"))
     if provider is not None and provider.options_schema:
         check_options(provider, policy.provider_options, ("target", "provider_options"))
+    exporter = None
     if policy.exporter is not None:
-        lookup("exporter", policy.exporter, ("model", "exporter"))
+        exporter = lookup("exporter", policy.exporter, ("model", "exporter"))
+    else:  # the one load_model will pick by the file's suffix
+        suffix = policy.model_path.suffix.lower()
+        exporter = next(
+            (e for e in host.records["exporter"].values() if suffix in e.suffixes), None
+        )
+    if exporter is not None:
+        check_options(exporter, policy.exporter_options, ("model", "options"))
     if policy.validators is not None:
         for index, name in enumerate(policy.validators):
             lookup("validator", name, ("validation", "validators", index))

@@ -49,6 +49,7 @@ def _run_and_exit(
     shard: tuple[int, int] | None = None,
     stage: str | None = None,
     source: Path | None = None,
+    trust_model: bool = False,
 ) -> None:
     from gate.pipeline import run_gate
     from gate.report import render_console
@@ -56,7 +57,7 @@ def _run_and_exit(
     with progress(quiet) as say:
         result = run_gate(
             policy, output_dir, progress=say, keep_candidates=keep_candidates, shard=shard,
-            stage=stage, source=source,
+            stage=stage, source=source, trust_model=trust_model,
         )  # fmt: skip
     click.echo(render_console(result.report))
     written = result.output_dir / "report.json"
@@ -91,6 +92,12 @@ def _run_and_exit(
     type=click.Path(file_okay=False, path_type=Path),
     help="The previous stage's output folder.",
 )
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Let exporters load model files by running code stored in them (pickle, joblib, "
+    "a .py factory), as model.trusted: true does. Only for files you made.",
+)
 def run(
     policy: Path,
     output_dir: Path,
@@ -99,6 +106,7 @@ def run(
     shard: str | None,
     stage: str | None,
     source: Path | None,
+    trust_model: bool,
 ) -> None:
     """Run the gate for POLICY (JSON or YAML) and write the reports.
 
@@ -116,7 +124,7 @@ def run(
             )
     except GateError as error:
         _fail(error)
-    _run_and_exit(policy, output_dir, quiet, keep_candidates, share, stage, source)
+    _run_and_exit(policy, output_dir, quiet, keep_candidates, share, stage, source, trust_model)
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -115,6 +115,7 @@ def run_gate(
     shard: tuple[int, int] | None = None,
     stage: str | None = None,
     source: Path | None = None,
+    trust_model: bool = False,
 ) -> GateResult:
     """Run the gate for a policy and write its reports into ``output_dir``.
 
@@ -123,12 +124,15 @@ def run_gate(
     report on top (see :mod:`gate.suite`). With ``keep_candidates`` every built
     candidate is also saved as ``candidates/NAME.onnx`` for inspection. ``stage``
     (build, measure or decide) runs one stage, reading the previous one's output folder
-    ``source`` (see :mod:`gate.stages`).
+    ``source`` (see :mod:`gate.stages`). ``trust_model`` is ``--trust-model``: every model
+    may be loaded by an exporter that runs code from its file, as ``model.trusted`` allows.
     """
     try:
         policies: list[Policy] | None = load_policies(policy_path)
     except GateError:
         policies = None  # the run below reports the problem in report.json
+    for policy in policies or []:
+        policy.trusted = policy.trusted or trust_model  # --trust-model
     if shard is not None or (policies is not None and policies[0].in_suite):
         from gate.suite import run_suite
 

@@ -60,6 +60,13 @@ def test_a_pickled_model_is_refused_unless_the_policy_trusts_it(
     assert "model.path: loading pipeline.joblib with the 'sklearn' exporter runs code" in error
     assert "set model.trusted: true" in error
     assert "Traceback" not in result.stdout + result.stderr
+    # the flag says it too, for one run
+    assert (
+        gate_cli(
+            "run", _policy(sklearn_pipeline.parent), "--trust-model", "-o", out, "-q"
+        ).exit_code
+        == 0
+    )
 
 
 def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate_cli, tmp_path):
@@ -141,6 +148,12 @@ def test_a_torch_module_is_exported_by_either_path_and_held_to_the_framework(
     untrusted["model"]["trusted"] = False
     policy.write_text(json.dumps(untrusted))
     assert gate_cli("run", policy, "-o", tmp_path / "refused", "-q").exit_code == 2
+    # torch needs example inputs: a policy error with its line, before anything runs
+    del untrusted["model"]["options"]["example_inputs"]
+    policy.write_text(json.dumps(untrusted))
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "model.options: 'example_inputs' is a required property" in result.stderr
 
 
 def test_quantising_never_imports_torch_even_when_it_is_installed(tmp_path):
