@@ -186,3 +186,35 @@ print("torch after:", torch.__version__)
     assert done.returncode == 0, done.stderr
     assert "torch imported: False []" in done.stdout  # no note: pre-processing succeeded
     assert "torch after: 2." in done.stdout
+
+
+def test_a_saved_torch_export_program_is_exported_and_gated(gate_cli, tmp_path):
+    import json
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(16, 8), torch.nn.Tanh()).eval()
+    program = torch.export.export(module, (torch.randn(1, 16),))
+    torch.export.save(program, str(tmp_path / "net.pt2"))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "validation.npz", x=rng.normal(size=(8, 16)).astype(np.float32))
+    (tmp_path / "policy.json").write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "model": {
+                    "path": "net.pt2",
+                    "trusted": True,
+                    "options": {"example_inputs": {"x": {"shape": [1, 16]}}, "output_names": ["y"]},
+                },
+                "data": {"validation": "validation.npz"},
+                "candidates": [{"name": "basic", "graph": {"level": "basic"}}],
+                "measure": {"max_seconds": 1, "min_runs": 40, "max_runs": 40, "memory": False},
+            }
+        )
+    )
+    result = gate_cli("run", tmp_path / "policy.json", "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.stdout
+    report = load_report(tmp_path / "out")
+    assert report["model"]["exporter"] == "torch"
+    assert report["export"]["framework_vs_onnx"]["cosine_similarity"] > 0.9999
