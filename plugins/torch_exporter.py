@@ -41,7 +41,11 @@ OPTIONS_SCHEMA = {
             },
         },
         "output_names": {"type": "array", "items": {"type": "string"}, "minItems": 1},
-        "dynamo": {"type": "boolean", "default": True},
+        "dynamo": {
+            "type": "boolean",
+            "default": True,
+            "description": "false: the TorchScript exporter (not for .pt2 programs).",
+        },
         "opset": {"type": "integer", "minimum": 13},
     },
 }
@@ -91,6 +95,9 @@ def _as_tuple(outputs: Any) -> tuple[Any, ...]:
 
 
 def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
+    import contextlib
+    import io
+
     import torch
 
     module = _module(source, options)
@@ -98,7 +105,10 @@ def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
     with torch.no_grad():
         count = len(_as_tuple(module(*examples)))
     path = out_dir / f"{source.stem}.onnx"
-    dynamo = bool(options.get("dynamo", True))
+    # A saved program goes to ONNX as it is (its module cannot be put in eval mode), so
+    # only through dynamo.
+    saved = torch.export.load(str(source)) if source.suffix == ".pt2" else None
+    dynamo = saved is not None or bool(options.get("dynamo", True))
     arguments: dict[str, Any] = {
         "input_names": names,
         "output_names": _output_names(options, count),
@@ -106,9 +116,16 @@ def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
     }
     if "opset" in options:
         arguments["opset_version"] = options["opset"]
-    program = torch.onnx.export(module, examples, str(path) if not dynamo else None, **arguments)
-    if dynamo:  # an ONNXProgram: saved with its weights inside the one file
-        program.save(str(path), external_data=False)
+    # torch.onnx prints its progress on stdout: keep it out of the gate's console output.
+    with contextlib.redirect_stdout(io.StringIO()):
+        program = torch.onnx.export(
+            saved if saved is not None else module,
+            examples,
+            str(path) if not dynamo else None,
+            **arguments,
+        )
+        if dynamo:  # an ONNXProgram: saved with its weights inside the one file
+            program.save(str(path), external_data=False)
     return path
 
 
