@@ -16,7 +16,7 @@ PROJECT_NAME = "onnx_gate"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-from gate.errors import SkipCandidate  # noqa: E402
+from gate.errors import OptionError, SkipCandidate  # noqa: E402
 from gate.exitcodes import ExitCode  # noqa: E402
 from gate.graph import QUANTIZED_OPS, node_key, op_counts  # noqa: E402
 from gate.load import copy_model  # noqa: E402
@@ -42,6 +42,7 @@ __all__ = [
     "ExitCode",
     "Exporter",
     "GraphOptimizer",
+    "OptionError",
     "Proposal",
     "Quantizer",
     "Reporter",

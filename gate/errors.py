@@ -38,6 +38,11 @@ class PluginError(GateError):
     """A plugin failed to load, registered a clashing name, or raised (exit 3)."""
 
 
+class OptionError(UsageError):
+    """Raised by a plugin whose options do not fit the model it was given (exit 2), e.g. a
+    SavedModel signature it lacks. The host names the plugin; the message says the rest."""
+
+
 class UnknownNameError(UsageError):
     """A policy names a backend no plugin registered; the message lists valid ones."""
 

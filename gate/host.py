@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from gate import PROJECT_NAME, hookspecs
-from gate.errors import PluginError, SkipCandidate, UnknownNameError
+from gate.errors import OptionError, PluginError, SkipCandidate, UnknownNameError
 from gate.metrics import MEASURED_METRICS
 from gate.records import (
     ExecutionProvider,
@@ -221,6 +221,10 @@ def call_plugin(
         raise PluginError(
             f"{KIND_NAMES[type(record)]} '{record.name}' (plugin '{record.plugin}') raised "
             f"SkipCandidate while trying to {action}; only quantisers and graph optimisers may"
+        ) from None
+    except OptionError as exc:
+        raise OptionError(
+            f"{KIND_NAMES[type(record)]} '{record.name}' options: {exc.message}"
         ) from None
     except Exception as exc:
         kind = KIND_NAMES[type(record)]

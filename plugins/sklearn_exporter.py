@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Exporter, hookimpl
+from gate import Exporter, OptionError, hookimpl
 
 OPTIONS_SCHEMA = {
     "type": "object",
@@ -33,7 +33,7 @@ def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
     estimator = joblib.load(source)  # runs code from the file: the host checked model.trusted
     features = options.get("features") or getattr(estimator, "n_features_in_", None)
     if not features:
-        raise ValueError(
+        raise OptionError(
             f"{source.name}: the estimator does not say how many features it takes; "
             "set model.options.features"
         )

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate import Exporter, hookimpl
+from gate import Exporter, OptionError, hookimpl
 
 OPTIONS_SCHEMA = {
     "type": "object",
@@ -65,7 +65,7 @@ def _module(source: Path, options: Mapping[str, Any]) -> Any:
     spec.loader.exec_module(module)
     factory = getattr(module, options.get("factory", "build"), None)
     if factory is None:
-        raise ValueError(f"{source.name} defines no function '{options.get('factory', 'build')}'")
+        raise OptionError(f"{source.name} defines no function '{options.get('factory', 'build')}'")
     return factory().eval()
 
 

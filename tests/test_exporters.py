@@ -218,3 +218,115 @@ def test_a_saved_torch_export_program_is_exported_and_gated(gate_cli, tmp_path):
     report = load_report(tmp_path / "out")
     assert report["model"]["exporter"] == "torch"
     assert report["export"]["framework_vs_onnx"]["cosine_similarity"] > 0.9999
+
+
+def _tensorflow_policy(folder: Path, path: str, **options: object) -> Path:
+    import json
+
+    policy = folder / "policy.json"
+    policy.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "model": {"path": path, "trusted": True, "options": options},
+                "inputs": {"features": {"shape": [1, 8]}},
+                "data": {"validation": "validation.npz", "labels": "labels.npy"},
+                "candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}],
+                "budgets": [{"metric": "accuracy_drop", "max": 0.05}],
+                "measure": {"max_seconds": 1, "min_runs": 40, "max_runs": 40, "memory": False},
+            }
+        )
+    )
+    return policy
+
+
+@pytest.fixture(scope="module")
+def keras_classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small trained Keras classifier, saved as .keras, .h5 and a SavedModel."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    pytest.importorskip("tf2onnx")
+    keras = pytest.importorskip("keras")
+    folder = tmp_path_factory.mktemp("keras")
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(256, 8)).astype(np.float32)
+    labels = (features[:, 0] - features[:, 2] > 0).astype(np.int64)
+    inputs = keras.Input((8,), name="features")
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    outputs = keras.layers.Dense(2, activation="softmax", name="probs")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(features, labels, epochs=30, verbose=0)
+    model.save(folder / "classifier.keras")
+    model.save(folder / "classifier.h5")
+    model.export(str(folder / "saved"), format="tf_saved_model", verbose=False)
+    np.savez(folder / "validation.npz", features=features[:64])
+    np.save(folder / "labels.npy", labels[:64])
+    return folder
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["classifier.keras", "classifier.h5", "saved/saved_model.pb"],
+    ids=["keras", "h5", "saved_model"],
+)
+def test_a_tensorflow_model_is_exported_and_held_to_the_framework(
+    path, keras_classifier, gate_cli, tmp_path
+):
+    policy = _tensorflow_policy(keras_classifier, path)
+    out = tmp_path / "out"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = load_report(out)
+    assert report["model"]["exporter"] == "tensorflow"
+    # Keras names its output after the layer; a SavedModel signature after its own key.
+    output = "output_0" if path.endswith(".pb") else "probs"
+    assert [o["name"] for o in report["model"]["outputs"]] == [output]
+    original = next(c for c in report["candidates"] if c["name"] == "original")
+    assert original["metrics"]["accuracy"] > 0.9  # the export classifies as trained
+    export = report["export"]
+    assert export["exporter"] == "tensorflow"
+    assert export["framework_vs_onnx"]["top1_agreement"] == 1.0
+    assert export["framework_vs_onnx"]["cosine_similarity"] > 0.9999
+    assert (out / "model.onnx").is_file()
+
+
+def test_tensorflow_sources_are_refused_untrusted_and_bad_options_named(
+    keras_classifier, gate_cli, tmp_path
+):
+    import json
+
+    policy = _tensorflow_policy(keras_classifier, "classifier.keras")
+    untrusted = json.loads(policy.read_text())
+    untrusted["model"]["trusted"] = False
+    policy.write_text(json.dumps(untrusted))
+    out = tmp_path / "refused"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 2
+    [error] = load_report(out)["errors"]
+    assert "loading classifier.keras with the 'tensorflow' exporter runs code" in error
+    # A signature the SavedModel lacks is named, with the ones it has.
+    policy = _tensorflow_policy(keras_classifier, "saved/saved_model.pb", signature="predict")
+    out = tmp_path / "signature"
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 2, result.stdout
+    [error] = load_report(out)["errors"]
+    assert error.startswith(
+        "exporter 'tensorflow' options: saved has no signature 'predict' "
+        "(it has: serve, serving_default); set model.options.signature"
+    )
+    assert "Traceback" not in result.stdout + result.stderr
+    policy = _tensorflow_policy(keras_classifier, "classifier.keras", output_names=["a", "b"])
+    result = gate_cli("run", policy, "-o", tmp_path / "names", "-q")
+    assert result.exit_code == 2
+    assert (
+        "exporter 'tensorflow' options: output_names has 2 name(s) but classifier.keras has "
+        "1 output(s)" in result.stdout
+    )
+    # Options are checked against the exporter's schema before anything loads.
+    policy = _tensorflow_policy(keras_classifier, "classifier.keras", opset="17")
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "model.options.opset: '17' is not of type 'integer'" in result.stderr
