@@ -25,6 +25,16 @@ output_dir_option = click.option(
     help="Where report.json, summary.md and the chosen model.onnx are written.",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+allow_path_option = click.option(
+    "--allow-path",
+    "allowed_paths",
+    multiple=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar="ONNX_GATE_ALLOW_PATHS",
+    help="A folder outside the repository the policy's files may come from (repeatable; "
+    "ONNX_GATE_ALLOW_PATHS holds several, separated by ':'). By default a policy may only "
+    "name files in its repository, or in its own folder outside one.",
+)
 
 
 def _fail(error: GateError) -> None:
@@ -50,6 +60,7 @@ def _run_and_exit(
     stage: str | None = None,
     source: Path | None = None,
     trust_model: bool = False,
+    allowed_paths: tuple[Path, ...] = (),
 ) -> None:
     from gate.pipeline import run_gate
     from gate.report import render_console
@@ -57,7 +68,7 @@ def _run_and_exit(
     with progress(quiet) as say:
         result = run_gate(
             policy, output_dir, progress=say, keep_candidates=keep_candidates, shard=shard,
-            stage=stage, source=source, trust_model=trust_model,
+            stage=stage, source=source, trust_model=trust_model, allowed_paths=allowed_paths,
         )  # fmt: skip
     click.echo(render_console(result.report))
     written = result.output_dir / "report.json"
@@ -98,6 +109,7 @@ def _run_and_exit(
     help="Let exporters load model files by running code stored in them (pickle, joblib, "
     "a .py factory), as model.trusted: true does. Only for files you made.",
 )
+@allow_path_option
 def run(
     policy: Path,
     output_dir: Path,
@@ -107,6 +119,7 @@ def run(
     stage: str | None,
     source: Path | None,
     trust_model: bool,
+    allowed_paths: tuple[Path, ...],
 ) -> None:
     """Run the gate for POLICY (JSON or YAML) and write the reports.
 
@@ -124,7 +137,10 @@ def run(
             )
     except GateError as error:
         _fail(error)
-    _run_and_exit(policy, output_dir, quiet, keep_candidates, share, stage, source, trust_model)
+    _run_and_exit(
+        policy, output_dir, quiet, keep_candidates, share, stage, source, trust_model,
+        allowed_paths,
+    )  # fmt: skip
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
@@ -160,14 +176,15 @@ def demo(output_dir: Path, quiet: bool) -> None:
 
 @cli.command(epilog=EXIT_CODES_HELP)
 @click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
-def check(policy: Path) -> None:
+@allow_path_option
+def check(policy: Path, allowed_paths: tuple[Path, ...]) -> None:
     """Validate POLICY against the schema and the installed plugins; run nothing."""
     from gate.check import check_policy
     from gate.host import get_host
     from gate.policy import load_policies
 
     try:
-        loaded = load_policies(policy)
+        loaded = load_policies(policy, allowed_paths)
         host = get_host()
         errors: list[GateError] = []
         for each in loaded:  # every model's problems at once, each line once
@@ -204,12 +221,15 @@ def check(policy: Path) -> None:
     help="Fresh session pairs to spread it over.",
 )
 @output_dir_option
-def noise(policy: Path, seconds: float, sessions: int, output_dir: Path) -> None:
+@allow_path_option
+def noise(
+    policy: Path, seconds: float, sessions: int, output_dir: Path, allowed_paths: tuple[Path, ...]
+) -> None:
     """Time POLICY's model against itself (A/A) and report this machine's timing noise."""
     from gate.noise import measure_noise, write_noise
 
     try:
-        result = measure_noise(policy, seconds, sessions)
+        result = measure_noise(policy, seconds, sessions, allowed_paths)
         output_dir.mkdir(parents=True, exist_ok=True)
         written = write_noise(result, output_dir)
     except GateError as error:

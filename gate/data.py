@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from gate.errors import PolicyError
+from gate.guards import Limits, check_data_file
 from gate.load import LoadedModel, TensorSpec
 from gate.policy import Policy
 from gate.records import Sample
+
+DEFAULT_LIMITS = Limits()
 
 
 @dataclass
@@ -62,13 +65,16 @@ def _random(
     return rng.standard_normal(size=shape).astype(spec.dtype)
 
 
-def load_feeds(path: Path, model: LoadedModel, where: str) -> list[Sample]:
+def load_feeds(
+    path: Path, model: LoadedModel, where: str, limits: Limits = DEFAULT_LIMITS
+) -> list[Sample]:
     """Feeds from an .npz keyed by input name whose first axis indexes samples.
 
     Each ``array[i]`` must have the input's fixed shape. When the input's first
     dimension is a batch of 1, the array may instead stack samples along that
     axis (``array[i:i+1]`` is then one sample).
     """
+    check_data_file(path, where, limits)
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
@@ -128,7 +134,10 @@ def load_feeds(path: Path, model: LoadedModel, where: str) -> list[Sample]:
     return [{name: per_input[name][i] for name in per_input} for i in range(count)]
 
 
-def load_labels(path: Path, samples: int, where: str) -> np.ndarray:
+def load_labels(
+    path: Path, samples: int, where: str, limits: Limits = DEFAULT_LIMITS
+) -> np.ndarray:
+    check_data_file(path, where, limits)
     try:
         labels = np.load(path, allow_pickle=False)
     except Exception as exc:
@@ -150,7 +159,7 @@ def load_labels(path: Path, samples: int, where: str) -> np.ndarray:
 def validation_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
     if policy.validation_path is not None:
         return FeedSet(
-            load_feeds(policy.validation_path, model, "data.validation"),
+            load_feeds(policy.validation_path, model, "data.validation", policy.limits),
             "file",
             policy.validation_path,
         )
@@ -159,7 +168,7 @@ def validation_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
 
 def calibration_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
     if policy.calibration_path is not None:
-        feeds = load_feeds(policy.calibration_path, model, "data.calibration")
+        feeds = load_feeds(policy.calibration_path, model, "data.calibration", policy.limits)
         return FeedSet(feeds[: policy.calibration_samples], "file", policy.calibration_path)
     # A different seed from validation, so synthetic calibration never sees the validation inputs.
     return FeedSet(

@@ -34,6 +34,8 @@ class Isolation:
     memory_mb: int | None = None
     limited_by: str = "build.timeout_s"
     """The setting that set ``timeout_s``, named when a build is cut off."""
+    memory_setting: str = "build.memory_mb"
+    """Where ``memory_mb`` came from, named when a child may have run out of it."""
 
 
 def save_feeds(feeds: Sequence[Sample], path: Path) -> None:
@@ -70,23 +72,55 @@ def build_isolated(
 ) -> Candidate:
     """Run :func:`gate.candidates.build_candidate` in a child; its failure modes become the candidate's."""
     candidate = Candidate(recipe.name, recipe.describe())
+    spec = {
+        "recipe": recipe.to_json(),
+        "source": str(source),
+        "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
+        "work_root": str(work_root),
+        "provider": provider,
+        "provider_options": dict(provider_options or {}),
+        "calibration": str(calibration_path),
+        "calibration_source": calibration_source,
+    }
+    return _in_child(candidate, spec, work_root, isolation, "build")
+
+
+def probe_isolated(
+    candidate: Candidate,
+    work_root: Path,
+    provider: str,
+    provider_options: Mapping[str, Any],
+    feeds_path: Path,
+    isolation: Isolation,
+) -> Candidate:
+    """Open ``candidate``'s model and run it once in a child: a model that crashes ONNX
+    Runtime, hangs it or asks it for all memory fails here, not in the gate's own process."""
+    spec = {
+        "probe": {"path": str(candidate.path), "session": candidate.session},
+        "provider": provider,
+        "provider_options": dict(provider_options),
+        "calibration": str(feeds_path),
+    }
+    return _in_child(candidate, spec, work_root, isolation, "load")
+
+
+def _in_child(
+    candidate: Candidate,
+    spec: dict[str, Any],
+    work_root: Path,
+    isolation: Isolation,
+    first_stage: str,
+) -> Candidate:
     work_root.mkdir(parents=True, exist_ok=True)
-    spec_path = work_root / f".{recipe.name}.spec.json"
-    result_path = work_root / f".{recipe.name}.result.json"
-    stage_path = work_root / f".{recipe.name}.stage"
+    spec_path = work_root / f".{candidate.name}.spec.json"
+    result_path = work_root / f".{candidate.name}.result.json"
+    stage_path = work_root / f".{candidate.name}.stage"
     result_path.unlink(missing_ok=True)
     stage_path.unlink(missing_ok=True)
     spec_path.write_text(
         json.dumps(
             {
-                "recipe": recipe.to_json(),
-                "source": str(source),
-                "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
-                "work_root": str(work_root),
-                "provider": provider,
-                "provider_options": dict(provider_options or {}),
-                "calibration": str(calibration_path),
-                "calibration_source": calibration_source,
+                **spec,
                 "result": str(result_path),
                 "stage": str(stage_path),
                 "memory_mb": isolation.memory_mb,
@@ -95,7 +129,7 @@ def build_isolated(
             }
         )
     )
-    stderr_path = work_root / f".{recipe.name}.stderr"
+    stderr_path = work_root / f".{candidate.name}.stderr"
     try:
         with stderr_path.open("w") as stderr_file:
             process = subprocess.Popen(
@@ -107,15 +141,16 @@ def build_isolated(
                 start_new_session=True,  # its own process group: a kill reaches its threads and children
             )
     except (OSError, subprocess.SubprocessError) as exc:
-        candidate.fail("build", f"could not start the build process: {exc}")
+        candidate.fail(first_stage, f"could not start the {first_stage} process: {exc}")
         return candidate
     try:
         process.wait(timeout=isolation.timeout_s)
     except subprocess.TimeoutExpired:
         _kill(process)
         candidate.fail(
-            "build",
-            f"timed out after {isolation.timeout_s:g} s ({isolation.limited_by}); the build was killed",
+            first_stage,
+            f"timed out after {isolation.timeout_s:g} s ({isolation.limited_by}); "
+            f"{'the build' if first_stage == 'build' else 'its first run'} was killed",
         )
         return candidate
     except BaseException:  # Ctrl-C or SIGTERM: its own session would outlive us otherwise
@@ -125,10 +160,11 @@ def build_isolated(
     stderr = stderr_path.read_text(errors="replace")
     if process.returncode != 0 or not result_path.is_file():
         # A crash while the child ran the new model once is a load/run failure, not a build one.
-        stage = stage_path.read_text() if stage_path.is_file() else "build"
-        message = _death(process.returncode, stderr, isolation)
+        stage = stage_path.read_text() if stage_path.is_file() else first_stage
+        message = _death(process.returncode, stderr, isolation, first_stage)
         if stage == "load":
-            message += " while loading and running the built model once"
+            built = "built " if first_stage == "build" else ""
+            message += f" while loading and running the {built}model once"
         candidate.fail(stage, message)
         return candidate
     result = json.loads(result_path.read_text())
@@ -140,13 +176,19 @@ def build_isolated(
     elif result["error"]:
         error = result["error"]
         if isolation.memory_mb is not None and any(sign in error for sign in MEMORY_SIGNS):
-            error += f" (build.memory_mb is {isolation.memory_mb}: it may be too small)"
+            error += f" ({isolation.memory_setting} is {isolation.memory_mb}: it may be too small)"
         candidate.fail(result["stage"], error)
     return candidate
 
 
 # How running out of address space shows up inside a build process.
-MEMORY_SIGNS = ("MemoryError", "bad_alloc", "failed to map segment", "Cannot allocate memory")
+MEMORY_SIGNS = (
+    "MemoryError",
+    "bad_alloc",
+    "failed to map segment",
+    "Cannot allocate memory",
+    "Failed to allocate memory",
+)
 
 
 def _kill(process: subprocess.Popen[bytes]) -> None:
@@ -155,17 +197,19 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def _death(returncode: int, stderr: str, isolation: Isolation) -> str:
+def _death(returncode: int, stderr: str, isolation: Isolation, process: str = "build") -> str:
     if returncode < 0:
         name = signal.Signals(-returncode).name
-        message = f"the build process crashed ({name})"
+        message = f"the {process} process crashed ({name})"
     else:
         tail = (stderr.strip().splitlines() or ["no output"])[-1][:300]
-        message = f"the build process exited {returncode}: {tail}"
+        message = f"the {process} process exited {returncode}: {tail}"
     if isolation.memory_mb is not None and (
         "MemoryError" in stderr or "bad_alloc" in stderr or returncode < 0
     ):
-        message += f"; build.memory_mb is {isolation.memory_mb}: it may have run out of memory"
+        message += (
+            f"; {isolation.memory_setting} is {isolation.memory_mb}: it may have run out of memory"
+        )
     return message
 
 
@@ -180,8 +224,14 @@ def _child(spec_path: str) -> None:
     from gate.host import get_host
 
     stage = Path(spec["stage"])
-    stage.write_text("build")
     feeds = load_feeds(Path(spec["calibration"]))
+    if "probe" in spec:
+        stage.write_text("load")
+        probed = Candidate("original", None, Path(spec["probe"]["path"]), spec["probe"]["session"])
+        _run_once(probed, (spec["provider"], spec["provider_options"]), feeds[0])
+        _write_result(spec, probed)
+        return
+    stage.write_text("build")
     recipe = Recipe.from_json(spec["recipe"])
     candidate = build_candidate(
         recipe,
@@ -198,6 +248,10 @@ def _child(spec_path: str) -> None:
         # ONNX Runtime when loaded or run, and that must not take the gate down.
         stage.write_text("load")
         _run_once(candidate, (spec["provider"], spec["provider_options"]), feeds[0])
+    _write_result(spec, candidate)
+
+
+def _write_result(spec: dict[str, Any], candidate: Candidate) -> None:
     Path(spec["result"]).write_text(
         json.dumps(
             {

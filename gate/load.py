@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from gate.errors import ModelError, PolicyError
+from gate.guards import check_model_file
 from gate.host import Host, call_plugin
 from gate.policy import Policy
 
@@ -80,18 +82,26 @@ def model_size_bytes(path: Path) -> int:
 
 
 def copy_model(source: Path, destination: Path) -> None:
-    """Copy an ONNX model; one with external data is re-saved with it alongside."""
+    """Copy an ONNX model; one with external data is re-saved with it alongside. The model
+    file appears under its name only once complete (temp file and rename)."""
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    proto = onnx.load(str(source), load_external_data=False)
-    if any(uses_external_data(t) for t in proto.graph.initializer):
-        full = onnx.load(str(source))
-        onnx.save_model(
-            full, str(destination), save_as_external_data=True, location=f"{destination.name}.data"
-        )
-    else:
-        shutil.copyfile(source, destination)
+    temp = destination.with_name(f".{destination.name}.tmp")
+    try:
+        proto = onnx.load(str(source), load_external_data=False)
+        if any(uses_external_data(t) for t in proto.graph.initializer):
+            full = onnx.load(str(source))
+            # The data file is written under its final name: the model file names it.
+            onnx.save_model(
+                full, str(temp), save_as_external_data=True, location=f"{destination.name}.data"
+            )
+        else:
+            shutil.copyfile(source, temp)
+        os.replace(temp, destination)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
@@ -203,9 +213,10 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         )
     )
 
+    label = policy.model_path.name if path == policy.model_path else f"{path.name} (exported)"
+    proto = check_model_file(path, label, policy.limits)
     try:
         onnx.checker.check_model(str(path))
-        proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,12 @@ from gate.runtime import make_session
 from gate.stats import abba_ratios, coefficient_of_variation, quantile_estimate, ratio_estimate
 
 
-def measure_noise(policy_path: str | Path, seconds: float, sessions: int = 5) -> dict[str, Any]:
+def measure_noise(
+    policy_path: str | Path,
+    seconds: float,
+    sessions: int = 5,
+    allowed_paths: Sequence[Path] = (),
+) -> dict[str, Any]:
     """A/A blocks over ``sessions`` fresh session pairs sharing ``seconds``. Raises GateError on bad input.
 
     One block's interval only covers the noise within that block. Fresh
@@ -34,7 +40,7 @@ def measure_noise(policy_path: str | Path, seconds: float, sessions: int = 5) ->
     placement), by a few percent on a shared runner: the spread of the
     per-pair medians shows that part, which is what separates two CI runs.
     """
-    policy = load_policy(policy_path)
+    policy = load_policy(policy_path, allowed_paths)
     host = get_host()
     check_policy(policy, host)
     policy.measure = dataclasses.replace(

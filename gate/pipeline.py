@@ -7,12 +7,13 @@ writes a partial one).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,9 @@ from gate.decide import (
 )
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
+from gate.guards import unknown_ops
 from gate.host import Host, call_plugin, get_host
-from gate.isolation import Isolation, build_isolated, save_feeds
+from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
 from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
 from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
 from gate.memory import measure_memory
@@ -116,6 +118,7 @@ def run_gate(
     stage: str | None = None,
     source: Path | None = None,
     trust_model: bool = False,
+    allowed_paths: Sequence[Path] = (),
 ) -> GateResult:
     """Run the gate for a policy and write its reports into ``output_dir``.
 
@@ -126,9 +129,10 @@ def run_gate(
     (build, measure or decide) runs one stage, reading the previous one's output folder
     ``source`` (see :mod:`gate.stages`). ``trust_model`` is ``--trust-model``: every model
     may be loaded by an exporter that runs code from its file, as ``model.trusted`` allows.
+    ``allowed_paths``: folders outside the repository the policy's files may come from.
     """
     try:
-        policies: list[Policy] | None = load_policies(policy_path)
+        policies: list[Policy] | None = load_policies(policy_path, allowed_paths)
     except GateError:
         policies = None  # the run below reports the problem in report.json
     for policy in policies or []:
@@ -139,12 +143,12 @@ def run_gate(
         return run_suite(
             policy_path, policies, Path(output_dir), shard,
             host=host, progress=progress, keep_candidates=keep_candidates,
-            stage=stage, source=source,
+            stage=stage, source=source, allowed_paths=allowed_paths,
         )  # fmt: skip
     return run_model(
         policy_path, output_dir, policy=policies[0] if policies else None,
         host=host, progress=progress, keep_candidates=keep_candidates,
-        stage=stage, source=source,
+        stage=stage, source=source, allowed_paths=allowed_paths,
     )  # fmt: skip
 
 
@@ -158,6 +162,7 @@ def run_model(
     keep_candidates: bool = False,
     stage: str | None = None,
     source: Path | None = None,
+    allowed_paths: Sequence[Path] = (),
 ) -> GateResult:
     """Gate one model: ``policy`` (one model of the policy file), or the file's only model."""
     started = time.perf_counter()
@@ -170,7 +175,7 @@ def run_model(
         _prepare_output_dir(output_dir)
         _remove_previous_output(output_dir)
         host = host or get_host()
-        policy = policy or load_policy(policy_path)
+        policy = policy or load_policy(policy_path, allowed_paths)
         report["name"] = policy.name
         report["regressions"] = [regression.to_json() for regression in policy.regressions]
         check_policy(policy, host)
@@ -282,13 +287,13 @@ class GateRun:
         """Open, validate and check the original: a broken reference or a budget it cannot
         produce is known before minutes go into building and timing candidates."""
         original = original_candidate(self.model, self.policy)
+        if self.policy.build.isolate:
+            self._probe_original(original)
         try:
             self.original_session = make_session(self.model.path, original.session, self.target)
             self.reference = run_all(self.original_session, self.validation.feeds)
         except Exception as exc:
-            raise ModelError(
-                f"ONNX Runtime cannot run the original model: {_first_line(exc)}"
-            ) from exc
+            raise ModelError(self._cannot_run(_first_line(exc))) from exc
         self._framework_reference()
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL]["search"] = {"origin": "original"}
@@ -373,6 +378,55 @@ class GateRun:
             f"{candidate.name}: {speedup:.2f}x, {'meets' if passing else 'misses'} the budgets so far; "
             f"best so far: {best} ({best_speedup:.2f}x)"
         )
+
+    def _probe_original(self, original: Candidate) -> None:
+        """Open and run the original once in a child process first: a model that crashes
+        ONNX Runtime, hangs it or asks it for all memory must not take the gate down."""
+        feeds = self.work / "probe.npz"
+        save_feeds(self.validation.feeds[:1], feeds)
+        probed = probe_isolated(
+            dataclasses.replace(original, notes=[]), self.work / "probe",
+            self.target.provider, self.target.provider_options, feeds,
+            self._probe_isolation(),
+        )  # fmt: skip
+        if probed.failed:
+            detail = (probed.error or "").removeprefix("ONNX Runtime cannot run it: ")
+            raise ModelError(self._cannot_run(detail.replace("the load process", "its process")))
+
+    def _probe_isolation(self) -> Isolation:
+        """build.timeout_s and build.memory_mb; on the CPU without a memory_mb, half the
+        machine's memory: side-by-side timing holds two sessions at once, so a model that
+        needs more cannot be measured here, and it fails in its child instead of waking the
+        OOM killer. GPU providers map far more address space than they use: no default."""
+        build = self.policy.build
+        if build.memory_mb is not None or self.target.provider != "CPUExecutionProvider":
+            return Isolation(build.timeout_s, build.memory_mb)
+        try:
+            import psutil
+
+            half = int(psutil.virtual_memory().total // (2 << 20))
+        except Exception:
+            return Isolation(build.timeout_s)
+        return Isolation(
+            build.timeout_s,
+            half,
+            memory_setting="build.memory_mb (by default half this machine's memory)",
+        )
+
+    def _cannot_run(self, detail: str) -> str:
+        """Why the original cannot run, naming ops no kernel implements when there are some."""
+        import onnx
+
+        try:
+            unknown = unknown_ops(onnx.load(str(self.model.path), load_external_data=False))
+        except Exception:  # it parsed once already; this is only a better message
+            unknown = []
+        if unknown:
+            detail = (
+                f"it uses ops from domains ONNX Runtime has no kernels for: {', '.join(unknown)} "
+                "(they need a custom-op library)"
+            )
+        return f"ONNX Runtime cannot run the original model: {detail}"
 
     def _search(self) -> list[Candidate]:
         """Build and judge candidates one at a time, most promising first, within search.*."""
@@ -616,7 +670,9 @@ class GateRun:
             )
         self.validation = validation_feeds(policy, model)
         self.labels = (
-            load_labels(policy.labels_path, len(self.validation.feeds), "data.labels")
+            load_labels(
+                policy.labels_path, len(self.validation.feeds), "data.labels", policy.limits
+            )
             if policy.labels_path
             else None
         )
@@ -950,7 +1006,15 @@ class GateRun:
         entry["chosen"] = True
         winner = next(c for c in candidates if c.name == chosen)
         assert winner.path is not None
-        report["output_model"] = _save_model(winner.path, self.output_dir / MODEL_FILE)
+        try:
+            report["output_model"] = _save_model(winner.path, self.output_dir / MODEL_FILE)
+        except OSError as exc:  # a full disk: the verdict stands for nothing without the model
+            report["chosen"], entry["chosen"] = None, False
+            report["decision"] = (
+                f"cannot write the chosen model ({chosen}) into {self.output_dir}: "
+                f"{exc.strerror or exc}"
+            )
+            raise GateError(report["decision"]) from None
         report["output_model"]["session"] = winner.session
         chosen_standing = next(s for s in standings if s.name == chosen)
         report["warnings"].extend(_warnings(chosen, chosen_standing.results, on_inconclusive))

@@ -7,7 +7,7 @@ so a user (or an editor, or a CI annotation) can jump to the place.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from functools import cache
@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from gate.errors import PolicyError
+from gate.guards import (
+    Limits,
+    check_json_depth,
+    check_policy_text,
+    check_yaml_tree,
+    confinement_roots,
+    outside,
+)
 
 POLICY_SCHEMA = "policy.schema.json"
 REPORT_SCHEMA = "report.schema.json"
@@ -243,6 +251,7 @@ class Policy:
     measure: MeasureSettings
     min_gain: float
     build: BuildSettings = field(default_factory=BuildSettings)
+    limits: Limits = field(default_factory=Limits)
     search: SearchSettings = field(default_factory=SearchSettings)
     fallback: bool = False
     """target.fallback: CPU may stand in for a provider that is missing or not used."""
@@ -322,14 +331,49 @@ def _yaml_loader() -> type:
     return Loader
 
 
-def _yaml_load(text: str) -> Any:
+def _yaml_load(name: str, text: str) -> Any:
+    """Safe YAML (no tags that build objects), refused before construction when it nests
+    too deep, expands through aliases to too much, or repeats a key in one mapping."""
+
+    loader = _yaml_loader()(text)
+    try:
+        root = loader.get_single_node()
+        check_yaml_tree(name, root)
+        _refuse_duplicate_yaml_keys(name, root)
+        return None if root is None else loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _refuse_duplicate_yaml_keys(name: str, root: Any) -> None:
     import yaml
 
-    return yaml.load(text, Loader=_yaml_loader())
+    stack, seen = [root], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[Any] = set()
+            for key, value in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in keys:
+                        raise PolicyError(
+                            f"{name}:{key.start_mark.line + 1}: key '{key.value}' appears twice "
+                            "in one mapping"
+                        )
+                    keys.add(key.value)
+                stack += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            stack += node.value
 
 
 def _parse(path: Path) -> tuple[Any, str]:
     try:
+        if path.is_dir():
+            raise PolicyError(f"the policy {path} is a folder, not a file")
+        check_policy_text(path.name, path.stat().st_size)
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {path}") from None
@@ -337,16 +381,40 @@ def _parse(path: Path) -> tuple[Any, str]:
         raise PolicyError(f"cannot read policy file {path}: {exc}") from None
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text), text
+            document = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
         except json.JSONDecodeError as exc:
             raise PolicyError(f"{path.name}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise PolicyError(f"{path.name}: the policy nests too deep; refused") from None
+        except _DuplicateKey as exc:
+            raise PolicyError(f"{path.name}: key '{exc}' appears twice in one object") from None
+        check_json_depth(path.name, document)
+        return document, text
     try:
-        return _yaml_load(text), text
+        return _yaml_load(path.name, text), text
+    except PolicyError:
+        raise
+    except RecursionError:
+        raise PolicyError(f"{path.name}: the policy nests too deep; refused") from None
     except Exception as exc:  # yaml.YAMLError; yaml is imported lazily
         mark = getattr(exc, "problem_mark", None)
         where = f"{path.name}:{mark.line + 1}" if mark else path.name
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise PolicyError(f"{where}: invalid YAML: {problem}") from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A second `budgets:` further down would silently replace the one a reviewer read.
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise _DuplicateKey(key)
+        document[key] = value
+    return document
 
 
 def schema_problems(
@@ -393,16 +461,21 @@ def _read_valid(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]
     return document, lines
 
 
-def load_policies(path: str | Path) -> list[Policy]:
+def load_policies(path: str | Path, allowed_paths: Sequence[Path] = ()) -> list[Policy]:
     """Read and validate a policy; one :class:`Policy` per model it names (``model`` or
     ``models``), in the policy's order. Raise :class:`PolicyError` listing every problem.
 
-    Checks needing plugins (names, plugin options, metric names) are done by
-    :func:`gate.check.check_policy`.
+    The files it names must lie in its repository (its own folder outside one) or under
+    ``allowed_paths``. Checks needing plugins (names, plugin options, metric names) are
+    done by :func:`gate.check.check_policy`.
     """
     path = Path(path).absolute()
     document, lines = _read_valid(path)
     policies = [_build(path, doc, doc_lines) for doc, doc_lines in _per_model(document, lines)]
+    roots = confinement_roots(path, allowed_paths)
+    problems = [problem for policy in policies for problem in _paths_outside(policy, roots, path)]
+    if problems:
+        raise PolicyError(f"{path.name}: {len(problems)} problem(s)", list(dict.fromkeys(problems)))
     for index, policy in enumerate(policies):
         policy.in_suite = "models" in document
         if policy.in_suite:
@@ -444,9 +517,34 @@ def load_policies(path: str | Path) -> list[Policy]:
     return policies
 
 
-def load_policy(path: str | Path) -> Policy:
+def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[str]:
+    """A policy from a pull request must not make the gate read the runner's other files."""
+    named = {
+        ("model", "path"): policy.model_path,
+        ("data", "validation"): policy.validation_path,
+        ("data", "calibration"): policy.calibration_path,
+        ("data", "labels"): policy.labels_path,
+    }
+    scope = "repository" if (roots[0] / ".git").exists() else "policy's folder"
+    return [
+        policy.problem(
+            location,
+            f"{_written(policy, location)} leads outside the {scope}; refused (the person "
+            "running the gate can allow a folder with --allow-path or ONNX_GATE_ALLOW_PATHS)",
+        )
+        for location, target in named.items()
+        if target is not None and outside(target, roots)
+    ]
+
+
+def _written(policy: Policy, location: tuple[str, str]) -> str:
+    section = policy.raw.get(location[0], {})
+    return repr(section.get(location[1])) if isinstance(section, dict) else "it"
+
+
+def load_policy(path: str | Path, allowed_paths: Sequence[Path] = ()) -> Policy:
     """Read and validate a policy naming one model (see :func:`load_policies`)."""
-    policies = load_policies(path)
+    policies = load_policies(path, allowed_paths)
     if policies[0].in_suite:
         raise PolicyError(
             f"{Path(path).name}: names {len(policies)} models under 'models'; "
@@ -600,6 +698,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             timeout_s=float(doc.get("build", {}).get("timeout_s", 600)),
             memory_mb=doc.get("build", {}).get("memory_mb"),
         ),
+        limits=Limits.from_json(doc.get("limits", {})),
         search=SearchSettings(
             max_trials=search.get("max_trials", 24),
             max_seconds=float(search.get("max_seconds", 900)),

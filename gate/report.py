@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -87,13 +88,43 @@ def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, An
     return loaded
 
 
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(?:^|_)KEY(?:$|_)|APIKEY",
+    re.IGNORECASE,
+)
+"""Environment variables whose values never appear in a report (GITHUB_TOKEN,
+CI_JOB_TOKEN, AWS_SECRET_ACCESS_KEY, ONNX_GATE_API_TOKEN, ...)."""
+
+
+def scrub(text: str) -> str:
+    """Mask secret-looking environment values and write the home folder as ``~``: reports
+    are CI artifacts that anyone who can read the pipeline can download."""
+    for name, value in os.environ.items():
+        if len(value) >= 6 and SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, "***")
+    home = os.path.expanduser("~")
+    if len(home) > 1 and home != os.sep:
+        text = text.replace(home.rstrip(os.sep) + os.sep, "~" + os.sep)
+    return text
+
+
+def _umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
 def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves half a file."""
+    """Write via a temp file and rename, so a crash never leaves half a file; secrets and
+    the home folder are scrubbed on the way (see :func:`scrub`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from the group
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+            stream.write(scrub(text))
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the name points at it
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

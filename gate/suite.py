@@ -134,6 +134,7 @@ def run_suite(
     keep_candidates: bool = False,
     stage: str | None = None,
     source: Path | None = None,
+    allowed_paths: Sequence[Path] = (),
 ) -> GateResult:
     """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
     from gate.pipeline import GateResult, cwd_relative, run_model, write_reports
@@ -152,7 +153,7 @@ def run_suite(
         if policies is None:  # unreadable policy: load it again for the error to report
             from gate.policy import load_policies
 
-            load_policies(policy_path)
+            load_policies(policy_path, allowed_paths)
             raise GateError(f"cannot read the policy {policy_path}")
         chosen = set(shard_of(everything, shard))
         share = [policy for policy in policies if policy.name in chosen]

@@ -1,0 +1,413 @@
+"""Hostile input: model files, policies and data a stranger wrote are refused before they
+are parsed or run, each with one line, the documented exit code and a report; secrets
+never reach a report, and no report is ever half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import FAST_MEASURE, load_report, save_graph
+from onnx import TensorProto, helper, numpy_helper
+
+ONE_CANDIDATE = {"candidates": [{"name": "basic", "graph": {"level": "basic"}}]}
+
+
+def _add_model(folder: Path, *, external: str | None = None, length: int = 64) -> Path:
+    """y = x + w, with w (16 floats) stored inline or as external data at ``external``."""
+    weight = numpy_helper.from_array(np.ones((1, 16), np.float32), "w")
+    if external is not None:
+        weight.ClearField("raw_data")
+        weight.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", external), ("offset", "0"), ("length", str(length))):
+            entry = weight.external_data.add()
+            entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["y"])],
+        "add",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
+        [weight],
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    return save_graph(folder / "model.onnx", graph)
+
+
+def _policy(folder: Path, model: str = "model.onnx", **body: object) -> Path:
+    path = folder / "policy.json"
+    document = {
+        "version": 1,
+        "model": {"path": model},
+        "measure": dict(FAST_MEASURE),
+        **ONE_CANDIDATE,
+        **body,
+    }
+    path.write_text(json.dumps(document))
+    return path
+
+
+def _refused(gate_cli, policy: Path, out: Path, code: int) -> str:
+    """Run; assert the exit code, one error line, no traceback and a report saying so."""
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == code, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    report = load_report(out)
+    assert report["verdict"] == "error" and report["exit_code"] == code
+    assert not (out / "model.onnx").exists()
+    [error] = report["errors"]
+    assert "\n" not in error
+    return error
+
+
+# -- model files ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "location, why",
+    [
+        ("../secret.bin", "outside the model's folder"),
+        ("sub/../../secret.bin", "outside the model's folder"),
+        ("/etc/passwd", "an absolute path"),
+        ("link.bin", "a symbolic link"),
+        ("missing.bin", "which does not exist"),
+        ("short.bin", "bytes 0-64 asked for, the file has 8"),
+    ],
+)
+def test_external_data_that_leaves_the_models_folder_is_refused(location, why, gate_cli, tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.arange(16, dtype=np.float32).tobytes())
+    folder = tmp_path / "repo"
+    _add_model(folder, external=location)
+    (folder / "link.bin").symlink_to(secret)
+    (folder / "short.bin").write_bytes(b"\0" * 8)
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error.startswith(f"model model.onnx: tensor 'w' keeps its data in '{location}'")
+    assert why in error
+
+
+def test_external_data_beside_the_model_is_read(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder, external="weights.bin")
+    (folder / "weights.bin").write_bytes(np.ones(16, np.float32).tobytes())
+    result = gate_cli("run", _policy(folder), "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.stdout
+
+
+def test_size_node_and_tensor_limits_are_named(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    error = _refused(gate_cli, _policy(folder, limits={"nodes": "many"}), tmp_path / "o0", 2)
+    assert "limits.nodes: 'many' is not of type 'integer'" in error
+    error = _refused(gate_cli, _policy(folder, limits={"model_mb": 0.0001}), tmp_path / "o1", 3)
+    assert error.startswith("model model.onnx is 0.0 MB, over limits.model_mb (0.0001)")
+    # a graph of 40 nodes against a limit of 10
+    nodes = [helper.make_node("Relu", [f"t{i}"], [f"t{i + 1}"]) for i in range(40)]
+    graph = helper.make_graph(
+        nodes,
+        "deep",
+        [helper.make_tensor_value_info("t0", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("t40", TensorProto.FLOAT, [1, 4])],
+    )
+    save_graph(folder / "deep.onnx", graph)
+    error = _refused(
+        gate_cli, _policy(folder, "deep.onnx", limits={"nodes": 10}), tmp_path / "o2", 3
+    )
+    assert error == "model deep.onnx has 40 nodes, over limits.nodes (10)"
+    # a tensor whose dims claim two billion floats while holding 64 bytes
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.initializer[0].dims[:] = [1, 1 << 31]
+    onnx.save(model, str(folder / "liar.onnx"))
+    error = _refused(gate_cli, _policy(folder, "liar.onnx"), tmp_path / "o3", 3)
+    assert (
+        error
+        == "model liar.onnx: tensor 'w' declares 8,192.0 MB of data, over limits.model_mb (4096)"
+    )
+    model.graph.initializer[0].dims[:] = [1, 32]
+    onnx.save(model, str(folder / "short.onnx"))
+    error = _refused(gate_cli, _policy(folder, "short.onnx"), tmp_path / "o4", 3)
+    assert error == "model short.onnx: tensor 'w' declares 128 bytes but holds 64"
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "model model.onnx is empty (0 bytes)"),
+        (
+            b"\x08\x07\x12\xff\xff\xff\xff\x0f",
+            "model model.onnx is not a valid ONNX model: protobuf",
+        ),
+    ],
+    ids=["empty", "garbage"],
+)
+def test_files_that_are_not_models_are_named(content, message, gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "model.onnx").write_bytes(content)
+    assert _refused(gate_cli, _policy(folder), tmp_path / "out", 3).startswith(message)
+
+
+def test_ops_without_a_kernel_are_named(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("Mystery", ["x"], ["y"], domain="com.example")],
+        "custom",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    save_graph(folder / "model.onnx", graph, {"": 17, "com.example": 1})
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error == (
+        "ONNX Runtime cannot run the original model: it uses ops from domains ONNX Runtime "
+        "has no kernels for: com.example:Mystery (1 node) (they need a custom-op library)"
+    )
+
+
+def test_an_original_that_asks_for_all_memory_fails_in_its_child(gate_cli, tmp_path):
+    """ConstantOfShape asking for 40 GB when run: the gate's own process never tries."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    fill = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
+    graph = helper.make_graph(
+        [
+            helper.make_node("ConstantOfShape", ["shape"], ["big"], value=fill),
+            helper.make_node("ReduceSum", ["big"], ["total"], keepdims=0),
+            helper.make_node("Add", ["x", "total"], ["y"]),
+        ],
+        "bomb",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array([100_000, 100_000], np.int64), "shape")],
+    )
+    save_graph(folder / "model.onnx", graph)
+    policy = _policy(folder, build={"memory_mb": 1024})
+    error = _refused(gate_cli, policy, tmp_path / "out", 3)
+    assert error.startswith("ONNX Runtime cannot run the original model: ")
+    assert "build.memory_mb is 1024: it may" in error
+
+
+def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_path):
+    """A Loop of 10^15 iterations: the child running it once is killed, the run reports."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 4]),
+        ],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "step")],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
+        "forever",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [
+            numpy_helper.from_array(np.array(10**15, np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "cond"),
+        ],
+    )
+    save_graph(folder / "model.onnx", graph)
+    error = _refused(gate_cli, _policy(folder, build={"timeout_s": 3}), tmp_path / "out", 3)
+    assert error == (
+        "ONNX Runtime cannot run the original model: timed out after 3 s (build.timeout_s); "
+        "its first run was killed"
+    )
+
+
+# -- policies ------------------------------------------------------------------
+
+
+def test_policy_paths_stay_in_the_repository_unless_the_job_allows_more(
+    gate_cli, tmp_path, monkeypatch
+):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    _add_model(elsewhere)
+    (repo / "configs").mkdir()
+    policy = _policy(repo / "configs", "../../elsewhere/model.onnx")
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        "error: policy.json:1: model.path: '../../elsewhere/model.onnx' leads outside the "
+        "repository; refused (the person running the gate can allow a folder with "
+        "--allow-path or ONNX_GATE_ALLOW_PATHS)"
+    )
+    assert gate_cli("check", policy, "--allow-path", elsewhere).exit_code == 0
+    monkeypatch.setenv("ONNX_GATE_ALLOW_PATHS", str(elsewhere))
+    assert gate_cli("check", policy).exit_code == 0
+    monkeypatch.delenv("ONNX_GATE_ALLOW_PATHS")
+    # a path inside the repository through a link that leads out is outside too
+    (repo / "models").symlink_to(elsewhere)
+    policy = _policy(repo, "models/model.onnx")
+    assert _refused(gate_cli, policy, tmp_path / "out", 2).startswith(
+        "policy.json:1: model.path: 'models/model.onnx' leads outside the repository"
+    )
+    # Data files too, and in a policy outside any repository its own folder is the limit.
+    loose = tmp_path / "loose"
+    _add_model(loose)
+    np.savez(tmp_path / "validation.npz", x=np.zeros((4, 1, 16), np.float32))
+    policy = _policy(loose, data={"validation": "../validation.npz"})
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "data.validation: '../validation.npz' leads outside the policy's folder" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "version: 1\nmodel: !!python/object/apply:os.system ['touch PWNED']\n",
+            "policy.yaml:2: invalid YAML: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/object/apply:os.system'",
+        ),
+        (
+            "version: 1\nmodel: {path: model.onnx}\nbudgets: []\nbudgets: []\n",
+            "policy.yaml:4: key 'budgets' appears twice in one mapping",
+        ),
+        (
+            "version: 1\nmodel: {path: model.onnx}\nx: " + "[" * 200 + "]" * 200 + "\n",
+            "policy.yaml:3: the policy nests deeper than 64 levels; refused",
+        ),
+        (
+            "a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+            + "".join(
+                f"{name}: &{name} [{', '.join(['*' + previous] * 10)}]\n"
+                for previous, name in zip("abcdefgh", "bcdefghi", strict=True)
+            ),
+            "policy.yaml:5: the policy expands to over 100,000 values (YAML aliases included); "
+            "refused",
+        ),
+        (
+            "version: 1\n# " + "x" * (1 << 20) + "\n",
+            "policy.yaml: the policy is 1.0 MB; a policy over 1.0 MB is refused",
+        ),
+    ],
+    ids=["python-tag", "duplicate-key", "deep", "alias-bomb", "huge"],
+)
+def test_hostile_policies_are_refused_before_they_are_walked(text, message, gate_cli, tmp_path):
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(text)
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == f"error: {message}"
+    assert not (tmp_path / "PWNED").exists() and not Path("PWNED").exists()
+
+
+def test_a_duplicate_key_in_json_is_refused(gate_cli, tmp_path):
+    policy = tmp_path / "policy.json"
+    policy.write_text('{"version": 1, "model": {"path": "a.onnx", "path": "b.onnx"}}')
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: policy.json: key 'path' appears twice in one object"
+
+
+# -- data files ----------------------------------------------------------------
+
+
+def _zip_bomb(path: Path) -> None:
+    """An .npz whose one member's .npy header declares 8 GB: numpy would allocate that first."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    header = {"descr": "<f4", "fortran_order": False, "shape": (2_000_000_000, 1, 16)}
+    with (
+        zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive,
+        archive.open("x.npy", "w") as member,
+    ):
+        npy.write_array_header_1_0(member, header)
+        member.write(b"\0" * 4096)
+
+
+def test_hostile_data_files_are_refused_before_numpy_reads_them(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    _zip_bomb(folder / "bomb.npz")
+    error = _refused(gate_cli, _policy(folder, data={"validation": "bomb.npz"}), tmp_path / "o1", 2)
+    assert error == (
+        "data.validation: bomb.npz holds 122,070.3 MB of arrays, over limits.data_mb (2048)"
+    )
+    np.savez(folder / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    error = _refused(
+        gate_cli, _policy(folder, data={"validation": "objects.npz"}), tmp_path / "o2", 2
+    )
+    assert error.startswith("data.validation: cannot read objects.npz as .npz: ValueError")
+    assert "allow_pickle=False" in error
+    (folder / "empty.npz").write_bytes(b"")
+    error = _refused(
+        gate_cli, _policy(folder, data={"validation": "empty.npz"}), tmp_path / "o3", 2
+    )
+    assert error == "data.validation: empty.npz is empty (0 bytes)"
+
+
+# -- reports -------------------------------------------------------------------
+
+
+def test_secrets_in_the_environment_never_reach_a_report(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    token = "ghp_" + "s3cr3tV4lue" * 3
+    monkeypatch.setenv("GITHUB_TOKEN", token)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws/" + "K3y" * 8)
+    # A message that would carry one: the model's file name holds the token.
+    policy = classifier.write_policy({**ONE_CANDIDATE, "model": {"path": f"{token}.onnx"}})
+    out = tmp_path / "out"
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 2
+    texts = [path.read_text(errors="replace") for path in out.iterdir() if path.is_file()]
+    assert texts and all(token not in text and "K3yK3y" not in text for text in texts)
+    assert "***.onnx" in (out / "report.json").read_text()
+
+
+def test_report_files_are_complete_and_readable_by_the_group(classifier, gate_cli, tmp_path):
+    out = tmp_path / "out"
+    assert gate_cli("run", classifier.write_policy(ONE_CANDIDATE), "-o", out, "-q").exit_code == 0
+    names = sorted(path.name for path in out.iterdir())
+    assert not [name for name in names if name.endswith(".tmp") or ".tmp." in name], names
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("report.json", "summary.md", "junit.xml", "model.onnx"):
+        mode = stat.S_IMODE((out / name).stat().st_mode)
+        assert mode & stat.S_IRGRP or umask & stat.S_IRGRP, (name, oct(mode))
+
+
+def test_a_full_disk_while_writing_the_chosen_model_is_an_error_not_a_pass(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    """Fault injection: the copy of the chosen model fails with ENOSPC."""
+    import errno
+    import shutil
+
+    real = shutil.copyfile
+
+    def full(source, destination, *args, **kwargs):
+        if ".model.onnx" in str(destination):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(source, destination, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full)
+    out = tmp_path / "out"
+    result = gate_cli("run", classifier.write_policy(ONE_CANDIDATE), "-o", out, "-q")
+    assert result.exit_code == 3
+    report = load_report(out)
+    assert report["chosen"] is None and not (out / "model.onnx").exists()
+    assert report["errors"] == [
+        f"cannot write the chosen model (original) into {out}: No space left on device"
+    ]
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
