@@ -78,7 +78,7 @@ def _run_and_exit(
 
 
 @cli.command(epilog=EXIT_CODES_HELP)
-@click.argument("policy", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("policy", type=click.Path(path_type=Path))  # a folder is reported in report.json
 @output_dir_option
 @quiet_option
 @click.option(
@@ -136,6 +136,9 @@ def run(
                 else "--from goes with --stage measure or --stage decide"
             )
     except GateError as error:
+        from gate.pipeline import report_usage_error
+
+        report_usage_error(policy, output_dir, error)  # every run leaves its report.json
         _fail(error)
     _run_and_exit(
         policy, output_dir, quiet, keep_candidates, share, stage, source, trust_model,
@@ -392,5 +395,19 @@ def main() -> None:
         code = int(ExitCode.USAGE_ERROR)
     except (KeyboardInterrupt, click.Abort):
         click.echo("onnx-gate: interrupted; report.json (if any) is marked partial", err=True)
+        code = int(ExitCode.RUNTIME_ERROR)
+    except Exception as exc:  # a bug in the gate: exit 3 (never 1, a failed budget), one line
+        import os
+        import traceback
+
+        if os.environ.get("ONNX_GATE_DEBUG"):
+            traceback.print_exc()
+        where = traceback.extract_tb(exc.__traceback__)[-1]
+        text = str(exc).splitlines()[0][:300] if str(exc).strip() else ""
+        click.echo(
+            f"error: internal error: {type(exc).__name__}: {text} (at "
+            f"{Path(where.filename).name}:{where.lineno}); ONNX_GATE_DEBUG=1 shows the traceback",
+            err=True,
+        )
         code = int(ExitCode.RUNTIME_ERROR)
     raise SystemExit(code or 0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,13 @@ class FeedSet:
         }
 
 
+def _why(exc: Exception) -> str:
+    # numpy's own advice ("load it unsafely using allow_pickle=True") is not ours to give.
+    if "allow_pickle" in str(exc):
+        return "it holds object arrays (pickled data), which the gate never loads"
+    return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+
+
 def _relative(path: Path, base: Path) -> str:
     try:
         return str(path.relative_to(base))
@@ -39,6 +47,16 @@ def _relative(path: Path, base: Path) -> str:
 
 def synthesize(model: LoadedModel, policy: Policy, count: int, seed: int) -> list[Sample]:
     """Random feeds of the fixed shapes; ``inputs.<name>.range`` bounds the values."""
+    for spec in model.inputs:
+        value_range = policy.inputs.get(spec.name)
+        low_high = value_range.value_range if value_range else None
+        if low_high is not None and not _fits(low_high, spec.dtype):
+            raise PolicyError(
+                policy.problem(
+                    ("inputs", spec.name, "range"),
+                    f"{list(low_high)} does not fit the input's type, {spec.dtype}",
+                )
+            )
     rng = np.random.default_rng(seed)
     feeds = []
     for _ in range(count):
@@ -49,6 +67,13 @@ def synthesize(model: LoadedModel, policy: Policy, count: int, seed: int) -> lis
             feed[spec.name] = _random(rng, spec, low_high)
         feeds.append(feed)
     return feeds
+
+
+def _fits(low_high: tuple[float, float], dtype: np.dtype) -> bool:
+    if dtype == np.bool_:
+        return True
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    return all(float(info.min) <= value <= float(info.max) for value in low_high)
 
 
 def _random(
@@ -75,13 +100,16 @@ def load_feeds(
     axis (``array[i:i+1]`` is then one sample).
     """
     check_data_file(path, where, limits)
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise PolicyError(
+            f"{where}: {path.name} is not an .npz archive (numpy.savez writes one, an array "
+            "per model input)"
+        )
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
     except Exception as exc:
-        raise PolicyError(
-            f"{where}: cannot read {path.name} as .npz: {type(exc).__name__}: {exc}"
-        ) from None
+        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
     names = [spec.name for spec in model.inputs]
     missing = [name for name in names if name not in arrays]
     extra = [key for key in arrays if key not in names]
@@ -138,12 +166,14 @@ def load_labels(
     path: Path, samples: int, where: str, limits: Limits = DEFAULT_LIMITS
 ) -> np.ndarray:
     check_data_file(path, where, limits)
+    if zipfile.is_zipfile(path):
+        raise PolicyError(
+            f"{where}: {path.name} is an .npz archive; labels are one .npy array (numpy.save)"
+        )
     try:
         labels = np.load(path, allow_pickle=False)
     except Exception as exc:
-        raise PolicyError(
-            f"{where}: cannot read {path.name} as .npy: {type(exc).__name__}: {exc}"
-        ) from None
+        raise PolicyError(f"{where}: cannot read {path.name} as .npy: {_why(exc)}") from None
     labels = (
         np.asarray(labels).reshape(-1) if np.ndim(labels) > 1 and labels.shape[-1] == 1 else labels
     )

@@ -19,7 +19,8 @@ import numpy as np
 
 from gate.errors import ModelError, PolicyError
 
-MB = 1 << 20
+MB = 1_000_000
+"""As everywhere in onnx-gate's reports: 10^6 bytes."""
 PROTOBUF_LIMIT = 2 << 30
 """protobuf cannot parse one message over 2 GiB: bigger models keep weights as external data."""
 

@@ -232,6 +232,10 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         )
     inputs = _fix_shapes(policy, declared, warnings)
     outputs = _tensor_specs(proto.graph.output, set())
+    if not outputs:
+        raise ModelError(
+            f"model {policy.model_path.name} has no outputs: there is nothing to validate"
+        )
     return LoadedModel(
         path=path,
         sha256=file_sha256(path),

@@ -46,7 +46,14 @@ from gate.memory import measure_memory
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
 from gate.policy import Budget, Policy, Recipe, load_policies, load_policy
 from gate.progress import RESULT_PREFIX, Progress
-from gate.report import MODEL_FILE, REPORT_FILE, environment, new_report, write_report_json
+from gate.report import (
+    MODEL_FILE,
+    REPORT_FILE,
+    environment,
+    new_report,
+    signals_held,
+    write_report_json,
+)
 from gate.runtime import Target, make_session, run_all
 from gate.search import Search, Trial, fallback_trial, propose, search_context
 from gate.sensitivity import rank_sources
@@ -229,14 +236,31 @@ def write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -
         except GateError:  # the registry itself is what failed; report.json still goes out
             reporters = []
     written = []
-    for reporter in reporters:
-        try:
-            paths = call_plugin(reporter, "write", reporter.write, report, output_dir)
-            written += [Path(path).name for path in paths or ()]
-        except GateError as exc:
-            report["errors"].append(exc.message)
-    report["files"] = sorted({REPORT_FILE, *written})
-    write_report_json(report, output_dir)
+    with signals_held():
+        for reporter in reporters:
+            try:
+                paths = call_plugin(reporter, "write", reporter.write, report, output_dir)
+                written += [Path(path).name for path in paths or ()]
+            except GateError as exc:
+                report["errors"].append(exc.message)
+        report["files"] = sorted({REPORT_FILE, *written})
+        write_report_json(report, output_dir)
+
+
+def report_usage_error(policy_path: Path, output_dir: Path, error: GateError) -> GateResult:
+    """A run refused before it started (a bad --shard, a policy that is a folder) still
+    writes its report.json, and removes the previous run's chosen model."""
+    report = new_report(policy_path)
+    report.update(verdict="error", exit_code=int(error.exit_code), message=error.message)
+    report["errors"].extend(error.lines())
+    report["environment"] = environment()
+    try:
+        _prepare_output_dir(output_dir)
+        _remove_previous_output(output_dir)
+        write_reports(report, output_dir, None)
+    except (GateError, OSError):
+        pass  # the console still says what went wrong
+    return GateResult(report, error.exit_code, output_dir)
 
 
 class GateRun:

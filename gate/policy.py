@@ -539,7 +539,8 @@ def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[st
 
 def _written(policy: Policy, location: tuple[str, str]) -> str:
     section = policy.raw.get(location[0], {})
-    return repr(section.get(location[1])) if isinstance(section, dict) else "it"
+    text = repr(section.get(location[1])) if isinstance(section, dict) else "it"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def load_policy(path: str | Path, allowed_paths: Sequence[Path] = ()) -> Policy:
@@ -623,7 +624,16 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
     base = path.parent
 
     def resolve(value: str | None) -> Path | None:
-        return None if value is None else (base / value).resolve()
+        if value is None:
+            return None
+        try:
+            resolved = (base / value).resolve()
+            resolved.exists()  # raises for a name the system cannot take (too long)
+            return resolved
+        except (ValueError, OSError) as exc:  # a NUL byte, a name too long for the system
+            shown = value if len(value) <= 80 else value[:77] + "..."
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise PolicyError(f"{path.name}: the path {shown!r} is not usable: {why}") from None
 
     model = doc["model"]
     data = doc.get("data", {})

@@ -3,14 +3,17 @@ and the chosen model. Reporter plugins add more files."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
 import re
+import signal
 import sys
 import tempfile
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,23 @@ def scrub(text: str) -> str:
     if len(home) > 1 and home != os.sep:
         text = text.replace(home.rstrip(os.sep) + os.sep, "~" + os.sep)
     return text
+
+
+@contextlib.contextmanager
+def signals_held() -> Iterator[None]:
+    """Ignore Ctrl-C and SIGTERM while the report files are written: a second signal (CI
+    runners send several) would otherwise stop the writing halfway, and a verdict is worth
+    more than the second of shutdown it costs. Only the main thread can change handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in held}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def _umask() -> int:

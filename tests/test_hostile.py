@@ -125,7 +125,7 @@ def test_size_node_and_tensor_limits_are_named(gate_cli, tmp_path):
     error = _refused(gate_cli, _policy(folder, "liar.onnx"), tmp_path / "o3", 3)
     assert (
         error
-        == "model liar.onnx: tensor 'w' declares 8,192.0 MB of data, over limits.model_mb (4096)"
+        == "model liar.onnx: tensor 'w' declares 8,589.9 MB of data, over limits.model_mb (4096)"
     )
     model.graph.initializer[0].dims[:] = [1, 32]
     onnx.save(model, str(folder / "short.onnx"))
@@ -342,14 +342,16 @@ def test_hostile_data_files_are_refused_before_numpy_reads_them(gate_cli, tmp_pa
     _zip_bomb(folder / "bomb.npz")
     error = _refused(gate_cli, _policy(folder, data={"validation": "bomb.npz"}), tmp_path / "o1", 2)
     assert error == (
-        "data.validation: bomb.npz holds 122,070.3 MB of arrays, over limits.data_mb (2048)"
+        "data.validation: bomb.npz holds 128,000.0 MB of arrays, over limits.data_mb (2048)"
     )
     np.savez(folder / "objects.npz", x=np.array([{"a": 1}], dtype=object))
     error = _refused(
         gate_cli, _policy(folder, data={"validation": "objects.npz"}), tmp_path / "o2", 2
     )
-    assert error.startswith("data.validation: cannot read objects.npz as .npz: ValueError")
-    assert "allow_pickle=False" in error
+    assert error == (
+        "data.validation: cannot read objects.npz as .npz: it holds object arrays (pickled "
+        "data), which the gate never loads"
+    )
     (folder / "empty.npz").write_bytes(b"")
     error = _refused(
         gate_cli, _policy(folder, data={"validation": "empty.npz"}), tmp_path / "o3", 2
@@ -411,3 +413,109 @@ def test_a_full_disk_while_writing_the_chosen_model_is_an_error_not_a_pass(
         f"cannot write the chosen model (original) into {out}: No space left on device"
     ]
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+# -- found by bench/robustness.py ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        (
+            "model\0.onnx",
+            "policy.json: the path 'model\\x00.onnx' is not usable: embedded null byte",
+        ),
+        ("m" * 5000 + ".onnx", "policy.json: the path 'mmmm"),
+    ],
+    ids=["nul-byte", "too-long"],
+)
+def test_unusable_paths_are_policy_errors(path, message, gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    policy = _policy(folder, path)
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: {message}")
+    assert len(result.stderr) < 400
+    assert _refused(gate_cli, policy, tmp_path / "out", 2).startswith(message)
+
+
+def test_labels_and_data_of_the_wrong_kind_are_named(classifier, gate_cli, tmp_path):
+    folder = classifier.folder
+    policy = classifier.write_policy(
+        {**ONE_CANDIDATE, "data": {"validation": "validation.npz", "labels": "calibration.npz"}}
+    )
+    error = _refused(gate_cli, policy, tmp_path / "o1", 2)
+    assert error == (
+        "data.labels: calibration.npz is an .npz archive; labels are one .npy array (numpy.save)"
+    )
+    policy = classifier.write_policy({**ONE_CANDIDATE, "data": {"validation": "labels.npy"}})
+    error = _refused(gate_cli, policy, tmp_path / "o2", 2)
+    assert error == (
+        "data.validation: labels.npy is not an .npz archive (numpy.savez writes one, an array "
+        "per model input)"
+    )
+    assert (folder / "labels.npy").is_file()
+
+
+def test_a_range_the_input_type_cannot_hold_is_refused(classifier, gate_cli, tmp_path):
+    policy = classifier.write_policy({**ONE_CANDIDATE, "inputs": {"x": {"range": [-1e300, 1e300]}}})
+    error = _refused(gate_cli, policy, tmp_path / "out", 2)
+    assert (
+        error
+        == "policy.yaml:17: inputs.x.range: [-1e+300, 1e+300] does not fit the input's type, float32"
+    )
+
+
+def test_a_model_without_outputs_is_named(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "silent",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [],
+    )
+    save_graph(folder / "model.onnx", graph)
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error == "model model.onnx has no outputs: there is nothing to validate"
+
+
+def test_a_refused_run_replaces_the_previous_report(classifier, gate_cli, tmp_path):
+    """Usage errors found before the run starts still write report.json, and the earlier
+    run's chosen model goes: a stale pass must never be read as this run's."""
+    out = tmp_path / "out"
+    policy = classifier.write_policy(ONE_CANDIDATE)
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    assert (out / "model.onnx").is_file()
+    result = gate_cli("run", policy, "-o", out, "-q", "--shard", "3/2")
+    assert result.exit_code == 2
+    assert load_report(out)["verdict"] == "error" and not (out / "model.onnx").exists()
+    assert gate_cli("run", policy, "-o", out, "-q").exit_code == 0
+    result = gate_cli("run", classifier.folder, "-o", out, "-q")  # a folder, not a policy
+    assert result.exit_code == 2
+    assert load_report(out)["errors"] == [f"the policy {classifier.folder} is a folder, not a file"]
+    assert not (out / "model.onnx").exists()
+
+
+def test_an_unexpected_crash_is_exit_3_in_one_line(tmp_path):
+    """A bug in the gate must never exit 1, which CI reads as a failed budget."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, gate.cli, gate.check\n"
+        "def broken(*args, **kwargs): raise ZeroDivisionError('boom')\n"
+        "gate.check.check_policy = broken\n"
+        "sys.argv = ['onnx-gate', 'check', sys.argv[1]]\n"
+        "gate.cli.main()\n"
+    )
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(_policy(folder))],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "ONNX_GATE_DEBUG": ""},
+    )  # fmt: skip
+    assert done.returncode == 3
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith("error: internal error: ZeroDivisionError: boom (at ")
+    assert "ONNX_GATE_DEBUG=1 shows the traceback" in done.stderr
