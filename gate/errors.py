@@ -12,12 +12,24 @@ class GateError(Exception):
     exit_code: ExitCode = ExitCode.RUNTIME_ERROR
 
     def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        message = one_line(message)
         super().__init__(message)
         self.message = message
-        self.problems = problems or []
+        self.problems = [one_line(problem) for problem in problems or []]
 
     def lines(self) -> list[str]:
         return self.problems or [self.message]
+
+
+_CONTROL = {code: f"\\x{code:02x}" for code in (*range(32), 127)}
+_CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t"})
+
+
+def one_line(text: str) -> str:
+    """A message is one line even when it quotes a policy string holding a newline or a
+    terminal escape: CI logs and annotations split on newlines, and one problem must not
+    read as several (or as an injected command)."""
+    return text.translate(_CONTROL)
 
 
 class UsageError(GateError):

@@ -154,6 +154,32 @@ def check_json_depth(name: str, document: Any) -> None:
             stack += [(item, depth + 1) for item in value]
 
 
+NUMBER_LIMIT = 10**15
+"""No setting needs more; a bigger integer overflows float() and numpy's int64."""
+
+
+def numbers_out_of_range(document: Any) -> list[tuple[tuple[Any, ...], str]]:
+    """(location, problem) of every integer beyond ±NUMBER_LIMIT and every NaN or infinity
+    (JSON's ``NaN``, YAML's ``.inf``): no setting means either."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(document, ())]
+    while stack:
+        value, location = stack.pop()
+        if isinstance(value, dict):
+            stack += [(item, (*location, key)) for key, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(item, (*location, index)) for index, item in enumerate(value)]
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int) and abs(value) > NUMBER_LIMIT:
+            found.append(
+                (location, f"{len(str(abs(value)))}-digit number; numbers stay within ±1e15")
+            )
+        elif isinstance(value, float) and not math.isfinite(value):
+            found.append((location, f"{value} is not a number a setting can take"))
+    return sorted(found, key=lambda item: [str(part) for part in item[0]])
+
+
 # -- model files -------------------------------------------------------------
 
 

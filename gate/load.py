@@ -230,6 +230,12 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         raise ModelError(
             f"model {policy.model_path.name} has no inputs: there is nothing to feed or time"
         )
+    strings = [spec.name for spec in declared if spec.dtype == np.dtype(object)]
+    if strings:
+        raise ModelError(
+            f"model {policy.model_path.name} takes string input(s) {', '.join(strings)}: the "
+            "gate feeds and times numeric tensors only"
+        )
     inputs = _fix_shapes(policy, declared, warnings)
     outputs = _tensor_specs(proto.graph.output, set())
     if not outputs:

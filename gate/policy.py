@@ -22,6 +22,7 @@ from gate.guards import (
     check_policy_text,
     check_yaml_tree,
     confinement_roots,
+    numbers_out_of_range,
     outside,
 )
 
@@ -388,6 +389,8 @@ def _parse(path: Path) -> tuple[Any, str]:
             raise PolicyError(f"{path.name}: the policy nests too deep; refused") from None
         except _DuplicateKey as exc:
             raise PolicyError(f"{path.name}: key '{exc}' appears twice in one object") from None
+        except ValueError:  # an integer literal of more digits than Python converts
+            raise PolicyError(f"{path.name}: invalid JSON: a number too long to read") from None
         check_json_depth(path.name, document)
         return document, text
     try:
@@ -458,6 +461,10 @@ def _read_valid(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]
             f"{path.name}: {len(problems)} problem(s)",
             [f"{where(location)}: {message}" for location, message in problems],
         )
+    # The schema compares any integer exactly; turning one into a float later would overflow.
+    huge = [f"{where(location)}: {problem}" for location, problem in numbers_out_of_range(document)]
+    if huge:
+        raise PolicyError(f"{path.name}: {len(huge)} problem(s)", huge)
     return document, lines
 
 

@@ -214,4 +214,4 @@ def test_non_finite_thresholds_are_refused(classifier, gate_cli):
     )
     result = gate_cli("check", policy)
     assert result.exit_code == 2
-    assert "budgets[0]: the threshold must be a finite number" in result.stderr
+    assert "nan.yaml:3: budgets[0].min: nan is not a number a setting can take" in result.stderr
