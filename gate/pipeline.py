@@ -37,7 +37,7 @@ from gate.decide import (
 )
 from gate.errors import GateError, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
-from gate.guards import unknown_ops
+from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
 from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
 from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
@@ -74,10 +74,16 @@ class GateResult:
 
 
 def cwd_relative(path: Path) -> str:
+    """A path as a report shows it: relative to the working directory (a CI job's checkout),
+    else to the repository holding it; the runner's own layout stays out of artifacts."""
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+        resolved = path.resolve()
+    except (OSError, ValueError):
         return str(path)
+    for base in (Path.cwd().resolve(), repository_root(resolved.parent)):
+        if base is not None and resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return str(path)
 
 
 def _first_line(exc: BaseException) -> str:

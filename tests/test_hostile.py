@@ -519,3 +519,31 @@ def test_an_unexpected_crash_is_exit_3_in_one_line(tmp_path):
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error: internal error: ZeroDivisionError: boom (at ")
     assert "ONNX_GATE_DEBUG=1 shows the traceback" in done.stderr
+
+
+def test_a_single_file_over_protobufs_limit_is_named_before_parsing(gate_cli, tmp_path):
+    """A 2.5 GB model file (sparse: it takes no disk) is refused from its size alone."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    with (folder / "model.onnx").open("wb") as handle:
+        handle.truncate(2_500_000_000)
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error.startswith(
+        "model model.onnx is 2,500.0 MB in one file, over protobuf's 2 GB limit: save it "
+        "with its weights as external data"
+    )
+
+
+def test_report_paths_are_relative_to_the_repository(gate_cli, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    (repo / ".git").mkdir(parents=True)
+    _add_model(repo / "models")
+    policy = _policy(repo / "models")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the job runs from outside the checkout
+    assert gate_cli("run", policy, "-o", tmp_path / "out", "-q").exit_code == 0
+    report = load_report(tmp_path / "out")
+    assert report["policy"] == "models/policy.json"
+    assert report["model"]["path"] == "models/model.onnx"
+    assert str(tmp_path) not in (tmp_path / "out" / "report.json").read_text()
