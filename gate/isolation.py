@@ -74,12 +74,12 @@ def build_isolated(
     candidate = Candidate(recipe.name, recipe.describe())
     spec = {
         "recipe": recipe.to_json(),
-        "source": str(source),
+        "source": str(source.resolve()),
         "input_shapes": {name: list(shape) for name, shape in input_shapes.items()},
         "work_root": str(work_root),
         "provider": provider,
         "provider_options": dict(provider_options or {}),
-        "calibration": str(calibration_path),
+        "calibration": str(calibration_path.resolve()),
         "calibration_source": calibration_source,
     }
     return _in_child(candidate, spec, work_root, isolation, "build")
@@ -96,10 +96,11 @@ def probe_isolated(
     """Open ``candidate``'s model and run it once in a child: a model that crashes ONNX
     Runtime, hangs it or asks it for all memory fails here, not in the gate's own process."""
     spec = {
-        "probe": {"path": str(candidate.path), "session": candidate.session},
+        # Absolute: the child runs in work_root, and --from folders are often relative.
+        "probe": {"path": str(Path(str(candidate.path)).resolve()), "session": candidate.session},
         "provider": provider,
         "provider_options": dict(provider_options),
-        "calibration": str(feeds_path),
+        "calibration": str(feeds_path.resolve()),
     }
     return _in_child(candidate, spec, work_root, isolation, "load")
 

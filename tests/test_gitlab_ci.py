@@ -599,11 +599,12 @@ probe:
 
 
 def fast_policy(target: Path, **changes: Any) -> Path:
-    """The demo policy with absolute paths, one candidate and a short timing cap."""
+    """The demo policy beside copies of the demo's model and data (a policy may only name
+    files in its own folder or repository), one candidate and a short timing cap."""
     policy = yaml.safe_load(DEMO_POLICY.read_text(encoding="utf-8"))
     demo = DEMO_POLICY.parent
-    policy["model"]["path"] = str(demo / policy["model"]["path"])
-    policy["data"] = {key: str(demo / value) for key, value in policy["data"].items()}
+    for name in [policy["model"]["path"], *policy["data"].values()]:
+        shutil.copyfile(demo / name, target.parent / name)
     policy["candidates"] = [{"name": "dynamic", "quantize": {"plugin": "dynamic"}}]
     policy["measure"] = {"max_seconds": 0.5}
     policy.update(changes)

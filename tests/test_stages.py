@@ -96,3 +96,17 @@ def test_stage_mistakes_are_clear_usage_errors(classifier, gate_cli, tmp_path):
         result.exit_code == 2 and "holds no measurements" in load_report(tmp_path / "d")["message"]
     )
     assert "Traceback" not in result.stderr
+
+
+def test_stages_with_relative_folders_as_ci_jobs_pass_them(classifier, gate_cli, monkeypatch):
+    """CI jobs name their folders relative to the checkout (`--from gate-build`): the
+    measure stage's first run of the bundled original happens in a child process with
+    its own working directory, and must still find it."""
+    policy = classifier.write_policy({"candidates": RECIPES[:1]})
+    monkeypatch.chdir(classifier.folder)
+    assert gate_cli("run", policy.name, "--stage", "build", "-o", "gate-build", "-q").exit_code == 0
+    result = gate_cli(
+        "run", policy.name, "--stage", "measure", "--from", "gate-build", "-o", "gate-measure", "-q"
+    )
+    assert result.exit_code in (0, 4), result.stdout
+    assert load_report(classifier.folder / "gate-measure")["stage"] == "measure"
