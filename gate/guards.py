@@ -184,10 +184,11 @@ def numbers_out_of_range(document: Any) -> list[tuple[tuple[Any, ...], str]]:
 
 
 def _all_tensors(graph: Any) -> Iterator[Any]:
-    """Initializers and tensor attributes (Constant values), subgraphs included."""
+    """Initializers and tensor attributes (Constant values), subgraphs included; ``graph``
+    may be a function, which has no initializers."""
     import onnx
 
-    yield from graph.initializer
+    yield from getattr(graph, "initializer", ())
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
@@ -212,6 +213,34 @@ def _all_nodes(graph: Any) -> Iterator[Any]:
             elif attribute.type == onnx.AttributeProto.GRAPHS:
                 for subgraph in attribute.graphs:
                     yield from _all_nodes(subgraph)
+
+
+def _expanded_nodes(proto: Any, label: str, limit: int) -> int:
+    """Nodes once model-local functions are inlined (each call counts its body, nested
+    calls included): a tiny file of functions calling functions expands exponentially."""
+    functions = {(function.domain, function.name): function for function in proto.functions}
+    sizes: dict[tuple[str, str], int] = {}
+    visiting: set[tuple[str, str]] = set()
+
+    def size(nodes: Iterator[Any]) -> int:
+        total = 0
+        for node in nodes:
+            key = (node.domain, node.op_type)
+            total += 1 + (function_size(key) if key in functions else 0)
+            if total > limit:
+                return total  # enough to refuse; no need to finish an exponential count
+        return total
+
+    def function_size(key: tuple[str, str]) -> int:
+        if key not in sizes:
+            if key in visiting:
+                raise ModelError(f"model {label}: function {key[0]}:{key[1]} calls itself")
+            visiting.add(key)
+            sizes[key] = size(_all_nodes(functions[key]))
+            visiting.discard(key)
+        return sizes[key]
+
+    return size(_all_nodes(proto.graph))
 
 
 def _declared_bytes(tensor: Any) -> int | None:
@@ -256,14 +285,19 @@ def check_model_file(path: Path, label: str, limits: Limits) -> Any:
             f"model {label} is not a valid ONNX model: protobuf cannot parse it ({type(exc).__name__})"
         ) from None
 
-    nodes = sum(1 for _ in _all_nodes(proto.graph))
+    nodes = _expanded_nodes(proto, label, limits.nodes)
     if nodes > limits.nodes:
-        raise ModelError(f"model {label} has {nodes:,} nodes, over limits.nodes ({limits.nodes:,})")
+        raise ModelError(
+            f"model {label} has more than limits.nodes ({limits.nodes:,}) nodes, with its "
+            "subgraphs and function calls expanded"
+        )
 
     folder = path.resolve().parent
     total = size
-    counted: set[str] = set()
-    for tensor in _all_tensors(proto.graph):
+    for tensor in (
+        *_all_tensors(proto.graph),
+        *(t for function in proto.functions for t in _all_tensors(function)),
+    ):
         declared = _declared_bytes(tensor)
         if declared is not None and declared > limits.model_mb * MB:
             raise ModelError(
@@ -283,7 +317,8 @@ def check_model_file(path: Path, label: str, limits: Limits) -> Any:
             continue
         entry = _external_location(tensor)
         location = entry.get("location", "")
-        total += _check_external(label, tensor.name, location, entry, folder, declared, counted)
+        # Every range read counts: many tensors naming one file would otherwise be counted once.
+        total += _check_external(label, tensor.name, location, entry, folder, declared)
     if total > limits.model_mb * MB:
         raise ModelError(
             f"model {label} with its external data is {_megabytes(total)}, over "
@@ -299,10 +334,10 @@ def _check_external(
     entry: dict[str, str],
     folder: Path,
     declared: int | None,
-    counted: set[str],
 ) -> int:
-    """Refuse external data that would be read from outside the model's folder; return the
-    bytes of a data file not counted yet."""
+    """Refuse external data that would be read from outside the model's folder, or from
+    a hidden file in it (``.git/config`` holds the checkout's credentials, and a model's
+    weights are copied into the artifact); return the bytes it reads."""
     where = f"model {label}: tensor '{tensor}' keeps its data in '{location}'"
     if not location:
         raise ModelError(f"model {label}: tensor '{tensor}' has external data without a location")
@@ -311,6 +346,8 @@ def _check_external(
     candidate = folder / location
     if ".." in Path(location).parts:
         raise ModelError(f"{where}, outside the model's folder; refused")
+    if any(part.startswith(".") for part in Path(location).parts):
+        raise ModelError(f"{where}, a hidden file or folder (.git, say); refused")
     if any(
         part.is_symlink()
         for part in (candidate, *candidate.parents)
@@ -322,16 +359,16 @@ def _check_external(
     if not candidate.is_file():
         raise ModelError(f"{where}, which does not exist")
     available = candidate.stat().st_size
-    offset = int(entry.get("offset", 0) or 0)
-    length = int(entry["length"]) if entry.get("length") else (declared or 0)
-    if offset < 0 or offset + length > available:
+    try:
+        offset = int(entry.get("offset", 0) or 0)
+        length = int(entry["length"]) if entry.get("length") else available - offset
+    except ValueError:
+        raise ModelError(f"{where}: its offset or length is not a number") from None
+    if offset < 0 or length < 0 or offset + length > available:
         raise ModelError(
             f"{where}: bytes {offset:,}-{offset + length:,} asked for, the file has {available:,}"
         )
-    if location in counted:
-        return 0
-    counted.add(location)
-    return available
+    return length
 
 
 def unknown_ops(proto: Any) -> list[str]:
@@ -386,7 +423,7 @@ def check_data_file(path: Path, where: str, limits: Limits) -> None:
         else:
             with path.open("rb") as stream:
                 total = max(size, _npy_declared_bytes(stream))
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+    except Exception as exc:  # a broken, encrypted or exotic zip: whatever zipfile raises
         raise PolicyError(f"{where}: cannot read {path.name}: {exc}") from None
     if total > cap:
         raise PolicyError(

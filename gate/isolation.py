@@ -229,7 +229,8 @@ def _child(spec_path: str) -> None:
     if "probe" in spec:
         stage.write_text("load")
         probed = Candidate("original", None, Path(spec["probe"]["path"]), spec["probe"]["session"])
-        _run_once(probed, (spec["provider"], spec["provider_options"]), feeds[0])
+        # Every validation sample: a Loop count or a shape can come from the input.
+        _run_once(probed, (spec["provider"], spec["provider_options"]), feeds)
         _write_result(spec, probed)
         return
     stage.write_text("build")
@@ -248,7 +249,7 @@ def _child(spec_path: str) -> None:
         # Run the new model once here: a quantiser can write a graph that crashes
         # ONNX Runtime when loaded or run, and that must not take the gate down.
         stage.write_text("load")
-        _run_once(candidate, (spec["provider"], spec["provider_options"]), feeds[0])
+        _run_once(candidate, (spec["provider"], spec["provider_options"]), feeds[:1])
     _write_result(spec, candidate)
 
 
@@ -267,8 +268,10 @@ def _write_result(spec: dict[str, Any], candidate: Candidate) -> None:
     )
 
 
-def _run_once(candidate: Candidate, provider: tuple[str, dict[str, Any]], feed: Sample) -> None:
-    """Load the built model as it will be measured and run it on one sample; record a failure."""
+def _run_once(
+    candidate: Candidate, provider: tuple[str, dict[str, Any]], feeds: Sequence[Sample]
+) -> None:
+    """Load the model as it will be measured and run it on ``feeds``; record a failure."""
     import onnxruntime as ort
 
     from gate.runtime import session_options
@@ -279,7 +282,8 @@ def _run_once(candidate: Candidate, provider: tuple[str, dict[str, Any]], feed: 
             sess_options=session_options(candidate.session, 1),
             providers=[provider],
         )
-        session.run(None, feed)
+        for feed in feeds:
+            session.run(None, feed)
     except Exception as exc:
         text = str(exc).strip().splitlines()
         candidate.fail(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from gate.errors import ModelError, PolicyError
-from gate.guards import check_model_file
+from gate.guards import MB, check_model_file
 from gate.host import Host, call_plugin
 from gate.policy import Policy
 
@@ -237,6 +238,14 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
             "gate feeds and times numeric tensors only"
         )
     inputs = _fix_shapes(policy, declared, warnings)
+    for spec in inputs:  # one sample is fed, synthesised and copied many times over
+        per_sample = math.prod(spec.shape) * spec.dtype.itemsize
+        if per_sample > policy.limits.data_mb * MB:
+            raise ModelError(
+                f"model {policy.model_path.name}: input '{spec.name}' of shape {spec.shape} "
+                f"takes {per_sample / MB:,.1f} MB per sample, over limits.data_mb "
+                f"({policy.limits.data_mb:g})"
+            )
     outputs = _tensor_specs(proto.graph.output, set())
     if not outputs:
         raise ModelError(

@@ -58,7 +58,7 @@ from gate.runtime import Target, make_session, run_all
 from gate.search import Search, Trial, fallback_trial, propose, search_context
 from gate.sensitivity import rank_sources
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
-from gate.testbed import fingerprint, physical_cores
+from gate.testbed import fingerprint, memory_limit_bytes, physical_cores
 from gate.validate import describe_validation, validate_outputs
 
 EARLY_STOP_STRICTNESS = 10
@@ -317,8 +317,7 @@ class GateRun:
         """Open, validate and check the original: a broken reference or a budget it cannot
         produce is known before minutes go into building and timing candidates."""
         original = original_candidate(self.model, self.policy)
-        if self.policy.build.isolate:
-            self._probe_original(original)
+        self._probe_original(original)  # whatever build.isolate says: no plugin runs there
         try:
             self.original_session = make_session(self.model.path, original.session, self.target)
             self.reference = run_all(self.original_session, self.validation.feeds)
@@ -413,7 +412,7 @@ class GateRun:
         """Open and run the original once in a child process first: a model that crashes
         ONNX Runtime, hangs it or asks it for all memory must not take the gate down."""
         feeds = self.work / "probe.npz"
-        save_feeds(self.validation.feeds[:1], feeds)
+        save_feeds(self.validation.feeds, feeds)
         probed = probe_isolated(
             dataclasses.replace(original, notes=[]), self.work / "probe",
             self.target.provider, self.target.provider_options, feeds,
@@ -431,12 +430,10 @@ class GateRun:
         build = self.policy.build
         if build.memory_mb is not None or self.target.provider != "CPUExecutionProvider":
             return Isolation(build.timeout_s, build.memory_mb)
-        try:
-            import psutil
-
-            half = int(psutil.virtual_memory().total // (2 << 20))
-        except Exception:
+        memory = memory_limit_bytes()
+        if memory is None:
             return Isolation(build.timeout_s)
+        half = int(memory // (2 << 20))
         return Isolation(
             build.timeout_s,
             half,

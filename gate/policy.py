@@ -533,15 +533,24 @@ def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[st
         ("data", "labels"): policy.labels_path,
     }
     scope = "repository" if (roots[0] / ".git").exists() else "policy's folder"
-    return [
-        policy.problem(
-            location,
-            f"{_written(policy, location)} leads outside the {scope}; refused (the person "
-            "running the gate can allow a folder with --allow-path or ONNX_GATE_ALLOW_PATHS)",
-        )
-        for location, target in named.items()
-        if target is not None and outside(target, roots)
-    ]
+    problems = []
+    for location, target in named.items():
+        if target is None:
+            continue
+        if outside(target, roots):
+            problems.append(
+                policy.problem(
+                    location,
+                    f"{_written(policy, location)} leads outside the {scope}; refused (the "
+                    "person running the gate can allow a folder with --allow-path or "
+                    "ONNX_GATE_ALLOW_PATHS)",
+                )
+            )
+        elif ".git" in target.parts:  # the checkout's credentials live there
+            problems.append(
+                policy.problem(location, f"{_written(policy, location)} is inside .git; refused")
+            )
+    return problems
 
 
 def _written(policy: Policy, location: tuple[str, str]) -> str:

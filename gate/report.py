@@ -4,6 +4,7 @@ and the chosen model. Reporter plugins add more files."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -92,19 +93,34 @@ def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, An
 
 
 SECRET_NAME = re.compile(
-    r"TOKEN|SECRET|PASSW|PRIVATE|CREDENTIAL|AUTH|COOKIE|SESSION|(?:^|_)KEY(?:$|_)|APIKEY",
+    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|API_?KEY|ACCESS_KEY|"
+    r"SECRET_KEY|AUTH_TOKEN)(?:$|_)",
     re.IGNORECASE,
 )
-"""Environment variables whose values never appear in a report (GITHUB_TOKEN,
-CI_JOB_TOKEN, AWS_SECRET_ACCESS_KEY, ONNX_GATE_API_TOKEN, ...)."""
+"""Environment variables whose values never appear in a report: GITHUB_TOKEN,
+CI_JOB_TOKEN, AWS_SECRET_ACCESS_KEY, ONNX_GATE_API_TOKEN, HF_TOKEN, ..."""
+SECRET_MIN_LENGTH = 12
+"""Shorter values (``CACHE_KEY=999999``) would mask ordinary text and numbers."""
+
+
+def _secrets() -> list[str]:
+    values = {
+        value
+        for name, value in os.environ.items()
+        if SECRET_NAME.search(name)
+        and len(value) >= SECRET_MIN_LENGTH
+        and not value.replace(".", "").replace("-", "").isdigit()
+    }
+    # Also as JSON writes them (a quote or backslash inside is escaped there).
+    values |= {json.dumps(value)[1:-1] for value in values}
+    return sorted(values, key=len, reverse=True)
 
 
 def scrub(text: str) -> str:
-    """Mask secret-looking environment values and write the home folder as ``~``: reports
-    are CI artifacts that anyone who can read the pipeline can download."""
-    for name, value in os.environ.items():
-        if len(value) >= 6 and SECRET_NAME.search(name) and value in text:
-            text = text.replace(value, "***")
+    """Mask secret environment values and write the home folder as ``~``: reports are CI
+    artifacts anyone who can read the pipeline can download."""
+    for value in _secrets():
+        text = text.replace(value, "***")
     home = os.path.expanduser("~")
     if len(home) > 1 and home != os.sep:
         text = text.replace(home.rstrip(os.sep) + os.sep, "~" + os.sep)
@@ -113,25 +129,36 @@ def scrub(text: str) -> str:
 
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
-    """Ignore Ctrl-C and SIGTERM while the report files are written: a second signal (CI
-    runners send several) would otherwise stop the writing halfway, and a verdict is worth
-    more than the second of shutdown it costs. Only the main thread can change handlers."""
+    """Hold Ctrl-C and SIGTERM while the report files are written, then act on them: a
+    signal (CI runners send several) would otherwise stop the writing halfway. Only the
+    main thread can change handlers."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, signal.SIG_IGN) for number in held}
+    received: list[int] = []
+
+    def hold(number: int, frame: object) -> None:
+        received.append(number)
+
+    previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+    if received:  # now that the files are whole, stop as the signal asked
+        raise KeyboardInterrupt(f"signal {received[0]}")
 
 
+@functools.cache
 def _umask() -> int:
-    current = os.umask(0o022)
-    os.umask(current)
-    return current
+    try:  # Linux says it without changing it (os.umask would, for a moment, in every thread)
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        current = os.umask(0o022)
+        os.umask(current)
+        return current
 
 
 def write_atomic(path: Path, text: str) -> None:

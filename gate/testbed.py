@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 # CPU features that change which int8/fp16 kernels ONNX Runtime can use.
@@ -55,6 +56,26 @@ def physical_cores() -> int:
     count = count or os.cpu_count() or 1
     usable = _usable_cores()
     return min(count, usable) if usable else count
+
+
+def memory_limit_bytes() -> int | None:
+    """The memory this process may use: the machine's, or its container's cgroup limit
+    when lower (a runner pod sees the host's memory in psutil, not its own limit)."""
+    limits = []
+    try:
+        import psutil
+
+        limits.append(int(psutil.virtual_memory().total))
+    except Exception:
+        pass
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(path).read_text(encoding="ascii").strip()
+        except OSError:
+            continue
+        if text.isdigit() and int(text) < 1 << 60:  # "max", or v1's huge "no limit"
+            limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def _memory_mb() -> float | None:

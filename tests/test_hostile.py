@@ -117,7 +117,10 @@ def test_size_node_and_tensor_limits_are_named(gate_cli, tmp_path):
     error = _refused(
         gate_cli, _policy(folder, "deep.onnx", limits={"nodes": 10}), tmp_path / "o2", 3
     )
-    assert error == "model deep.onnx has 40 nodes, over limits.nodes (10)"
+    assert error == (
+        "model deep.onnx has more than limits.nodes (10) nodes, with its subgraphs and "
+        "function calls expanded"
+    )
     # a tensor whose dims claim two billion floats while holding 64 bytes
     model = onnx.load(str(folder / "model.onnx"))
     model.graph.initializer[0].dims[:] = [1, 1 << 31]
@@ -547,3 +550,201 @@ def test_report_paths_are_relative_to_the_repository(gate_cli, tmp_path, monkeyp
     assert report["policy"] == "models/policy.json"
     assert report["model"]["path"] == "models/model.onnx"
     assert str(tmp_path) not in (tmp_path / "out" / "report.json").read_text()
+
+
+# -- found by the independent review ---------------------------------------------
+
+
+def test_external_data_in_a_hidden_file_such_as_git_config_is_refused(gate_cli, tmp_path):
+    """.git/config holds the checkout's credentials, and the chosen model (weights
+    inlined) is uploaded as an artifact."""
+    folder = tmp_path / "repo"
+    _add_model(folder, external=".git/config")
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_bytes(b"extraheader = AUTHORIZATION: basic " + b"x" * 40)
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error == (
+        "model model.onnx: tensor 'w' keeps its data in '.git/config', a hidden file or "
+        "folder (.git, say); refused"
+    )
+    policy = _policy(folder, ".git/config")
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2
+    assert "model.path: '.git/config' is inside .git; refused" in result.stderr
+
+
+def test_every_range_read_from_external_data_counts_towards_the_limit(gate_cli, tmp_path):
+    """Two hundred tensors naming one 1 MB file read 200 MB, not 1."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    (folder / "w.bin").write_bytes(b"\0" * 1_000_000)
+    tensors = []
+    for index in range(200):
+        tensor = TensorProto(name=f"w{index}", data_type=TensorProto.UINT8, dims=[1_000_000])
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", "0"), ("length", "1000000")):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        tensors.append(tensor)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "aliases",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        tensors,
+    )
+    save_graph(folder / "model.onnx", graph)
+    error = _refused(gate_cli, _policy(folder, limits={"model_mb": 5}), tmp_path / "out", 3)
+    assert error.startswith("model model.onnx with its external data is 200.0 MB, over")
+
+
+def test_functions_calling_functions_count_as_the_nodes_they_expand_to(gate_cli, tmp_path):
+    """Seven levels of ten calls each: a 2 KB file that inlines to ten million nodes."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    functions = [
+        helper.make_function(
+            "local", "f0", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+            [helper.make_opsetid("", 17)],
+        )
+    ]  # fmt: skip
+    for level in range(1, 8):
+        calls = [
+            helper.make_node(f"f{level - 1}", [f"t{i}" if i else "a"], [f"t{i + 1}" if i < 9 else "b"], domain="local")
+            for i in range(10)
+        ]  # fmt: skip
+        functions.append(
+            helper.make_function(
+                "local",
+                f"f{level}",
+                ["a"],
+                ["b"],
+                calls,
+                [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+            )
+        )
+    graph = helper.make_graph(
+        [helper.make_node("f7", ["x"], ["y"], domain="local")],
+        "expanding",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+        functions=functions,
+    )
+    model.ir_version = 8
+    onnx.save(model, str(folder / "model.onnx"))
+    assert (folder / "model.onnx").stat().st_size < 5000
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error.startswith("model model.onnx has more than limits.nodes (1,000,000) nodes")
+
+
+def test_an_encrypted_npz_is_a_data_error(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    np.savez(folder / "validation.npz", x=np.zeros((4, 1, 16), np.float32))
+    data = bytearray((folder / "validation.npz").read_bytes())
+    local, central = data.find(b"PK\x03\x04"), data.find(b"PK\x01\x02")
+    data[local + 6] |= 1  # general-purpose flag bit 0: encrypted
+    data[central + 8] |= 1
+    (folder / "validation.npz").write_bytes(bytes(data))
+    error = _refused(
+        gate_cli, _policy(folder, data={"validation": "validation.npz"}), tmp_path / "out", 2
+    )
+    assert error.startswith("data.validation: cannot read validation.npz: ")
+    assert "encrypted" in error
+
+
+def test_the_probe_runs_every_validation_sample_not_just_the_first(gate_cli, tmp_path):
+    """A Loop whose trip count comes from the input: harmless on sample 1, endless on
+    sample 3. The child probe meets it; the gate's own process never does."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 4]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 4]),
+        ],
+        [numpy_helper.from_array(np.ones((1, 4), np.float32), "step")],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Squeeze", ["n"], ["trips"]),
+            helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body),
+        ],
+        "input_driven",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(True), "cond")],
+    )
+    save_graph(folder / "model.onnx", graph)
+    np.savez(
+        folder / "validation.npz",
+        x=np.zeros((3, 1, 4), np.float32),
+        n=np.array([[1], [1], [10**15]], np.int64),
+    )
+    policy = _policy(folder, data={"validation": "validation.npz"}, build={"timeout_s": 3})
+    error = _refused(gate_cli, policy, tmp_path / "out", 3)
+    assert error.endswith("timed out after 3 s (build.timeout_s); its first run was killed")
+
+
+def test_a_declared_input_too_big_to_feed_is_refused_before_data_is_made(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10**12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10**12])],
+    )
+    save_graph(folder / "model.onnx", graph)
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error == (
+        "model model.onnx: input 'x' of shape [1, 1000000000000] takes 4,000,000.0 MB per "
+        "sample, over limits.data_mb (2048)"
+    )
+
+
+def test_secret_masking_leaves_ordinary_values_and_valid_json(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    """Short or numeric values, and names that only look like secrets, are not masked."""
+    monkeypatch.setenv("CACHE_KEY", "999999")
+    monkeypatch.setenv("GIT_AUTHOR_NAME", "original")
+    monkeypatch.setenv("DESKTOP_SESSION", "passed")
+    out = tmp_path / "out"
+    assert gate_cli("run", classifier.write_policy(ONE_CANDIDATE), "-o", out, "-q").exit_code == 0
+    report = json.loads((out / "report.json").read_text())  # still JSON
+    assert report["chosen"] in ("original", "basic")
+    assert "***" not in (out / "report.json").read_text()
+    assert "ONNX_GATE_CHOSEN=" + report["chosen"] in (out / "gate.env").read_text()
+
+
+def test_a_signal_while_reports_are_written_waits_for_them_then_stops_the_run(tmp_path):
+    """CI sends SIGTERM (often twice): the files being written are finished first, and
+    the run still stops (a suite does not go on to its next model)."""
+    import signal
+
+    from gate.report import signals_held, write_atomic
+
+    with pytest.raises(KeyboardInterrupt), signals_held():
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        write_atomic(tmp_path / "report.json", '{"verdict": "pass"}')
+    assert json.loads((tmp_path / "report.json").read_text()) == {"verdict": "pass"}
+    assert signal.getsignal(signal.SIGTERM) is not None  # the previous handler is back
