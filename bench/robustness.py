@@ -435,9 +435,101 @@ def external_case(
     return Case(name, "model", (2, 3), make, note)
 
 
+def git_config_case() -> Case:
+    """External data naming .git/config inside the model's own folder: the checkout's
+    credentials would be inlined into the model.onnx artifact."""
+
+    def make(folder: Path) -> Run:
+        models = folder / "m"
+        (models / ".git").mkdir(parents=True)
+        (models / ".git" / "config").write_bytes(SECRET * (FEATURES * HIDDEN * 4 // len(SECRET)))
+        standard(models, model=mlp(external=".git/config"))
+        return Run(["run", "m/policy.yaml", "-o", "m/out"], out="m/out", checks=[secret_not_read])
+
+    return Case("model-external-git-config", "model", (3,), make, "expect 3: .git is refused")
+
+
+def function_bomb(path: Path) -> None:
+    """Seven levels of ten calls to local functions: a 2 KB file inlining to 10^7 nodes."""
+    functions = [
+        helper.make_function(
+            "local", "f0", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+            [helper.make_opsetid("", 17)],
+        )
+    ]  # fmt: skip
+    for level in range(1, 8):
+        names = ["a", *(f"t{i}" for i in range(1, 10)), "b"]
+        calls = [
+            helper.make_node(f"f{level - 1}", [names[i]], [names[i + 1]], domain="local")
+            for i in range(10)
+        ]
+        imports = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+        functions.append(helper.make_function("local", f"f{level}", ["a"], ["b"], calls, imports))
+    graph = helper.make_graph(
+        [helper.make_node("f7", ["x"], ["y"], domain="local")],
+        "expanding",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", FEATURES])],
+    )
+    imports = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    model = helper.make_model(graph, opset_imports=imports, functions=functions)
+    model.ir_version = 8
+    save_model(model, path)
+
+
+def huge_declared_input(path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "wide",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 10**12])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10**12])],
+    )
+    save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def aliased_external(path: Path) -> None:
+    """Five hundred tensors reading one 1 MB file: 500 MB once loaded, against a 50 MB limit."""
+    (path.parent / "w.bin").write_bytes(b"\0" * 1_000_000)
+    model = mlp()
+    for index in range(500):
+        tensor = TensorProto(name=f"alias{index}", data_type=TensorProto.UINT8, dims=[1_000_000])
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", "w.bin"), ("offset", "0"), ("length", "1000000")):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, value
+        model.graph.initializer.append(tensor)
+    save_model(model, path)
+
+
 def model_cases() -> list[Case]:
     bad = "expect 3: unreadable or invalid model"
     return [
+        git_config_case(),
+        model_case(
+            "model-function-call-bomb",
+            (3,),
+            "expect 3: over limits.nodes once inlined",
+            function_bomb,
+            inputs=None,
+            data=None,
+            budgets=None,
+        ),
+        model_case(
+            "model-declared-input-1e12",
+            (3,),
+            "expect 3: one sample over limits.data_mb",
+            huge_declared_input,
+            inputs=None,
+            data=None,
+            budgets=None,
+        ),
+        model_case(
+            "model-external-aliases",
+            (3,),
+            "expect 3: 500 ranges of one file over model_mb",
+            aliased_external,
+            limits={"model_mb": 50},
+        ),
         model_case("model-truncated", (3,), bad, truncated),
         model_case("model-random-bytes", (3,), bad, random_bytes),
         model_case("model-empty-file", (3,), bad, empty),
@@ -927,6 +1019,16 @@ def npz_bomb_deflate(path: Path, gigabytes: float) -> None:
             left -= len(chunk)
 
 
+def encrypted_npz(folder: Path) -> None:
+    """A valid .npz with the zip 'encrypted' flag set on its member: zipfile refuses it."""
+    x = np.random.default_rng(1).normal(size=(SAMPLES, FEATURES)).astype(np.float32)
+    np.savez(folder / "validation.npz", x=x)
+    data = bytearray((folder / "validation.npz").read_bytes())
+    data[data.find(b"PK\x03\x04") + 6] |= 1
+    data[data.find(b"PK\x01\x02") + 8] |= 1
+    (folder / "validation.npz").write_bytes(bytes(data))
+
+
 def data_case(
     name: str,
     expected: tuple[int, ...],
@@ -970,6 +1072,7 @@ def data_cases(bomb_gb: float) -> list[Case]:
             [no_file_named("PWNED")],
         ),
         data_case("data-npz-empty", (2,), "an .npz with no arrays", npz()),
+        data_case("data-npz-encrypted", (2,), "an .npz flagged encrypted", encrypted_npz),
         data_case("data-npz-empty-file", (2,), "a 0-byte .npz", raw(b"")),
         data_case(
             "data-npz-not-zip",

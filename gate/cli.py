@@ -378,12 +378,17 @@ def plugins(as_json: bool) -> None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    # The job's timeout sends SIGTERM: unwind like Ctrl-C so run_gate writes a partial report.
+    """The job's timeout sends SIGTERM, a user Ctrl-C: unwind once, so the run writes a
+    partial report. Later signals (CI runners send several) are ignored: a second
+    KeyboardInterrupt would cut that report short, or kill the process outside 0-4."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
     try:
         code = cli.main(prog_name="onnx-gate", standalone_mode=False)
     except GateError as error:  # safety net: expected failures never show a traceback

@@ -146,8 +146,8 @@ def signals_held() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if received:  # now that the files are whole, stop as the signal asked
-        raise KeyboardInterrupt(f"signal {received[0]}")
+    if received:  # now that the files are whole, the signal does what it would have done
+        signal.raise_signal(received[0])
 
 
 @functools.cache
