@@ -103,7 +103,7 @@ def _prepare_output_dir(output_dir: Path) -> None:
         ) from None
 
 
-def _remove_previous_output(output_dir: Path) -> None:
+def remove_previous_output(output_dir: Path) -> None:
     """Delete the model an earlier run chose, so it is never mistaken for this run's.
 
     Only a file whose digest an earlier report.json recorded is removed: a model
@@ -186,7 +186,7 @@ def run_model(
     try:
         report["testbed"] = fingerprint()  # in every report, failed runs included
         _prepare_output_dir(output_dir)
-        _remove_previous_output(output_dir)
+        remove_previous_output(output_dir)
         host = host or get_host()
         policy = policy or load_policy(policy_path, allowed_paths)
         report["name"] = policy.name
@@ -262,7 +262,7 @@ def report_usage_error(policy_path: Path, output_dir: Path, error: GateError) ->
     report["environment"] = environment()
     try:
         _prepare_output_dir(output_dir)
-        _remove_previous_output(output_dir)
+        remove_previous_output(output_dir)
         write_reports(report, output_dir, None)
     except (GateError, OSError):
         pass  # the console still says what went wrong

@@ -139,8 +139,8 @@ def run_suite(
     """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
     from gate.pipeline import (
         GateResult,
-        _remove_previous_output,
         cwd_relative,
+        remove_previous_output,
         run_model,
         write_reports,
     )
@@ -155,7 +155,7 @@ def run_suite(
     interrupted: BaseException | None = None
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        _remove_previous_output(output_dir)  # a single-model run's model.onnx is not this one's
+        remove_previous_output(output_dir)  # a single-model run's model.onnx is not this one's
         host = host or get_host()
         if policies is None:  # unreadable policy: load it again for the error to report
             from gate.policy import load_policies
