@@ -194,11 +194,9 @@ def test_an_original_that_asks_for_all_memory_fails_in_its_child(gate_cli, tmp_p
     assert "build.memory_mb is 1024: it may" in error
 
 
-def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_path):
-    """A Loop of 10^15 iterations: the child running it once is killed, the run reports."""
-    folder = tmp_path / "repo"
-    folder.mkdir()
-    body = helper.make_graph(
+def _counting_body() -> onnx.GraphProto:
+    """A Loop body adding one each iteration: as slow as its trip count is large."""
+    return helper.make_graph(
         [
             helper.make_node("Identity", ["cond_in"], ["cond_out"]),
             helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
@@ -215,6 +213,13 @@ def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_pa
         ],
         [numpy_helper.from_array(np.ones((1, 4), np.float32), "step")],
     )
+
+
+def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_path):
+    """A Loop of 10^15 iterations: the child running it once is killed, the run reports."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    body = _counting_body()
     graph = helper.make_graph(
         [helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body)],
         "forever",
@@ -662,23 +667,7 @@ def test_the_probe_runs_every_validation_sample_not_just_the_first(gate_cli, tmp
     sample 3. The child probe meets it; the gate's own process never does."""
     folder = tmp_path / "repo"
     folder.mkdir()
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
-            helper.make_node("Add", ["acc_in", "step"], ["acc_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_in", TensorProto.FLOAT, [1, 4]),
-        ],
-        [
-            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("acc_out", TensorProto.FLOAT, [1, 4]),
-        ],
-        [numpy_helper.from_array(np.ones((1, 4), np.float32), "step")],
-    )
+    body = _counting_body()
     graph = helper.make_graph(
         [
             helper.make_node("Squeeze", ["n"], ["trips"]),
