@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from gate import __version__
-from gate.errors import GateError, UsageError
+from gate.errors import GateError, InterruptedAfterReport, UsageError
 from gate.exitcodes import ExitCode
 from gate.progress import progress
 
@@ -398,9 +398,14 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         code = int(ExitCode.USAGE_ERROR)
-    except (KeyboardInterrupt, click.Abort):
-        click.echo("onnx-gate: interrupted; report.json (if any) is marked partial", err=True)
-        code = int(ExitCode.RUNTIME_ERROR)
+    except (KeyboardInterrupt, click.Abort) as exc:
+        finished = exc.__cause__ if isinstance(exc, click.Abort) else exc  # click wraps it
+        if isinstance(finished, InterruptedAfterReport):  # the run had finished: it stands
+            click.echo("onnx-gate: interrupted after report.json was complete", err=True)
+            code = finished.exit_code
+        else:
+            click.echo("onnx-gate: interrupted; report.json (if any) is marked partial", err=True)
+            code = int(ExitCode.RUNTIME_ERROR)
     except Exception as exc:  # a bug in the gate: exit 3 (never 1, a failed budget), one line
         import os
         import traceback

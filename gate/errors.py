@@ -65,3 +65,12 @@ class SkipCandidate(Exception):
     For example a quantiser given a model that is already quantised. The
     candidate is recorded as ``skipped``, not ``failed``.
     """
+
+
+class InterruptedAfterReport(KeyboardInterrupt):
+    """A signal that arrived while a finished run's reports were written: they are whole
+    and say the verdict, so the command exits with ``exit_code``, not as interrupted."""
+
+    def __init__(self, exit_code: int) -> None:
+        super().__init__(f"interrupted after the report was written (exit {exit_code})")
+        self.exit_code = exit_code

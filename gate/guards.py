@@ -189,12 +189,19 @@ def _all_tensors(graph: Any) -> Iterator[Any]:
     import onnx
 
     yield from getattr(graph, "initializer", ())
+    for sparse in getattr(graph, "sparse_initializer", ()):  # their parts can be external too
+        yield from (sparse.values, sparse.indices)
     for node in graph.node:
         for attribute in node.attribute:
             if attribute.type == onnx.AttributeProto.TENSOR:
                 yield attribute.t
             elif attribute.type == onnx.AttributeProto.TENSORS:
                 yield from attribute.tensors
+            elif attribute.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (attribute.sparse_tensor.values, attribute.sparse_tensor.indices)
+            elif attribute.type == onnx.AttributeProto.SPARSE_TENSORS:
+                for sparse in attribute.sparse_tensors:
+                    yield from (sparse.values, sparse.indices)
             elif attribute.type == onnx.AttributeProto.GRAPH:
                 yield from _all_tensors(attribute.g)
             elif attribute.type == onnx.AttributeProto.GRAPHS:
@@ -218,20 +225,23 @@ def _all_nodes(graph: Any) -> Iterator[Any]:
 def _expanded_nodes(proto: Any, label: str, limit: int) -> int:
     """Nodes once model-local functions are inlined (each call counts its body, nested
     calls included): a tiny file of functions calling functions expands exponentially."""
-    functions = {(function.domain, function.name): function for function in proto.functions}
-    sizes: dict[tuple[str, str], int] = {}
-    visiting: set[tuple[str, str]] = set()
+    Key = tuple[str, str, str]
+    functions: dict[Key, Any] = {
+        (f.domain, f.name, getattr(f, "overload", "")): f for f in proto.functions
+    }
+    sizes: dict[Key, int] = {}
+    visiting: set[Key] = set()
 
     def size(nodes: Iterator[Any]) -> int:
         total = 0
         for node in nodes:
-            key = (node.domain, node.op_type)
-            total += 1 + (function_size(key) if key in functions else 0)
+            key = (node.domain, node.op_type, getattr(node, "overload", ""))
+            total += function_size(key) if key in functions else 1  # a call is its body
             if total > limit:
                 return total  # enough to refuse; no need to finish an exponential count
         return total
 
-    def function_size(key: tuple[str, str]) -> int:
+    def function_size(key: Key) -> int:
         if key not in sizes:
             if key in visiting:
                 raise ModelError(f"model {label}: function {key[0]}:{key[1]} calls itself")
@@ -240,7 +250,10 @@ def _expanded_nodes(proto: Any, label: str, limit: int) -> int:
             visiting.discard(key)
         return sizes[key]
 
-    return size(_all_nodes(proto.graph))
+    try:
+        return size(_all_nodes(proto.graph))
+    except RecursionError:
+        raise ModelError(f"model {label}: its functions nest too deep to count") from None
 
 
 def _declared_bytes(tensor: Any) -> int | None:
@@ -361,9 +374,12 @@ def _check_external(
     available = candidate.stat().st_size
     try:
         offset = int(entry.get("offset", 0) or 0)
-        length = int(entry["length"]) if entry.get("length") else available - offset
+        given = int(entry["length"]) if entry.get("length") else None
     except ValueError:
         raise ModelError(f"{where}: its offset or length is not a number") from None
+    if given is not None and declared is not None and given != declared:
+        raise ModelError(f"{where}: {given:,} bytes for a tensor of {declared:,}")
+    length = given if given is not None else declared if declared is not None else 0
     if offset < 0 or length < 0 or offset + length > available:
         raise ModelError(
             f"{where}: bytes {offset:,}-{offset + length:,} asked for, the file has {available:,}"

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,9 @@ class Isolation:
     """The setting that set ``timeout_s``, named when a build is cut off."""
     memory_setting: str = "build.memory_mb"
     """Where ``memory_mb`` came from, named when a child may have run out of it."""
+    per_step: bool = False
+    """``timeout_s`` bounds each step the child reports (a sample run), not the whole
+    child: a probe of many samples may take long in all, never long on one."""
 
 
 def save_feeds(feeds: Sequence[Sample], path: Path) -> None:
@@ -51,12 +54,18 @@ def save_feeds(feeds: Sequence[Sample], path: Path) -> None:
 
 
 def load_feeds(path: Path) -> list[Sample]:
-    feeds: dict[int, Sample] = {}
+    return list(iter_feeds(path))
+
+
+def iter_feeds(path: Path) -> Iterator[Sample]:
+    """The feeds of :func:`save_feeds`, one sample in memory at a time."""
     with np.load(path, allow_pickle=False) as archive:
+        keys: dict[int, list[tuple[str, str]]] = {}
         for key in archive.files:
             index, name = key.split(".", 1)
-            feeds.setdefault(int(index), {})[name] = archive[key]
-    return [feeds[index] for index in sorted(feeds)]
+            keys.setdefault(int(index), []).append((name, key))
+        for index in sorted(keys):
+            yield {name: archive[key] for name, key in keys[index]}
 
 
 def build_isolated(
@@ -145,13 +154,15 @@ def _in_child(
         candidate.fail(first_stage, f"could not start the {first_stage} process: {exc}")
         return candidate
     try:
-        process.wait(timeout=isolation.timeout_s)
+        _wait(process, isolation, stage_path)
     except subprocess.TimeoutExpired:
         _kill(process)
+        what = "the build" if first_stage == "build" else "its first run"
+        if isolation.per_step:
+            what = "one sample's run"
         candidate.fail(
             first_stage,
-            f"timed out after {isolation.timeout_s:g} s ({isolation.limited_by}); "
-            f"{'the build' if first_stage == 'build' else 'its first run'} was killed",
+            f"timed out after {isolation.timeout_s:g} s ({isolation.limited_by}); {what} was killed",
         )
         return candidate
     except BaseException:  # Ctrl-C or SIGTERM: its own session would outlive us otherwise
@@ -180,6 +191,28 @@ def _in_child(
             error += f" ({isolation.memory_setting} is {isolation.memory_mb}: it may be too small)"
         candidate.fail(result["stage"], error)
     return candidate
+
+
+def _wait(process: subprocess.Popen[bytes], isolation: Isolation, stage_path: Path) -> None:
+    """Wait for the child; with ``per_step``, the deadline moves each time the child
+    touches its stage file (once per sample)."""
+    if not isolation.per_step:
+        process.wait(timeout=isolation.timeout_s)
+        return
+    import time
+
+    last, seen = time.monotonic(), -1
+    while True:
+        try:
+            process.wait(timeout=min(1.0, isolation.timeout_s))
+            return
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                stamp = stage_path.stat().st_mtime_ns
+                if stamp != seen:
+                    seen, last = stamp, time.monotonic()
+            if time.monotonic() - last > isolation.timeout_s:
+                raise
 
 
 # How running out of address space shows up inside a build process.
@@ -225,14 +258,16 @@ def _child(spec_path: str) -> None:
     from gate.host import get_host
 
     stage = Path(spec["stage"])
-    feeds = load_feeds(Path(spec["calibration"]))
     if "probe" in spec:
         stage.write_text("load")
         probed = Candidate("original", None, Path(spec["probe"]["path"]), spec["probe"]["session"])
-        # Every validation sample: a Loop count or a shape can come from the input.
-        _run_once(probed, (spec["provider"], spec["provider_options"]), feeds)
+        # Every validation sample (a Loop count or a shape can come from the input), one
+        # in memory at a time, each touching the stage file: the parent's per-step clock.
+        samples = iter_feeds(Path(spec["calibration"]))
+        _run_once(probed, (spec["provider"], spec["provider_options"]), samples, stage)
         _write_result(spec, probed)
         return
+    feeds = load_feeds(Path(spec["calibration"]))
     stage.write_text("build")
     recipe = Recipe.from_json(spec["recipe"])
     candidate = build_candidate(
@@ -269,7 +304,10 @@ def _write_result(spec: dict[str, Any], candidate: Candidate) -> None:
 
 
 def _run_once(
-    candidate: Candidate, provider: tuple[str, dict[str, Any]], feeds: Sequence[Sample]
+    candidate: Candidate,
+    provider: tuple[str, dict[str, Any]],
+    feeds: Iterable[Sample],
+    progress: Path | None = None,
 ) -> None:
     """Load the model as it will be measured and run it on ``feeds``; record a failure."""
     import onnxruntime as ort
@@ -283,6 +321,8 @@ def _run_once(
             providers=[provider],
         )
         for feed in feeds:
+            if progress is not None:
+                progress.write_text("load")
             session.run(None, feed)
     except Exception as exc:
         text = str(exc).strip().splitlines()

@@ -89,20 +89,39 @@ def copy_model(source: Path, destination: Path) -> None:
     from onnx.external_data_helper import uses_external_data
 
     temp = destination.with_name(f".{destination.name}.tmp")
+    data = destination.with_name(f"{destination.name}.data")
+    data_temp = destination.with_name(f".{data.name}.tmp")
     try:
         proto = onnx.load(str(source), load_external_data=False)
         if any(uses_external_data(t) for t in proto.graph.initializer):
             full = onnx.load(str(source))
-            # The data file is written under its final name: the model file names it.
-            onnx.save_model(
-                full, str(temp), save_as_external_data=True, location=f"{destination.name}.data"
-            )
+            _move_weights_out(full, data_temp, data.name)
+            os.replace(data_temp, data)  # the data first: the model file names it
+            temp.write_bytes(full.SerializeToString())
         else:
             shutil.copyfile(source, temp)
         os.replace(temp, destination)
     except BaseException:
         temp.unlink(missing_ok=True)
+        data_temp.unlink(missing_ok=True)
         raise
+
+
+def _move_weights_out(model: Any, path: Path, location: str) -> None:
+    """Initializers of 1 KiB or more into one data file, as onnx.save_model(...,
+    save_as_external_data=True) would - whose check for an existing data file looks in
+    the working directory, and so fails a run started beside the user's own model."""
+    from onnx.external_data_helper import set_external_data
+
+    offset = 0
+    with path.open("wb") as stream:
+        for tensor in model.graph.initializer:
+            if not tensor.HasField("raw_data") or len(tensor.raw_data) < 1024:
+                continue
+            stream.write(tensor.raw_data)
+            set_external_data(tensor, location=location, offset=offset, length=len(tensor.raw_data))
+            offset += len(tensor.raw_data)
+            tensor.ClearField("raw_data")
 
 
 def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:

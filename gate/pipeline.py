@@ -35,7 +35,7 @@ from gate.decide import (
     utc_today,
     waiver_summary,
 )
-from gate.errors import GateError, ModelError, PolicyError, UsageError
+from gate.errors import GateError, InterruptedAfterReport, ModelError, PolicyError, UsageError
 from gate.exitcodes import ExitCode
 from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
@@ -229,6 +229,8 @@ def run_model(
             message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
             report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
             report["errors"].append(message)
+        except KeyboardInterrupt:  # held while the files were written; they are whole
+            interrupted = interrupted or InterruptedAfterReport(report["exit_code"])
     if interrupted is not None:
         raise interrupted
     return GateResult(report, ExitCode(report["exit_code"]), output_dir)
@@ -423,22 +425,19 @@ class GateRun:
             raise ModelError(self._cannot_run(detail.replace("the load process", "its process")))
 
     def _probe_isolation(self) -> Isolation:
-        """build.timeout_s and build.memory_mb; on the CPU without a memory_mb, half the
+        """build.timeout_s (per sample) and build.memory_mb; on the CPU without a memory_mb, half the
         machine's memory: side-by-side timing holds two sessions at once, so a model that
         needs more cannot be measured here, and it fails in its child instead of waking the
         OOM killer. GPU providers map far more address space than they use: no default."""
         build = self.policy.build
         if build.memory_mb is not None or self.target.provider != "CPUExecutionProvider":
-            return Isolation(build.timeout_s, build.memory_mb)
+            return Isolation(build.timeout_s, build.memory_mb, per_step=True)
         memory = memory_limit_bytes()
         if memory is None:
-            return Isolation(build.timeout_s)
+            return Isolation(build.timeout_s, per_step=True)
         half = int(memory // (2 << 20))
-        return Isolation(
-            build.timeout_s,
-            half,
-            memory_setting="build.memory_mb (by default half this machine's memory)",
-        )
+        setting = "build.memory_mb (by default half this machine's memory)"
+        return Isolation(build.timeout_s, half, memory_setting=setting, per_step=True)
 
     def _cannot_run(self, detail: str) -> str:
         """Why the original cannot run, naming ops no kernel implements when there are some."""

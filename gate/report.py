@@ -4,7 +4,6 @@ and the chosen model. Reporter plugins add more files."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -146,11 +145,10 @@ def signals_held() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
-    if received:  # now that the files are whole, the signal does what it would have done
-        signal.raise_signal(received[0])
+        if received:  # the files are whole (or failed): the signal does what it would have done
+            signal.raise_signal(received[0])
 
 
-@functools.cache
 def _umask() -> int:
     try:  # Linux says it without changing it (os.umask would, for a moment, in every thread)
         status = Path("/proc/self/status").read_text(encoding="ascii")

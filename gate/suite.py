@@ -201,8 +201,8 @@ def run_suite(
         except OSError as exc:
             suite["errors"].append(f"cannot write the report into {output_dir}: {exc}")
             suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
-    if interrupted is not None:
-        raise interrupted
+    if interrupted is not None:  # the suite is partial, whatever one model's report says
+        raise KeyboardInterrupt(str(interrupted)) from interrupted
     return GateResult(suite, ExitCode(suite["exit_code"]), output_dir)
 
 

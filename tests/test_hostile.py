@@ -234,7 +234,7 @@ def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_pa
     error = _refused(gate_cli, _policy(folder, build={"timeout_s": 3}), tmp_path / "out", 3)
     assert error == (
         "ONNX Runtime cannot run the original model: timed out after 3 s (build.timeout_s); "
-        "its first run was killed"
+        "one sample's run was killed"
     )
 
 
@@ -689,7 +689,7 @@ def test_the_probe_runs_every_validation_sample_not_just_the_first(gate_cli, tmp
     )
     policy = _policy(folder, data={"validation": "validation.npz"}, build={"timeout_s": 3})
     error = _refused(gate_cli, policy, tmp_path / "out", 3)
-    assert error.endswith("timed out after 3 s (build.timeout_s); its first run was killed")
+    assert error.endswith("timed out after 3 s (build.timeout_s); one sample's run was killed")
 
 
 def test_a_declared_input_too_big_to_feed_is_refused_before_data_is_made(gate_cli, tmp_path):
@@ -747,3 +747,137 @@ def test_a_signal_while_reports_are_written_waits_for_them_then_stops_the_run(tm
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+# -- found by the second review ----------------------------------------------------
+
+
+def test_sparse_initializers_get_the_same_external_data_checks(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    (folder / ".git").mkdir()
+    (folder / ".git" / "config").write_bytes(b"url = https://x-access-token:ghs_" + b"s" * 40)
+    model = onnx.load(str(folder / "model.onnx"))
+    values = TensorProto(name="sv", data_type=TensorProto.UINT8, dims=[16])
+    values.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", ".git/config"), ("offset", "0"), ("length", "16")):
+        entry = values.external_data.add()
+        entry.key, entry.value = key, value
+    indices = numpy_helper.from_array(np.arange(16, dtype=np.int64), "si")
+    model.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [64]))
+    onnx.save(model, str(folder / "model.onnx"))
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error.startswith("model model.onnx: tensor 'sv' keeps its data in '.git/config'")
+
+
+def test_external_data_without_a_length_is_held_to_the_declared_size(gate_cli, tmp_path):
+    folder = tmp_path / "repo"
+    _add_model(folder, external="weights.bin")
+    model = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    del model.graph.initializer[0].external_data[2]  # the length entry
+    onnx.save(model, str(folder / "model.onnx"))
+    (folder / "weights.bin").write_bytes(b"\0" * 16)  # 16 bytes for a 64-byte tensor
+    error = _refused(gate_cli, _policy(folder), tmp_path / "out", 3)
+    assert error.endswith("bytes 0-64 asked for, the file has 16")
+
+
+def test_the_probe_bounds_each_sample_not_the_whole_validation_set(gate_cli, tmp_path):
+    """Fifteen samples of a fifth of a second each under a 1.5 s timeout: a probe that
+    timed the whole set would refuse a model that is merely validated thoroughly."""
+    folder = tmp_path / "repo"
+    folder.mkdir()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Squeeze", ["n"], ["trips"]),
+            helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=_counting_body()),
+        ],
+        "counted",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(True), "cond")],
+    )
+    save_graph(folder / "model.onnx", graph)
+    import time
+
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(folder / "model.onnx"))
+    trips, started = 20_000, time.perf_counter()
+    session.run(None, {"x": np.zeros((1, 4), np.float32), "n": np.array([trips], np.int64)})
+    trips = int(trips * 0.2 / (time.perf_counter() - started))  # about 0.2 s per sample
+    np.savez(
+        folder / "validation.npz",
+        x=np.zeros((15, 1, 4), np.float32),
+        n=np.full((15, 1), trips, np.int64),
+    )
+    policy = _policy(folder, data={"validation": "validation.npz"}, build={"timeout_s": 1.5})
+    policy.write_text(
+        policy.read_text().replace('"min_runs": 80, "max_runs": 80', '"min_runs": 5, "max_runs": 5')
+    )
+    result = gate_cli("run", policy, "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 0, result.stdout
+
+
+def test_a_model_with_external_data_is_chosen_from_its_own_folder(gate_cli, tmp_path, monkeypatch):
+    """onnx.save_model looks for an existing data file in the working directory: running
+    beside the user's model.onnx.data made writing the chosen model fail."""
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    model = onnx.load(str(folder / "model.onnx"))
+    model.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(np.ones((1, 16), np.float32) * 2, "w")
+    )
+    big = numpy_helper.from_array(np.zeros(1024, np.float32), "unused")
+    model.graph.initializer.append(big)
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
+    monkeypatch.chdir(folder)
+    policy = _policy(folder, selection={"min_gain": 5})  # the original is chosen
+    result = gate_cli("run", policy.name, "-o", "out", "-q")
+    assert result.exit_code == 0, result.stdout
+    assert (folder / "out" / "model.onnx").is_file() and (
+        folder / "out" / "model.onnx.data"
+    ).is_file()
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(folder / "out" / "model.onnx"))
+    [y] = session.run(None, {"x": np.zeros((1, 16), np.float32)})
+    assert (y == 2).all()
+
+
+def test_a_signal_while_a_finished_runs_reports_are_written_keeps_its_verdict(tmp_path):
+    """The report is whole and says pass: the command exits 0 as it says, not 3."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "signalling_reporter.py").write_text(
+        "import os, signal\n"
+        "from gate import Reporter, hookimpl\n"
+        "def write(report, output_dir):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # CI's timeout, mid-write\n"
+        "    return []\n"
+        "@hookimpl\n"
+        "def onnx_gate_reporters():\n"
+        "    return [Reporter('signalling', write)]\n"
+    )
+    env = {**os.environ, "ONNX_GATE_PLUGINS": "signalling_reporter", "PYTHONPATH": str(plugins)}
+    done = subprocess.run(
+        [sys.executable, "-m", "gate", "run", str(_policy(folder)), "-o", str(tmp_path / "out"), "-q"],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    report = load_report(tmp_path / "out")
+    assert report["verdict"] == "pass" and not report.get("partial")
+    assert done.returncode == 0, done.stderr
+    assert "interrupted after report.json was complete" in done.stderr
