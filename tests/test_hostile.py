@@ -215,6 +215,27 @@ def _counting_body() -> onnx.GraphProto:
     )
 
 
+def _input_counted_loop(folder: Path) -> Path:
+    """A model whose Loop runs as many times as its input ``n`` says: a sample's run
+    time (or a hang) comes from the data, not the graph."""
+    folder.mkdir()
+    graph = helper.make_graph(
+        [
+            helper.make_node("Squeeze", ["n"], ["trips"]),
+            helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=_counting_body()),
+        ],
+        "counted",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+            helper.make_tensor_value_info("n", TensorProto.INT64, [1]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        [numpy_helper.from_array(np.array(True), "cond")],
+    )
+    save_graph(folder / "model.onnx", graph)
+    return folder
+
+
 def test_an_original_that_hangs_is_cut_off_by_the_build_timeout(gate_cli, tmp_path):
     """A Loop of 10^15 iterations: the child running it once is killed, the run reports."""
     folder = tmp_path / "repo"
@@ -386,15 +407,18 @@ def test_secrets_in_the_environment_never_reach_a_report(
 
 
 def test_report_files_are_complete_and_readable_by_the_group(classifier, gate_cli, tmp_path):
+    """Under the usual umask 022 reports are 0644 (mkstemp alone would make them 0600)."""
     out = tmp_path / "out"
-    assert gate_cli("run", classifier.write_policy(ONE_CANDIDATE), "-o", out, "-q").exit_code == 0
+    previous = os.umask(0o022)
+    try:
+        result = gate_cli("run", classifier.write_policy(ONE_CANDIDATE), "-o", out, "-q")
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0
     names = sorted(path.name for path in out.iterdir())
     assert not [name for name in names if name.endswith(".tmp") or ".tmp." in name], names
-    umask = os.umask(0)
-    os.umask(umask)
     for name in ("report.json", "summary.md", "junit.xml", "model.onnx"):
-        mode = stat.S_IMODE((out / name).stat().st_mode)
-        assert mode & stat.S_IRGRP or umask & stat.S_IRGRP, (name, oct(mode))
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
 
 
 def test_a_full_disk_while_writing_the_chosen_model_is_an_error_not_a_pass(
@@ -665,23 +689,7 @@ def test_an_encrypted_npz_is_a_data_error(gate_cli, tmp_path):
 def test_the_probe_runs_every_validation_sample_not_just_the_first(gate_cli, tmp_path):
     """A Loop whose trip count comes from the input: harmless on sample 1, endless on
     sample 3. The child probe meets it; the gate's own process never does."""
-    folder = tmp_path / "repo"
-    folder.mkdir()
-    body = _counting_body()
-    graph = helper.make_graph(
-        [
-            helper.make_node("Squeeze", ["n"], ["trips"]),
-            helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=body),
-        ],
-        "input_driven",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-            helper.make_tensor_value_info("n", TensorProto.INT64, [1]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(np.array(True), "cond")],
-    )
-    save_graph(folder / "model.onnx", graph)
+    folder = _input_counted_loop(tmp_path / "repo")
     np.savez(
         folder / "validation.npz",
         x=np.zeros((3, 1, 4), np.float32),
@@ -784,22 +792,7 @@ def test_external_data_without_a_length_is_held_to_the_declared_size(gate_cli, t
 def test_the_probe_bounds_each_sample_not_the_whole_validation_set(gate_cli, tmp_path):
     """Fifteen samples of a fifth of a second each under a 1.5 s timeout: a probe that
     timed the whole set would refuse a model that is merely validated thoroughly."""
-    folder = tmp_path / "repo"
-    folder.mkdir()
-    graph = helper.make_graph(
-        [
-            helper.make_node("Squeeze", ["n"], ["trips"]),
-            helper.make_node("Loop", ["trips", "cond", "x"], ["y"], body=_counting_body()),
-        ],
-        "counted",
-        [
-            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-            helper.make_tensor_value_info("n", TensorProto.INT64, [1]),
-        ],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        [numpy_helper.from_array(np.array(True), "cond")],
-    )
-    save_graph(folder / "model.onnx", graph)
+    folder = _input_counted_loop(tmp_path / "repo")
     import time
 
     import onnxruntime
