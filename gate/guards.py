@@ -418,6 +418,30 @@ def _npy_declared_bytes(stream: Any) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
+def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Each array's shape in an .npz, read from the .npy headers alone (nothing is loaded).
+    Called after ``check_data_file``; anything unreadable is left to numpy's reader to name."""
+    from numpy.lib import format as npy
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for member in archive.infolist():
+                if not member.filename.endswith(".npy"):
+                    continue
+                with archive.open(member) as stream:
+                    version = npy.read_magic(stream)
+                    header = (
+                        npy.read_array_header_1_0
+                        if version == (1, 0)
+                        else npy.read_array_header_2_0
+                    )
+                    shapes[member.filename[: -len(".npy")]] = tuple(header(stream)[0])
+    except Exception:
+        return shapes
+    return shapes
+
+
 def check_data_file(path: Path, where: str, limits: Limits) -> None:
     """Refuse a data file that would decompress past ``limits.data_mb`` before numpy reads it
     (an .npz member's size is in its zip header; a compressed one can claim far less on disk)."""

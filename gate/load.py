@@ -6,6 +6,7 @@ import hashlib
 import math
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gate.errors import ModelError, PolicyError
-from gate.guards import MB, check_model_file
+from gate.guards import MB, check_data_file, check_model_file, npz_array_shapes
 from gate.host import Host, call_plugin
 from gate.policy import Policy
 
@@ -25,15 +26,21 @@ class TensorSpec:
     dims: list[int | str | None]
     """As declared in the model; strings are symbolic dimensions."""
     shape: list[int] = field(default_factory=list)
-    """Fixed shape the gate feeds (inputs only)."""
+    """Fixed shape the gate feeds (inputs) or that ONNX Runtime returned (outputs)."""
+    shape_from: str | None = None
+    """Where ``shape`` came from: the model, inputs.<name>.shape, a data file, a default of 1
+    for dynamic dimensions, or (outputs) what ONNX Runtime returned."""
 
     def describe(self) -> dict[str, Any]:
-        return {
+        described: dict[str, Any] = {
             "name": self.name,
             "dtype": str(self.dtype),
             "declared_shape": self.dims,
             "shape": self.shape or None,
         }
+        if self.shape_from is not None:
+            described["shape_from"] = self.shape_from
+        return described
 
 
 @dataclass
@@ -46,6 +53,8 @@ class LoadedModel:
     outputs: list[TensorSpec]
     exporter: str
     warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """What the gate chose for the user that is not a problem (shapes taken from the data)."""
 
     @property
     def input_shapes(self) -> dict[str, list[int]]:
@@ -150,8 +159,72 @@ def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
     return specs
 
 
+def with_returned_shapes(
+    outputs: list[TensorSpec], returned: Mapping[str, np.ndarray]
+) -> tuple[list[TensorSpec], list[str]]:
+    """The outputs as ONNX Runtime returned them for one sample, and a warning for each
+    whose declared shape does not fit: published models often declare stale shapes
+    (a CRNN declaring [1, seqlen] that returns [32, 1, 8210]), and what runs is the truth."""
+    specs, warnings = [], []
+    for spec in outputs:
+        value = returned.get(spec.name)
+        if value is None:
+            specs.append(spec)
+            continue
+        shape = [int(n) for n in np.shape(value)]
+        declared = [d if isinstance(d, int) else None for d in spec.dims]
+        if len(declared) != len(shape) or any(
+            d is not None and d != n for d, n in zip(declared, shape, strict=False)
+        ):
+            warnings.append(
+                f"output '{spec.name}' is declared {_dims_text(spec.dims)} but ONNX Runtime "
+                f"returns {shape}; the gate judges what it returns"
+            )
+        specs.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, "onnxruntime"))
+    return specs, warnings
+
+
+def _dims_text(dims: list[int | str | None]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+
+
+def _data_shapes(policy: Policy) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Per input, the array shape a data file holds and which file: validation first, as
+    it is the data every candidate is judged on. Headers only; the full checks come later."""
+    shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for where, path in (
+        ("data.calibration", policy.calibration_path),
+        ("data.validation", policy.validation_path),
+    ):
+        if path is None or not path.is_file():
+            continue  # a missing file is named when the data is read
+        check_data_file(path, where, policy.limits)
+        for name, shape in npz_array_shapes(path).items():
+            shapes[name] = (where, shape)
+    return shapes
+
+
+def _shape_from_data(
+    dims: list[int | str | None], array_shape: tuple[int, ...]
+) -> list[int] | None:
+    """The per-sample shape an array of samples gives a declared input, or None when it
+    does not fit: ``[samples, *shape]``, or samples stacked along a batch axis of 1."""
+    if len(array_shape) == len(dims) + 1:
+        shape = list(array_shape[1:])
+    elif len(array_shape) == len(dims) and dims and (dims[0] == 1 or not isinstance(dims[0], int)):
+        shape = [1, *array_shape[1:]]
+    else:
+        return None
+    fits = all(not isinstance(d, int) or d == n for d, n in zip(dims, shape, strict=True))
+    return shape if fits and all(n > 0 for n in shape) else None
+
+
 def _fix_shapes(
-    policy: Policy, declared: list[TensorSpec], warnings: list[str]
+    policy: Policy,
+    declared: list[TensorSpec],
+    warnings: list[str],
+    notes: list[str],
+    data_shapes: dict[str, tuple[str, tuple[int, ...]]],
 ) -> list[TensorSpec]:
     names = [spec.name for spec in declared]
     problems = [
@@ -164,6 +237,7 @@ def _fix_shapes(
     fixed = []
     for spec in declared:
         wanted = policy.inputs.get(spec.name)
+        dynamic = [str(d) for d in spec.dims if not isinstance(d, int)]
         if wanted is not None and wanted.shape is not None:
             if len(wanted.shape) != len(spec.dims):
                 problems.append(
@@ -181,16 +255,31 @@ def _fix_shapes(
                             f"is {want} but the model fixes this dimension to {have}",
                         )
                     )
-            shape = list(wanted.shape)
+            shape, source = list(wanted.shape), f"inputs.{spec.name}.shape"
+        elif not dynamic:
+            shape, source = [int(d) for d in spec.dims if isinstance(d, int)], "model"
         else:
-            shape = [d if isinstance(d, int) else 1 for d in spec.dims]
-            dynamic = [str(d) for d in spec.dims if not isinstance(d, int)]
-            if dynamic:
+            where, array_shape = data_shapes.get(spec.name, (None, ()))
+            from_data = _shape_from_data(spec.dims, array_shape) if where else None
+            if from_data is not None:
+                # The data shows the sizes the model runs at; a default of 1 would refuse it.
+                shape, source = from_data, str(where)
+                notes.append(
+                    f"input '{spec.name}': dynamic dimension(s) {', '.join(dynamic)} taken from "
+                    f"{where} (shape {shape}; set inputs.{spec.name}.shape to choose another)"
+                )
+            else:
+                shape, source = [d if isinstance(d, int) else 1 for d in spec.dims], "default"
+                why = (
+                    f"; {where} holds shape {list(array_shape)}, which does not fit {_dims_text(spec.dims)}"
+                    if where
+                    else ""
+                )
                 warnings.append(
                     f"input '{spec.name}' has dynamic dimension(s) {', '.join(dynamic)}; measured with "
-                    f"shape {shape} (set inputs.{spec.name}.shape to choose)"
+                    f"shape {shape}{why} (set inputs.{spec.name}.shape to choose)"
                 )
-        fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape))
+        fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, source))
     if problems:
         raise PolicyError(f"{policy.path.name}: inputs do not match the model", problems)
     return fixed
@@ -245,6 +334,7 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
 
     initializers = {tensor.name for tensor in proto.graph.initializer}
     warnings: list[str] = []
+    notes: list[str] = []
     declared = _tensor_specs(proto.graph.input, initializers)
     if not declared:
         raise ModelError(
@@ -256,7 +346,7 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
             f"model {policy.model_path.name} takes string input(s) {', '.join(strings)}: the "
             "gate feeds and times numeric tensors only"
         )
-    inputs = _fix_shapes(policy, declared, warnings)
+    inputs = _fix_shapes(policy, declared, warnings, notes, _data_shapes(policy))
     for spec in inputs:  # one sample is fed, synthesised and copied many times over
         per_sample = math.prod(spec.shape) * spec.dtype.itemsize
         if per_sample > policy.limits.data_mb * MB:
@@ -279,4 +369,5 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         outputs=outputs,
         exporter=exporter.name,
         warnings=warnings,
+        notes=notes,
     )

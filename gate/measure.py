@@ -14,7 +14,7 @@ Sampling is adaptive: after ``min_runs`` pairs and ``min_seconds`` the block sto
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,20 +76,52 @@ class Timing:
 
 
 class BoundRunner:
-    """A session with its inputs bound once, so the timed call does no Python-side copying."""
+    """A session with its inputs bound once, so the timed call does no Python-side copying.
+
+    Outputs stay bound between runs, so ONNX Runtime writes into the buffers of the
+    previous run - unless the model declares an output shape that differs from what it
+    returns (published models often do): ORT then refuses its own buffer from the last
+    run ("Invalid rank for output"), so outputs are bound afresh before each run, outside
+    the timed region, and allocated inside it as ``InferenceSession.run`` would.
+    """
 
     def __init__(self, session: Any, feed: Mapping[str, np.ndarray]) -> None:
         self.session = session
         self.binding = session.io_binding()
         for name, value in feed.items():
             self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for output in session.get_outputs():
-            self.binding.bind_output(output.name)
+        self.output_names = [output.name for output in session.get_outputs()]
+        self._bind_outputs()
+        session.run_with_iobinding(self.binding)  # untimed: learns what the outputs really are
+        declared = [output.shape for output in session.get_outputs()]
+        returned = [value.shape() for value in self.binding.get_outputs()]
+        self.rebind = any(
+            not shape_fits(want, got) for want, got in zip(declared, returned, strict=True)
+        )
+
+    def _bind_outputs(self) -> None:
+        self.binding.clear_binding_outputs()
+        for name in self.output_names:
+            self.binding.bind_output(name)
 
     def timed_run(self) -> float:
+        if self.rebind:
+            self._bind_outputs()
         start = time.perf_counter_ns()
         self.session.run_with_iobinding(self.binding)
         return (time.perf_counter_ns() - start) / 1e6
+
+
+def shape_fits(declared: Sequence[Any] | None, returned: Sequence[int]) -> bool:
+    """Whether a returned shape fits a declared one: same rank, and each fixed dimension
+    equal (symbolic and unknown dimensions fit any size)."""
+    if declared is None:
+        return True
+    if len(declared) != len(returned):
+        return False
+    return all(
+        not isinstance(d, int) or d <= 0 or d == n for d, n in zip(declared, returned, strict=True)
+    )
 
 
 def auto_burst(latency_ms: float) -> int:

@@ -40,7 +40,14 @@ from gate.exitcodes import ExitCode
 from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
 from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
-from gate.load import LoadedModel, copy_model, file_sha256, load_model, model_size_bytes
+from gate.load import (
+    LoadedModel,
+    copy_model,
+    file_sha256,
+    load_model,
+    model_size_bytes,
+    with_returned_shapes,
+)
 from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
 from gate.memory import measure_memory
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
@@ -307,6 +314,8 @@ class GateRun:
         self.model = load_model(self.policy, self.host, self.work / "export")
         self.report["model"] = self._describe_model()
         self.report["warnings"].extend(self.model.warnings)
+        for note in self.model.notes:
+            self.say(note)
         self._prepare_data()
         self._describe_run()
 
@@ -325,6 +334,9 @@ class GateRun:
             self.reference = run_all(self.original_session, self.validation.feeds)
         except Exception as exc:
             raise ModelError(self._cannot_run(_first_line(exc))) from exc
+        self.model.outputs, mismatched = with_returned_shapes(self.model.outputs, self.reference[0])
+        self.report["model"]["outputs"] = [spec.describe() for spec in self.model.outputs]
+        self.report["warnings"].extend(mismatched)
         self._framework_reference()
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL]["search"] = {"origin": "original"}
@@ -903,11 +915,17 @@ class GateRun:
         stopping rule for its own timing budgets.
         """
         original = self.entries[ORIGINAL]
-        twin = make_session(self.model.path, original["session"], self.target)
-        timing = time_pair(
-            self.original_session, twin, self.validation.feeds[0], self.policy.measure,
-            self._decided_rule(original_only=True),
-        )  # fmt: skip
+        try:
+            twin = make_session(self.model.path, original["session"], self.target)
+            timing = time_pair(
+                self.original_session, twin, self.validation.feeds[0], self.policy.measure,
+                self._decided_rule(original_only=True),
+            )  # fmt: skip
+        except Exception as exc:  # ORT's own errors on a real model: say which step failed
+            raise ModelError(
+                f"the original model {self.policy.model_path.name} could not be timed: "
+                f"{type(exc).__name__}: {_first_line(exc)}"
+            ) from exc
         del twin
         self.timings[ORIGINAL] = timing
         self._record_timing(original, self._estimates(timing.original_ms, None))
@@ -1062,6 +1080,7 @@ class GateRun:
             "opsets": model.opsets,
             "inputs": [spec.describe() for spec in model.inputs],
             "outputs": [spec.describe() for spec in model.outputs],
+            "notes": model.notes,
         }
 
 

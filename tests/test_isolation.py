@@ -53,7 +53,9 @@ def test_crash_hang_and_memory_hog_fail_only_their_candidates(
                 {"name": "hogs", "quantize": {"plugin": "hog"}},
                 {"name": "fine", "quantize": {"plugin": "dynamic"}},
             ],
-            "build": {"timeout_s": 3, "memory_mb": 3000},
+            # 8 s: a real dynamic quantisation in a fresh child imports onnxruntime.quantization
+            # (about 2 s here) and must not be taken for a hang on a loaded 2-core runner.
+            "build": {"timeout_s": 8, "memory_mb": 3000},
         }
     )
     out = tmp_path / "out"
@@ -66,15 +68,11 @@ def test_crash_hang_and_memory_hog_fail_only_their_candidates(
         "the build process crashed (SIGSEGV)"
     )
     assert hung["status"] == "failed"
-    assert hung["error"] == "timed out after 3 s (build.timeout_s); the build was killed"
+    assert hung["error"] == "timed out after 8 s (build.timeout_s); the build was killed"
     hung_pid = int((tmp_path / "hang.pid").read_text())
     with pytest.raises(ProcessLookupError):  # really gone, not left running
         os.kill(hung_pid, 0)
-    assert report["build"] == {"isolate": True, "timeout_s": 3.0, "memory_mb": 3000}
-    hung_pid = int((tmp_path / "hang.pid").read_text())
-    with pytest.raises(ProcessLookupError):  # really gone, not left running
-        os.kill(hung_pid, 0)
-    assert report["build"] == {"isolate": True, "timeout_s": 3.0, "memory_mb": 3000}
+    assert report["build"] == {"isolate": True, "timeout_s": 8.0, "memory_mb": 3000}
     assert hogged["status"] == "failed" and "MemoryError" in hogged["error"]
     assert hogged["error"].endswith("(build.memory_mb is 3000: it may be too small)")
     assert candidate(report, "fine")["status"] == "passed"

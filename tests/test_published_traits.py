@@ -1,0 +1,202 @@
+"""Traits of published models that nobody here wrote, each rebuilt small: the gate must
+run what ONNX Runtime runs, and take from the user's data what the model leaves open."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from gate.measure import BoundRunner, shape_fits
+from tests.conftest import FAST_MEASURE, candidate, load_report, save_graph
+
+
+def stale_output_crnn(path, classes: int = 12) -> None:
+    """A CRNN-style head like a published text recogniser's: features [1, T, 16] through a
+    MatMul, then a Reshape to [T, 1, classes] whose target shape is computed from the
+    runtime shape - while the graph still declares its output as [1, seqlen]."""
+    rng = np.random.default_rng(3)
+    weight = numpy_helper.from_array(rng.normal(size=(16, classes)).astype(np.float32), "w")
+    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
+    width = numpy_helper.from_array(np.array([classes], dtype=np.int64), "width")
+    axis = numpy_helper.from_array(np.array(1, dtype=np.int64), "axis")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["logits"]),
+            helper.make_node("Shape", ["logits"], ["dims"]),
+            helper.make_node("Gather", ["dims", "axis"], ["steps"], axis=0),
+            helper.make_node("Unsqueeze", ["steps"], ["steps_1d"], axes=[0]),
+            helper.make_node("Concat", ["steps_1d", "one", "width"], ["target"], axis=0),
+            helper.make_node("Reshape", ["logits", "target"], ["probs"]),
+        ],
+        "crnn_head",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 16])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, "seqlen"])],
+        [weight, one, width, axis],
+    )
+    save_graph(path, graph, {"": 12}, ir_version=7)
+
+
+def test_bound_runs_survive_an_output_declared_with_the_wrong_rank(tmp_path):
+    """ONNX Runtime refuses its own output buffer from the previous run when the declared
+    rank is wrong; the timing loop rebinds instead of failing on the second run."""
+    import onnxruntime
+
+    stale_output_crnn(tmp_path / "crnn.onnx")
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "crnn.onnx"), providers=["CPUExecutionProvider"]
+    )
+    runner = BoundRunner(session, {"x": np.ones((1, 20, 16), np.float32)})
+    assert runner.rebind
+    assert all(runner.timed_run() > 0 for _ in range(3))
+    assert runner.binding.get_outputs()[0].shape() == [20, 1, 12]
+    assert shape_fits([1, "seqlen"], [1, 7]) and not shape_fits([1, "seqlen"], [7, 1, 12])
+
+
+def test_a_model_whose_declared_output_shape_is_wrong_is_gated_on_what_it_returns(
+    tmp_path, gate_cli
+):
+    stale_output_crnn(tmp_path / "crnn.onnx")
+    rng = np.random.default_rng(4)
+    np.savez(tmp_path / "validation.npz", x=rng.normal(size=(8, 1, 20, 16)).astype(np.float32))
+    np.savez(tmp_path / "calibration.npz", x=rng.normal(size=(8, 1, 20, 16)).astype(np.float32))
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: crnn.onnx}\n"
+        "data: {validation: validation.npz, calibration: calibration.npz}\n"
+        f"measure: {FAST_MEASURE}\n"
+        "candidates:\n"
+        "  - {name: dynamic-u8, quantize: {plugin: dynamic, weight_type: uint8}}\n"
+        "  - {name: static, quantize: {plugin: static}}\n"
+        "budgets: [{metric: cosine_similarity, min: 0.9}]\n"
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 0, report["message"]
+    assert "internal error" not in result.stdout + result.stderr
+    assert report["model"]["outputs"][0]["declared_shape"] == [1, "seqlen"]
+    assert report["model"]["outputs"][0]["shape"] == [20, 1, 12]
+    assert report["model"]["outputs"][0]["shape_from"] == "onnxruntime"
+    assert (
+        "output 'probs' is declared [1, seqlen] but ONNX Runtime returns [20, 1, 12]; "
+        "the gate judges what it returns" in report["warnings"]
+    )
+    # Every candidate was timed against the original, and the original against itself.
+    for name in ("original", "dynamic-u8", "static"):
+        entry = candidate(report, name)
+        assert entry["status"] != "failed", entry["error"]
+        assert entry["metrics"]["latency_ms.p50"] > 0
+    assert candidate(report, "dynamic-u8")["metrics"]["cosine_similarity"] > 0.9
+
+
+def stateful_vad(path) -> None:
+    """A VAD-like model: audio [batch, samples] and a recurrent state [2, batch, 8]."""
+    rng = np.random.default_rng(5)
+    weight = numpy_helper.from_array(rng.normal(size=(512, 8)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["input", "w"], ["features"]),
+            helper.make_node("Add", ["state", "features"], ["state_out"]),
+            helper.make_node("ReduceMean", ["state_out"], ["speech"], axes=[0, 2], keepdims=0),
+        ],
+        "vad",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "samples"]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, "batch", 8]),
+        ],
+        [
+            helper.make_tensor_value_info("speech", TensorProto.FLOAT, ["batch"]),
+            helper.make_tensor_value_info("state_out", TensorProto.FLOAT, [2, "batch", 8]),
+        ],
+        [weight],
+    )
+    save_graph(path, graph, {"": 13})
+
+
+@pytest.mark.parametrize("audio_shape", [(64, 1, 512), (64, 512)], ids=["samples", "stacked"])
+def test_dynamic_dimensions_are_taken_from_the_data(tmp_path, gate_cli, audio_shape):
+    stateful_vad(tmp_path / "vad.onnx")
+    rng = np.random.default_rng(6)
+    np.savez(
+        tmp_path / "validation.npz",
+        input=rng.uniform(-1, 1, size=audio_shape).astype(np.float32),
+        state=np.zeros((64, 2, 1, 8), np.float32),
+    )
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: vad.onnx}\ndata: {validation: validation.npz}\n"
+        f"measure: {FAST_MEASURE}\n"
+        "candidates: [{name: basic, graph: {level: basic}}]\n"
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 0, report["message"]
+    inputs = {spec["name"]: spec for spec in report["model"]["inputs"]}
+    assert inputs["input"]["shape"] == [1, 512]
+    assert inputs["input"]["shape_from"] == "data.validation"
+    assert inputs["state"]["shape"] == [2, 1, 8]
+    assert report["data"]["validation"]["samples"] == 64
+    # Said once, as a note, not warned about: the data told the gate what it needed.
+    assert not [w for w in report["warnings"] if "dynamic dimension" in w]
+    assert any("taken from data.validation" in note for note in report["model"]["notes"])
+
+
+def test_dynamic_dimensions_the_data_cannot_tell_are_warned_about(tmp_path, gate_cli):
+    stateful_vad(tmp_path / "vad.onnx")
+    np.savez(
+        tmp_path / "calibration.npz",
+        input=np.zeros((8, 1, 512), np.float32),
+        state=np.zeros((8, 2, 1, 8), np.float32),
+    )
+    # Calibration alone still tells the shapes; an array of the wrong rank cannot.
+    np.savez(
+        tmp_path / "odd.npz",
+        input=np.zeros((8, 1, 1, 512), np.float32),
+        state=np.zeros((8, 2, 1, 8), np.float32),
+    )
+    base = f"version: 1\nmodel: {{path: vad.onnx}}\nmeasure: {FAST_MEASURE}\ncandidates: [{{name: basic, graph: {{level: basic}}}}]\n"
+    (tmp_path / "calibration.yaml").write_text(base + "data: {calibration: calibration.npz}\n")
+    (tmp_path / "odd.yaml").write_text(base + "data: {validation: odd.npz}\n")
+
+    out = tmp_path / "out"
+    assert gate_cli("run", tmp_path / "calibration.yaml", "-o", out, "-q").exit_code == 0
+    report = load_report(out)
+    assert report["model"]["inputs"][0]["shape_from"] == "data.calibration"
+
+    result = gate_cli("run", tmp_path / "odd.yaml", "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 2
+    assert (
+        "input 'input' has dynamic dimension(s) batch, samples; measured with shape [1, 1]; "
+        "data.validation holds shape [8, 1, 1, 512], which does not fit [batch, samples] "
+        "(set inputs.input.shape to choose)" in report["warnings"]
+    )
+    assert any("array 'input' has shape [8, 1, 1, 512]" in line for line in report["errors"])
+
+
+def test_onnxruntime_failing_while_timing_the_original_is_a_located_error(
+    classifier, gate_cli, tmp_path, monkeypatch
+):
+    """Fault injection: ORT raising in the original's own timing block (as it did on a
+    published CRNN) ends in one line naming the step and the model, not 'internal error'."""
+    import gate.pipeline
+
+    def invalid_rank(*args, **kwargs):  # the candidate fails its own timing; then the original
+        raise RuntimeError("Error in execution: Invalid rank for output: y Got: 3 Expected: 2")
+
+    monkeypatch.setattr(gate.pipeline, "time_pair", invalid_rank)
+    policy = classifier.write_policy(
+        {
+            "candidates": [{"name": "basic", "graph": {"level": "basic"}}],
+            "data": {"validation": "validation.npz"},
+        }
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", policy, "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 3
+    assert report["message"] == (
+        "the original model model.onnx could not be timed: RuntimeError: Error in execution: "
+        "Invalid rank for output: y Got: 3 Expected: 2"
+    )
+    assert "internal error" not in result.stdout + result.stderr
