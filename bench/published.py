@@ -42,11 +42,11 @@ sys.path.insert(0, str(BENCH))
 
 import fetch_models  # noqa: E402  (beside this script)
 
-# Small, quick and between them the traits the gate got wrong on published models:
-# a CTC recogniser whose output shape is [T, 1, classes] (ppocr_rec), a stateful VAD
-# with an If on its sample rate and dynamic dimensions (silero_vad), a classifier
-# with an ai.onnx.ml import (magika).
-QUICK = ["ppocr_cls", "silero_vad", "magika"]
+# Small, quick, and between them the traits that broke the gate on published models:
+# a CRNN whose declared output shape is stale (ppocrv2_rec), a stateful VAD with an If
+# on its sample rate (silero_vad), weights in external data (khmersm), and an output
+# whose name is a JSON object (oww_timer).
+QUICK = ["ppocrv2_rec", "silero_vad", "khmersm", "oww_timer"]
 CALIBRATION_SAMPLES = 16
 VALIDATION_SAMPLES = 16
 
@@ -80,8 +80,8 @@ def write_case(entry: dict[str, Any], folder: Path, quick: bool) -> Path:
         "data": {"calibration": "calibration.npz", "validation": "validation.npz"},
         "target": {"provider": "cpu", "usd_per_hour": 0.096},
         "candidates": "auto",
-        "search": {"max_trials": 4 if quick else 8, "max_seconds": 60 if quick else 240},
-        "measure": {"max_seconds": 1.0 if quick else 2.0, "memory": not quick},
+        "search": {"max_trials": 4 if quick else 5, "max_seconds": 60 if quick else 120},
+        "measure": {"max_seconds": 1.0, "memory": not quick},
         "budgets": [{"metric": "cosine_similarity", "min": 0.99}],
     }
     path = folder / "policy.yaml"
@@ -153,7 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", action="append", help="a model of bench/models.json")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    parser.add_argument("--timeout", type=float, default=1200, help="seconds per model")
+    parser.add_argument(
+        "--timeout", type=float, help="seconds per model before it counts as hung (600; 300 quick)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -182,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in names:
         policy = write_case(manifest[name], BENCH / "out" / "published" / name, args.quick)
-        result = run_case(name, policy, args.timeout)
+        result = run_case(name, policy, args.timeout or (300 if args.quick else 600))
         results.append(result)
         print(row(manifest[name], result), flush=True)
     counts = {

@@ -134,9 +134,14 @@ def load_feeds(
         elif shape and shape[0] == 1 and array.shape[1:] == shape[1:]:
             samples = [array[i : i + 1] for i in range(array.shape[0])]
         else:
+            came_from = (
+                f" (taken from {spec.shape_from})"
+                if spec.shape_from and spec.shape_from != where
+                else ""
+            )
             problems.append(
                 f"{where}: array '{spec.name}' has shape {list(array.shape)}; expected "
-                f"[samples, {', '.join(map(str, shape))}] for input shape {list(shape)}"
+                f"[samples, {', '.join(map(str, shape))}] for input shape {list(shape)}{came_from}"
             )
             continue
         if not np.can_cast(array.dtype, spec.dtype, casting="same_kind"):

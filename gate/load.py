@@ -27,6 +27,8 @@ class TensorSpec:
     """As declared in the model; strings are symbolic dimensions."""
     shape: list[int] = field(default_factory=list)
     """Fixed shape the gate feeds (inputs) or that ONNX Runtime returned (outputs)."""
+    shaped: bool = True
+    """Whether the model declares a shape at all (an output may declare none)."""
     shape_from: str | None = None
     """Where ``shape`` came from: the model, inputs.<name>.shape, a data file, a default of 1
     for dynamic dimensions, or (outputs) what ONNX Runtime returned."""
@@ -55,6 +57,8 @@ class LoadedModel:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """What the gate chose for the user that is not a problem (shapes taken from the data)."""
+    untensored_outputs: list[str] = field(default_factory=list)
+    """Outputs that are not tensors (a ZipMap's sequence of maps): not judged."""
 
     @property
     def input_shapes(self) -> dict[str, list[int]]:
@@ -173,7 +177,7 @@ def _tensor_specs(
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
-        specs.append(TensorSpec(value.name, dtype, dims))
+        specs.append(TensorSpec(value.name, dtype, dims, shaped=tensor.HasField("shape")))
     return specs
 
 
@@ -191,14 +195,17 @@ def with_returned_shapes(
             continue
         shape = [int(n) for n in np.shape(value)]
         declared = [d if isinstance(d, int) else None for d in spec.dims]
-        if len(declared) != len(shape) or any(
-            d is not None and d != n for d, n in zip(declared, shape, strict=False)
+        if spec.shaped and (
+            len(declared) != len(shape)
+            or any(d is not None and d != n for d, n in zip(declared, shape, strict=False))
         ):
             warnings.append(
                 f"output '{spec.name}' is declared {_dims_text(spec.dims)} but ONNX Runtime "
                 f"returns {shape}; the gate judges what it returns"
             )
-        specs.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, "onnxruntime"))
+        specs.append(
+            TensorSpec(spec.name, spec.dtype, spec.dims, shape, spec.shaped, "onnxruntime")
+        )
     return specs, warnings
 
 
@@ -216,7 +223,10 @@ def _data_shapes(policy: Policy) -> dict[str, tuple[str, tuple[int, ...]]]:
     ):
         if path is None or not path.is_file():
             continue  # a missing file is named when the data is read
-        check_data_file(path, where, policy.limits)
+        try:
+            check_data_file(path, where, policy.limits)
+        except PolicyError:
+            continue  # named, in its place, when the data is read
         for name, shape in npz_array_shapes(path).items():
             shapes[name] = (where, shape)
     return shapes
@@ -224,17 +234,48 @@ def _data_shapes(policy: Policy) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 def _shape_from_data(
     dims: list[int | str | None], array_shape: tuple[int, ...]
-) -> list[int] | None:
-    """The per-sample shape an array of samples gives a declared input, or None when it
-    does not fit: ``[samples, *shape]``, or samples stacked along a batch axis of 1."""
+) -> tuple[list[int], bool] | None:
+    """The per-sample shape an array of samples gives a declared input, and whether it was
+    read as samples stacked along a leading axis of 1, or None when it does not fit:
+    ``[samples, *shape]``, else samples stacked along that axis (as ``load_feeds`` reads)."""
     if len(array_shape) == len(dims) + 1:
-        shape = list(array_shape[1:])
+        shape, stacked = list(array_shape[1:]), False
     elif len(array_shape) == len(dims) and dims and (dims[0] == 1 or not isinstance(dims[0], int)):
-        shape = [1, *array_shape[1:]]
+        shape, stacked = [1, *array_shape[1:]], True
     else:
         return None
     fits = all(not isinstance(d, int) or d == n for d, n in zip(dims, shape, strict=True))
-    return shape if fits and all(n > 0 for n in shape) else None
+    return (shape, stacked) if fits and all(n > 0 for n in shape) else None
+
+
+def _names_a_batch(dim: int | str | None) -> bool:
+    return dim == 1 or (isinstance(dim, str) and ("batch" in dim.lower() or dim in ("N", "n")))
+
+
+def _shared_dimension_conflicts(policy: Policy, inputs: list[TensorSpec]) -> list[str]:
+    """Inputs that share a symbolic dimension (a batch, a sequence length) must agree on
+    its size: sized one by one from a policy and data files, they can come apart."""
+    seen: dict[str, tuple[int, TensorSpec]] = {}
+    problems = []
+    for spec in inputs:
+        for dim, size in zip(spec.dims, spec.shape, strict=True):
+            if not isinstance(dim, str):
+                continue
+            if dim not in seen:
+                seen[dim] = (size, spec)
+                continue
+            first_size, first = seen[dim]
+            if first_size != size:
+                problems.append(
+                    policy.problem(
+                        ("inputs", spec.name, "shape"),
+                        f"dimension '{dim}' is {size} for input '{spec.name}' (from "
+                        f"{spec.shape_from}) but {first_size} for input '{first.name}' (from "
+                        f"{first.shape_from}); the model shares it between them",
+                    )
+                )
+                seen[dim] = (size, spec)  # one line per clash, not one per later input
+    return problems
 
 
 def _fix_shapes(
@@ -255,7 +296,7 @@ def _fix_shapes(
     fixed = []
     for spec in declared:
         wanted = policy.inputs.get(spec.name)
-        dynamic = [str(d) for d in spec.dims if not isinstance(d, int)]
+        dynamic = ["?" if d is None else str(d) for d in spec.dims if not isinstance(d, int)]
         if wanted is not None and wanted.shape is not None:
             if len(wanted.shape) != len(spec.dims):
                 problems.append(
@@ -281,11 +322,20 @@ def _fix_shapes(
             from_data = _shape_from_data(spec.dims, array_shape) if where else None
             if from_data is not None:
                 # The data shows the sizes the model runs at; a default of 1 would refuse it.
-                shape, source = from_data, str(where)
-                notes.append(
+                (shape, stacked), source = from_data, str(where)
+                said = (
                     f"input '{spec.name}': dynamic dimension(s) {', '.join(dynamic)} taken from "
                     f"{where} (shape {shape}; set inputs.{spec.name}.shape to choose another)"
                 )
+                if stacked and not _names_a_batch(spec.dims[0]):
+                    # [N, F] for [T, F] may be N samples of T=1 or one sample of T=N;
+                    # along an axis named as a batch, stacking is the documented layout.
+                    warnings.append(
+                        f"{said}: its array {list(array_shape)} was read as "
+                        f"{array_shape[0]} samples with {spec.dims[0]} = 1"
+                    )
+                else:
+                    notes.append(said)
             else:
                 shape, source = [d if isinstance(d, int) else 1 for d in spec.dims], "default"
                 why = (
@@ -297,7 +347,8 @@ def _fix_shapes(
                     f"input '{spec.name}' has dynamic dimension(s) {', '.join(dynamic)}; measured with "
                     f"shape {shape}{why} (set inputs.{spec.name}.shape to choose)"
                 )
-        fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, source))
+        fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, shape_from=source))
+    problems.extend(_shared_dimension_conflicts(policy, fixed))
     if problems:
         raise PolicyError(f"{policy.path.name}: inputs do not match the model", problems)
     return fixed
@@ -396,4 +447,9 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         exporter=exporter.name,
         warnings=warnings,
         notes=notes,
+        untensored_outputs=[
+            value.name
+            for value in proto.graph.output
+            if value.type.WhichOneof("value") != "tensor_type"
+        ],
     )

@@ -113,7 +113,15 @@ class BoundRunner:
         if self.rebind:
             self._bind_outputs()
         start = time.perf_counter_ns()
-        self.session.run_with_iobinding(self.binding)
+        try:
+            self.session.run_with_iobinding(self.binding)
+        except RuntimeError:
+            if self.rebind is not False:
+                raise
+            # A declared shape the check let through (ORT says [] for "unknown" and for a
+            # scalar alike) and ORT refused last run's buffer: bind afresh from now on.
+            self.rebind = True
+            return self.timed_run()
         elapsed = (time.perf_counter_ns() - start) / 1e6
         if self.rebind is None:
             self.rebind = self._declared_shapes_wrong()
@@ -122,8 +130,9 @@ class BoundRunner:
 
 def shape_fits(declared: Sequence[Any] | None, returned: Sequence[int]) -> bool:
     """Whether a returned shape fits a declared one: same rank, and each fixed dimension
-    equal (symbolic and unknown dimensions fit any size)."""
-    if declared is None:
+    equal (symbolic and unknown dimensions fit any size; ORT reports an output declared
+    without a shape as [], so [] fits anything)."""
+    if not declared:
         return True
     if len(declared) != len(returned):
         return False
@@ -170,6 +179,8 @@ def time_pair(
     for _ in range(max(settings.warmup_runs, 1)):
         warm.append(base.timed_run())
         warm.append(cand.timed_run())
+    if base.rebind or cand.rebind:  # allocate outputs in both timed regions, or in neither
+        base.rebind = cand.rebind = True
     burst = settings.burst or auto_burst(float(np.median(warm)))
     refill = 1 if burst > 1 else 0
     cap = block_cap(settings, 2 * (burst + refill) * float(np.median(warm)))

@@ -61,7 +61,7 @@ from gate.report import (
     signals_held,
     write_report_json,
 )
-from gate.runtime import Target, make_session, run_all
+from gate.runtime import Target, make_session, onnxruntime_errors, run_all
 from gate.search import Search, Trial, fallback_trial, propose, search_context
 from gate.sensitivity import rank_sources
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
@@ -700,12 +700,13 @@ class GateRun:
         floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
         self.judged = policy.validation_output or (floats or output_names)[0]
         if self.judged not in output_names:
-            raise PolicyError(
-                policy.problem(
-                    ("validation", "output"),
-                    f"the model has no output '{self.judged}' (outputs: {', '.join(output_names)})",
-                )
+            why = (
+                f"output '{self.judged}' is not a tensor (a ZipMap's sequence of maps, say) and "
+                f"cannot be judged; tensor outputs: {', '.join(output_names)}"
+                if self.judged in model.untensored_outputs
+                else f"the model has no output '{self.judged}' (outputs: {', '.join(output_names)})"
             )
+            raise PolicyError(policy.problem(("validation", "output"), why))
         self.validation = validation_feeds(policy, model)
         self.labels = (
             load_labels(
@@ -915,13 +916,14 @@ class GateRun:
         stopping rule for its own timing budgets.
         """
         original = self.entries[ORIGINAL]
+        is_decided = self._decided_rule(original_only=True)
         try:
             twin = make_session(self.model.path, original["session"], self.target)
             timing = time_pair(
                 self.original_session, twin, self.validation.feeds[0], self.policy.measure,
-                self._decided_rule(original_only=True),
+                is_decided,
             )  # fmt: skip
-        except Exception as exc:  # ORT's own errors on a real model: say which step failed
+        except onnxruntime_errors() as exc:  # ORT's own failure on a real model: say where
             raise ModelError(
                 f"the original model {self.policy.model_path.name} could not be timed: "
                 f"{type(exc).__name__}: {_first_line(exc)}"
@@ -973,7 +975,8 @@ class GateRun:
                 self.policy.problem(
                     ("budgets", index, "metric"),
                     f"'{budget.metric}' is not produced for output '{output.name}' "
-                    f"({output.dtype}, shape {output.dims}); choose validation.output or another metric",
+                    f"({output.dtype}, shape {output.shape or output.dims}); choose "
+                    "validation.output or another metric",
                 )
             )
         if problems:
@@ -1099,9 +1102,12 @@ def _warnings(chosen: str, results: list[BudgetResult], on_inconclusive: str) ->
 
 
 def _leading_batch(model: LoadedModel) -> int:
-    """Samples per inference when the policy does not say: a symbolic leading dimension's size."""
+    """Samples per inference when the policy does not say: the size the policy gives a
+    symbolic leading dimension. One taken from the data is not counted: a time-first
+    input [T, 1, F] would multiply throughput by T (set measure.batch to say)."""
     first = model.inputs[0]
-    if first.dims and not isinstance(first.dims[0], int) and first.shape:
+    chosen = (first.shape_from or "").startswith("inputs.")
+    if chosen and first.dims and not isinstance(first.dims[0], int) and first.shape:
         return max(int(first.shape[0]), 1)
     return 1
 

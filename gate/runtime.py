@@ -100,6 +100,19 @@ def make_session(path: Path, settings: Mapping[str, Any], target: Target) -> Any
     return session
 
 
+def onnxruntime_errors() -> tuple[type[BaseException], ...]:
+    """What ONNX Runtime raises from a session (its pybind classes derive from Exception,
+    not RuntimeError), so callers catch ORT's failures and leave the gate's own bugs."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    ort = [
+        value
+        for value in vars(state).values()
+        if isinstance(value, type) and issubclass(value, Exception)
+    ]
+    return (RuntimeError, *ort)
+
+
 def run_all(session: Any, feeds: Sequence[Sample]) -> list[Sample]:
     """Tensor outputs for every feed, keyed by output name (a ZipMap's sequence of maps,
     which scikit-learn converters add beside the probability tensor, is not judged)."""

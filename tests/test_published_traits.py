@@ -17,22 +17,26 @@ def stale_output_crnn(path, classes: int = 12) -> None:
     runtime shape - while the graph still declares its output as [1, seqlen]."""
     rng = np.random.default_rng(3)
     weight = numpy_helper.from_array(rng.normal(size=(16, classes)).astype(np.float32), "w")
-    one = numpy_helper.from_array(np.array([1], dtype=np.int64), "one")
     width = numpy_helper.from_array(np.array([classes], dtype=np.int64), "width")
-    axis = numpy_helper.from_array(np.array(1, dtype=np.int64), "axis")
+    first = numpy_helper.from_array(np.array(0, dtype=np.int64), "first")
+    second = numpy_helper.from_array(np.array(1, dtype=np.int64), "second")
+    # Both leading sizes from the runtime shape, as the published graph computes them:
+    # ORT then keeps the declared [1, seqlen] and refuses last run's rank-3 buffer.
     graph = helper.make_graph(
         [
             helper.make_node("MatMul", ["x", "w"], ["logits"]),
             helper.make_node("Shape", ["logits"], ["dims"]),
-            helper.make_node("Gather", ["dims", "axis"], ["steps"], axis=0),
+            helper.make_node("Gather", ["dims", "second"], ["steps"], axis=0),
             helper.make_node("Unsqueeze", ["steps"], ["steps_1d"], axes=[0]),
-            helper.make_node("Concat", ["steps_1d", "one", "width"], ["target"], axis=0),
+            helper.make_node("Gather", ["dims", "first"], ["batch"], axis=0),
+            helper.make_node("Unsqueeze", ["batch"], ["batch_1d"], axes=[0]),
+            helper.make_node("Concat", ["steps_1d", "batch_1d", "width"], ["target"], axis=0),
             helper.make_node("Reshape", ["logits", "target"], ["probs"]),
         ],
         "crnn_head",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "T", 16])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [1, "seqlen"])],
-        [weight, one, width, axis],
+        [weight, width, first, second],
     )
     save_graph(path, graph, {"": 12}, ir_version=7)
 
@@ -46,11 +50,39 @@ def test_bound_runs_survive_an_output_declared_with_the_wrong_rank(tmp_path):
     session = onnxruntime.InferenceSession(
         str(tmp_path / "crnn.onnx"), providers=["CPUExecutionProvider"]
     )
-    runner = BoundRunner(session, {"x": np.ones((1, 20, 16), np.float32)})
+    feed = {"x": np.ones((1, 20, 16), np.float32)}
+    binding = session.io_binding()  # the trap itself: a reused binding fails on run two
+    binding.bind_cpu_input("x", feed["x"])
+    binding.bind_output("probs")
+    session.run_with_iobinding(binding)
+    with pytest.raises(RuntimeError, match="Invalid rank for output: probs Got: 3 Expected: 2"):
+        session.run_with_iobinding(binding)
+    runner = BoundRunner(session, feed)
     assert all(runner.timed_run() > 0 for _ in range(3))
     assert runner.rebind
     assert runner.binding.get_outputs()[0].shape() == [20, 1, 12]
     assert shape_fits([1, "seqlen"], [1, 7]) and not shape_fits([1, "seqlen"], [7, 1, 12])
+
+
+def test_outputs_that_fit_or_declare_no_shape_keep_their_buffers_between_runs(tmp_path):
+    """Rebinding costs an allocation inside the timed region: only a declaration that is
+    wrong pays it, not an ordinary model nor an output declared without a shape."""
+    import onnxruntime
+
+    for name, declared in (("fits", [1, "n"]), ("shapeless", None)):
+        graph = helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["y"])],
+            name,
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, "n"])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, declared)],
+        )
+        save_graph(tmp_path / f"{name}.onnx", graph)
+        session = onnxruntime.InferenceSession(
+            str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        runner = BoundRunner(session, {"x": np.ones((1, 5), np.float32)})
+        assert all(runner.timed_run() > 0 for _ in range(3))
+        assert runner.rebind is False, name
 
 
 def test_a_model_whose_declared_output_shape_is_wrong_is_gated_on_what_it_returns(
@@ -161,7 +193,7 @@ def test_dynamic_dimensions_the_data_cannot_tell_are_warned_about(tmp_path, gate
     out = tmp_path / "out"
     assert gate_cli("run", tmp_path / "calibration.yaml", "-o", out, "-q").exit_code == 0
     report = load_report(out)
-    assert report["model"]["inputs"][0]["shape_from"] == "data.calibration"
+    assert [spec["shape_from"] for spec in report["model"]["inputs"]] == ["data.calibration"] * 2
 
     result = gate_cli("run", tmp_path / "odd.yaml", "-o", out)
     report = load_report(out)
@@ -247,3 +279,82 @@ def test_a_zipmap_output_is_left_out_and_the_tensors_are_judged(tmp_path, gate_c
         "and are not judged; candidates are judged on label" in report["model"]["notes"]
     )
     assert candidate(report, "basic")["metrics"]["latency_ms.p50"] > 0
+
+
+def test_inputs_sharing_a_dimension_must_agree_on_its_size(tmp_path, gate_cli):
+    """Sized one by one (policy, data), two inputs can disagree on a shared 'batch'."""
+    stateful_vad(tmp_path / "vad.onnx")
+    np.savez(
+        tmp_path / "validation.npz",
+        input=np.zeros((8, 4, 512), np.float32),
+        state=np.zeros((8, 2, 1, 8), np.float32),
+    )
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: vad.onnx}\ndata: {validation: validation.npz}\n"
+        "candidates: [{name: basic, graph: {level: basic}}]\n"
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
+    assert result.exit_code == 2
+    assert (
+        "policy.yaml:1: inputs.state.shape: dimension 'batch' is 1 for input 'state' (from "
+        "data.validation) but 4 for input 'input' (from data.validation); the model shares "
+        "it between them" in load_report(out)["errors"]
+    )
+
+
+def test_calibration_that_disagrees_with_validation_says_where_the_shape_came_from(
+    tmp_path, gate_cli
+):
+    stateful_vad(tmp_path / "vad.onnx")
+    np.savez(
+        tmp_path / "validation.npz",
+        input=np.zeros((8, 1, 512), np.float32),
+        state=np.zeros((8, 2, 1, 8), np.float32),
+    )
+    np.savez(
+        tmp_path / "calibration.npz",
+        input=np.zeros((8, 1, 256), np.float32),
+        state=np.zeros((8, 2, 1, 8), np.float32),
+    )
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: vad.onnx}\n"
+        "data: {validation: validation.npz, calibration: calibration.npz}\n"
+        "candidates: [{name: basic, graph: {level: basic}}]\n"
+    )
+    out = tmp_path / "out"
+    assert gate_cli("run", tmp_path / "policy.yaml", "-o", out).exit_code == 2
+    assert (
+        "data.calibration: array 'input' has shape [8, 1, 256]; expected [samples, 1, 512] "
+        "for input shape [1, 512] (taken from data.validation)" in load_report(out)["errors"]
+    )
+
+
+def test_an_array_read_as_stacked_samples_along_a_symbolic_axis_is_warned_about(tmp_path, gate_cli):
+    """[20, 16] for an input [T, 16]: 20 samples of T=1, or one of T=20? The gate reads
+    samples (as it always has) and warns, since the data cannot tell."""
+    rng = np.random.default_rng(9)
+    weight = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "frames",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", 4])],
+        [weight],
+    )
+    save_graph(tmp_path / "frames.onnx", graph)
+    np.savez(tmp_path / "validation.npz", x=rng.normal(size=(20, 16)).astype(np.float32))
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: frames.onnx}\ndata: {validation: validation.npz}\n"
+        f"measure: {FAST_MEASURE}\ncandidates: [{{name: basic, graph: {{level: basic}}}}]\n"
+    )
+    out = tmp_path / "out"
+    assert gate_cli("run", tmp_path / "policy.yaml", "-o", out, "-q").exit_code == 0
+    report = load_report(out)
+    assert report["model"]["inputs"][0]["shape"] == [1, 16]
+    assert (
+        "input 'x': dynamic dimension(s) T taken from data.validation (shape [1, 16]; set "
+        "inputs.x.shape to choose another): its array [20, 16] was read as 20 samples with "
+        "T = 1" in report["warnings"]
+    )
+    assert report["data"]["validation"]["samples"] == 20
