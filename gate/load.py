@@ -172,8 +172,8 @@ def _tensor_specs(
             if dim.HasField("dim_value") and dim.dim_value > 0:
                 dims.append(int(dim.dim_value))
             elif dim.HasField("dim_value"):  # some exporters (Paddle) write -1 for "dynamic"
-                dims.append(f"dim{len(dims)}")
-            elif dim.HasField("dim_param"):
+                dims.append(None)
+            elif dim.HasField("dim_param") and dim.dim_param not in UNNAMED_DIMS:
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
@@ -248,6 +248,10 @@ def _shape_from_data(
     return (shape, stacked) if fits and all(n > 0 for n in shape) else None
 
 
+UNNAMED_DIMS = {"", "?"}
+"""Symbolic names that name nothing (Paddle writes "?"): never shared between inputs."""
+
+
 def _names_a_batch(dim: int | str | None) -> bool:
     return dim == 1 or (isinstance(dim, str) and ("batch" in dim.lower() or dim in ("N", "n")))
 
@@ -259,7 +263,7 @@ def _shared_dimension_conflicts(policy: Policy, inputs: list[TensorSpec]) -> lis
     problems = []
     for spec in inputs:
         for dim, size in zip(spec.dims, spec.shape, strict=True):
-            if not isinstance(dim, str):
+            if not isinstance(dim, str) or dim in UNNAMED_DIMS:
                 continue
             if dim not in seen:
                 seen[dim] = (size, spec)

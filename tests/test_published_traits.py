@@ -358,3 +358,28 @@ def test_an_array_read_as_stacked_samples_along_a_symbolic_axis_is_warned_about(
         "T = 1" in report["warnings"]
     )
     assert report["data"]["validation"]["samples"] == 20
+
+
+def test_paddle_style_unnamed_dimensions_are_sized_from_the_data_each_on_its_own(
+    tmp_path, gate_cli
+):
+    """Paddle exports write -1 and '?' for every dynamic dimension: those name nothing, so
+    two of them of different sizes (an image's height and width) are no clash."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "paddle",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [-1, 3, "?", "?"])],
+    )
+    save_graph(tmp_path / "paddle.onnx", graph)
+    np.savez(tmp_path / "validation.npz", x=np.ones((4, 1, 3, 48, 192), np.float32))
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: paddle.onnx}\ndata: {validation: validation.npz}\n"
+        f"measure: {FAST_MEASURE}\ncandidates: [{{name: basic, graph: {{level: basic}}}}]\n"
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 0, report["errors"]
+    assert report["model"]["inputs"][0]["shape"] == [1, 3, 48, 192]
+    assert report["model"]["inputs"][0]["declared_shape"] == [None, 3, None, None]
