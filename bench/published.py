@@ -115,8 +115,8 @@ def run_case(name: str, policy: Path, timeout_s: float) -> dict[str, Any]:
     result["warnings"] = report.get("warnings", [])
     if message.startswith("internal error") or proc.returncode not in (0, 1, 2, 3, 4):
         return {**result, "outcome": "internal error", "line": message}
-    if report["verdict"] == "error":
-        return {**result, "outcome": "clean error", "line": message}
+    if report["verdict"] == "error":  # the first located problem is the line to act on
+        return {**result, "outcome": "clean error", "line": (report["errors"] or [message])[0]}
     chosen = report.get("chosen")
     entry = next((c for c in report["candidates"] if c["name"] == chosen), None)
     tried = [c for c in report["candidates"] if c["name"] != "original"]

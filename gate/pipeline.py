@@ -965,6 +965,7 @@ class GateRun:
         """A budget on a metric the original did not produce can never be met: a policy error."""
         produced = self.entries[ORIGINAL]["metrics"]
         output = next(spec for spec in self.model.outputs if spec.name == self.judged)
+        accuracy = [name for name in produced if name != "size_mb"]
         problems = []
         for index, budget in enumerate(self.policy.budgets):
             if budget.level == "off" or budget.metric in produced:
@@ -975,8 +976,9 @@ class GateRun:
                 self.policy.problem(
                     ("budgets", index, "metric"),
                     f"'{budget.metric}' is not produced for output '{output.name}' "
-                    f"({output.dtype}, shape {output.shape or output.dims}); choose "
-                    "validation.output or another metric",
+                    f"({output.dtype}, shape {output.shape or output.dims}), which gives "
+                    f"{', '.join(accuracy) or 'no accuracy metric'}; choose one of those or "
+                    "another validation.output",
                 )
             )
         if problems:

@@ -280,6 +280,18 @@ def test_a_zipmap_output_is_left_out_and_the_tensors_are_judged(tmp_path, gate_c
     )
     assert candidate(report, "basic")["metrics"]["latency_ms.p50"] > 0
 
+    # A new user's cosine budget cannot judge an integer label: the line says what can.
+    (tmp_path / "cosine.yaml").write_text(
+        (tmp_path / "policy.yaml").read_text()
+        + "budgets: [{metric: cosine_similarity, min: 0.99}]\n"
+    )
+    assert gate_cli("run", tmp_path / "cosine.yaml", "-o", out).exit_code == 2
+    assert load_report(out)["errors"] == [
+        "cosine.yaml:6: budgets[0].metric: 'cosine_similarity' is not produced for output "
+        "'label' (int64, shape [3]), which gives max_abs_diff, top1_agreement; choose one of "
+        "those or another validation.output"
+    ]
+
 
 def test_inputs_sharing_a_dimension_must_agree_on_its_size(tmp_path, gate_cli):
     """Sized one by one (policy, data), two inputs can disagree on a shared 'batch'."""
