@@ -616,7 +616,11 @@ def ensure_model(
     return target, status
 
 
-def synthetic_inputs(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
+def synthetic_inputs(
+    spec: dict[str, Any], seed: int = 0, samples: int | None = None
+) -> dict[str, Any]:
+    """One feed drawn from the manifest's ranges, or ``samples`` of them stacked on a new
+    leading axis (the .npz layout the gate reads)."""
     import numpy as np  # only --check needs numpy
 
     rng = np.random.default_rng(seed)
@@ -624,7 +628,7 @@ def synthetic_inputs(spec: dict[str, Any], seed: int = 0) -> dict[str, Any]:
     for inp in spec["inputs"]:
         dtype = np.dtype(inp["dtype"])
         low, high = inp["range"]
-        shape = tuple(inp["shape"])
+        shape = tuple(inp["shape"]) if samples is None else (samples, *inp["shape"])
         if dtype.kind in "iub":
             feeds[inp["name"]] = rng.integers(low, high, size=shape).astype(dtype)
         elif low == high:

@@ -51,29 +51,12 @@ CALIBRATION_SAMPLES = 16
 VALIDATION_SAMPLES = 16
 
 
-def samples(inputs: list[dict[str, Any]], count: int, seed: int) -> dict[str, np.ndarray]:
-    """``count`` stacked samples per input, drawn from the manifest's [low, high)."""
-    rng = np.random.default_rng(seed)
-    arrays = {}
-    for spec in inputs:
-        low, high = spec["range"]
-        shape = (count, *spec["shape"])
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind in "iub":
-            arrays[spec["name"]] = rng.integers(int(low), max(int(high), int(low) + 1), size=shape)
-        elif low == high:
-            arrays[spec["name"]] = np.full(shape, low)
-        else:
-            arrays[spec["name"]] = rng.uniform(low, high, size=shape)
-        arrays[spec["name"]] = arrays[spec["name"]].astype(dtype)
-    return arrays
-
-
 def write_case(entry: dict[str, Any], folder: Path, quick: bool) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model = os.path.relpath(REPO / entry["path"], folder)  # inside the repository, as it must be
-    np.savez(folder / "calibration.npz", **samples(entry["inputs"], CALIBRATION_SAMPLES, 1))
-    np.savez(folder / "validation.npz", **samples(entry["inputs"], VALIDATION_SAMPLES, 2))
+    synthetic = fetch_models.synthetic_inputs
+    np.savez(folder / "calibration.npz", **synthetic(entry, seed=1, samples=CALIBRATION_SAMPLES))
+    np.savez(folder / "validation.npz", **synthetic(entry, seed=2, samples=VALIDATION_SAMPLES))
     policy = {
         "version": 1,
         "model": {"path": model},
