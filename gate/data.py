@@ -136,7 +136,9 @@ def load_feeds(
         else:
             came_from = (
                 f" (taken from {spec.shape_from})"
-                if spec.shape_from and spec.shape_from != where
+                if spec.shape_from
+                and spec.shape_from.startswith("data.")
+                and spec.shape_from != where
                 else ""
             )
             problems.append(
