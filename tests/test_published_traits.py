@@ -395,3 +395,40 @@ def test_paddle_style_unnamed_dimensions_are_sized_from_the_data_each_on_its_own
     assert result.exit_code == 0, report["errors"]
     assert report["model"]["inputs"][0]["shape"] == [1, 3, 48, 192]
     assert report["model"]["inputs"][0]["declared_shape"] == [None, 3, None, None]
+
+
+def test_a_reused_buffer_refused_after_a_passing_check_is_retried_rebound(tmp_path):
+    """Fault injection over a real session: ORT reports [] for both 'no shape' and a
+    scalar, so the first-run check can let a wrong declaration through; when ORT then
+    refuses the reused buffer, the runner binds afresh instead of failing the block."""
+    import onnxruntime
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    save_graph(tmp_path / "relu.onnx", graph)
+    real = onnxruntime.InferenceSession(
+        str(tmp_path / "relu.onnx"), providers=["CPUExecutionProvider"]
+    )
+
+    class RefusesReusedBuffers:
+        def __init__(self) -> None:
+            self.runs = 0
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def run_with_iobinding(self, binding):
+            self.runs += 1
+            if self.runs == 2:  # the first reuse of last run's buffer
+                raise RuntimeError("Error in execution: Invalid rank for output: y")
+            return real.run_with_iobinding(binding)
+
+    session = RefusesReusedBuffers()
+    runner = BoundRunner(session, {"x": np.ones((1, 4), np.float32)})
+    assert runner.timed_run() > 0 and runner.rebind is False
+    assert runner.timed_run() > 0 and runner.rebind is True
+    assert runner.timed_run() > 0 and session.runs == 4
