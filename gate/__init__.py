@@ -16,7 +16,7 @@ PROJECT_NAME = "onnx_gate"
 
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-from gate.errors import OptionError, SkipCandidate  # noqa: E402
+from gate.errors import OptionError, SkipCandidate, bounded, listed  # noqa: E402
 from gate.exitcodes import ExitCode  # noqa: E402
 from gate.graph import QUANTIZED_OPS, node_key, op_counts  # noqa: E402
 from gate.load import copy_model  # noqa: E402
@@ -51,9 +51,11 @@ __all__ = [
     "ValidationContext",
     "Validator",
     "__version__",
+    "bounded",
     "copy_model",
     "explain_budget",
     "hookimpl",
+    "listed",
     "model_reports",
     "node_key",
     "op_counts",

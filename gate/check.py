@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from gate.errors import PolicyError, UnknownNameError
+from gate.errors import PolicyError, UnknownNameError, listed
+from gate.files import not_regular
 from gate.host import Host
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, NEEDS_PRICE, TIMING_METRICS
 from gate.policy import Policy, schema_problems
@@ -47,15 +48,19 @@ def check_policy(policy: Policy, host: Host) -> None:
         for where, message in schema_problems(options, record.options_schema, location):
             problems.append(policy.problem(where, message))
 
-    if not policy.model_path.is_file():
-        problems.append(policy.problem(("model", "path"), f"file not found: {policy.model_path}"))
-    for key, path in (
-        ("calibration", policy.calibration_path),
-        ("validation", policy.validation_path),
-        ("labels", policy.labels_path),
+    for location, path in (
+        (("model", "path"), policy.model_path),
+        (("data", "calibration"), policy.calibration_path),
+        (("data", "validation"), policy.validation_path),
+        (("data", "labels"), policy.labels_path),
     ):
-        if path is not None and not path.is_file():
-            problems.append(policy.problem(("data", key), f"file not found: {path}"))
+        if path is None:
+            continue
+        why = not_regular(path)
+        if why:  # a FIFO would block the reader, /dev/zero never end
+            problems.append(policy.problem(location, f"{path.name} {why}; refused"))
+        elif not path.is_file():
+            problems.append(policy.problem(location, f"file not found: {path}"))
     if policy.labels_path is not None and policy.validation_path is None:
         problems.append(
             policy.problem(
@@ -129,7 +134,7 @@ def check_policy(policy: Policy, host: Host) -> None:
     searchable = set(host.names("quantizer")) | set(host.names("graph_optimizer"))
     for index, name in enumerate(policy.search.exclude):
         if name not in searchable:
-            valid = ", ".join(sorted(searchable))
+            valid = listed(sorted(searchable), shown=20)
             problems.append(
                 policy.problem(
                     ("search", "exclude", index),
@@ -141,7 +146,7 @@ def check_policy(policy: Policy, host: Host) -> None:
     for index, budget in enumerate(policy.budgets):
         location = ("budgets", index, "metric")
         if budget.metric not in metrics:
-            known = ", ".join(sorted(metrics))
+            known = listed(sorted(metrics), shown=40)
             problems.append(
                 policy.problem(location, f"unknown metric '{budget.metric}' (known: {known})")
             )

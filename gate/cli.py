@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from gate import __version__
-from gate.errors import GateError, InterruptedAfterReport, UsageError
+from gate.errors import GateError, InterruptedAfterReport, UsageError, bounded
 from gate.exitcodes import ExitCode
 from gate.progress import progress
 
@@ -39,7 +39,7 @@ allow_path_option = click.option(
 
 def _fail(error: GateError) -> None:
     for line in error.lines():
-        click.echo(f"error: {line}", err=True)
+        click.echo(bounded(f"error: {line}"), err=True)
     raise SystemExit(int(error.exit_code))
 
 

@@ -15,8 +15,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate.errors import UsageError
+from gate.errors import UsageError, listed
 from gate.exitcodes import ExitCode
+from gate.files import REPORT_MAX_BYTES, read_json
 from gate.metrics import TIMING_METRICS
 from gate.policy import (
     DEFAULT_REGRESSIONS,
@@ -49,7 +50,9 @@ def read_report(path: Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / REPORT_FILE
     try:
-        report = json.loads(path.read_text(encoding="utf-8"))
+        report = read_json(
+            path, REPORT_MAX_BYTES, lambda why: UsageError(f"cannot read {path}: it {why}")
+        )
     except FileNotFoundError:
         raise UsageError(f"report not found: {path}") from None
     except (OSError, ValueError) as exc:
@@ -371,9 +374,9 @@ def compare_reports(
         new = [name for name in head_models if name not in base_models]
         gone = [name for name in base_models if name not in head_models]
         if new:
-            warnings.append(f"not in the base report (nothing to compare): {', '.join(new)}")
+            warnings.append(f"not in the base report (nothing to compare): {listed(new)}")
         if gone:
-            warnings.append(f"in the base report only: {', '.join(gone)}")
+            warnings.append(f"in the base report only: {listed(gone)}")
     models = [_compare_model(b, h, regressions, retime) for b, h in pairs]
     for model in models:
         paired = model["side_by_side"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gate.errors import PolicyError
-from gate.guards import Limits, check_data_file
+from gate.errors import GateError, PolicyError, listed
+from gate.guards import Limits, check_data_file, open_data_file
 from gate.load import LoadedModel, TensorSpec
 from gate.policy import Policy
 from gate.records import Sample
@@ -100,14 +100,18 @@ def load_feeds(
     axis (``array[i:i+1]`` is then one sample).
     """
     check_data_file(path, where, limits)
-    if path.is_file() and not zipfile.is_zipfile(path):
-        raise PolicyError(
-            f"{where}: {path.name} is not an .npz archive (numpy.savez writes one, an array "
-            "per model input)"
-        )
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        with open_data_file(path, where, limits) as stream:
+            if not zipfile.is_zipfile(stream):
+                raise PolicyError(
+                    f"{where}: {path.name} is not an .npz archive (numpy.savez writes one, an "
+                    "array per model input)"
+                )
+            stream.seek(0)
+            with np.load(stream, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+    except (GateError, FileNotFoundError):
+        raise
     except Exception as exc:
         raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
     names = [spec.name for spec in model.inputs]
@@ -116,11 +120,11 @@ def load_feeds(
     problems = []
     if missing:
         problems.append(
-            f"{where}: {path.name} lacks input(s) {', '.join(missing)} (has: {', '.join(arrays) or 'nothing'})"
+            f"{where}: {path.name} lacks input(s) {listed(missing)} (has: {listed(arrays, 'nothing')})"
         )
     if extra:
         problems.append(
-            f"{where}: {path.name} has array(s) {', '.join(extra)} that are not model inputs ({', '.join(names)})"
+            f"{where}: {path.name} has array(s) {listed(extra)} that are not model inputs ({listed(names)})"
         )
     if problems:
         raise PolicyError(f"{where}: data does not match the model", problems)
@@ -173,12 +177,17 @@ def load_labels(
     path: Path, samples: int, where: str, limits: Limits = DEFAULT_LIMITS
 ) -> np.ndarray:
     check_data_file(path, where, limits)
-    if zipfile.is_zipfile(path):
-        raise PolicyError(
-            f"{where}: {path.name} is an .npz archive; labels are one .npy array (numpy.save)"
-        )
     try:
-        labels = np.load(path, allow_pickle=False)
+        with open_data_file(path, where, limits) as stream:
+            if zipfile.is_zipfile(stream):
+                raise PolicyError(
+                    f"{where}: {path.name} is an .npz archive; labels are one .npy array "
+                    "(numpy.save)"
+                )
+            stream.seek(0)
+            labels = np.load(stream, allow_pickle=False)
+    except (GateError, FileNotFoundError):
+        raise
     except Exception as exc:
         raise PolicyError(f"{where}: cannot read {path.name} as .npy: {_why(exc)}") from None
     labels = (

@@ -8,6 +8,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from gate.candidates import ORIGINAL
+from gate.errors import listed
 from gate.metrics import MEASURED_METRICS
 from gate.policy import Budget, Waiver
 from gate.report import explain_budget
@@ -340,7 +341,7 @@ def waiver_summary(
             days = (waiver.expires - today).days
             warnings.append(
                 f"{what} waives {len(covered)} failure(s) until {waiver.expires.isoformat()} "
-                f"({days} day(s) left): {', '.join(covered[:5])}"
+                f"({days} day(s) left): {listed(covered, shown=5)}"
             )
         else:
             status = "unused"

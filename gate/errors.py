@@ -3,6 +3,8 @@ its message on one line per problem and never a traceback."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from gate.exitcodes import ExitCode
 
 
@@ -74,3 +76,27 @@ class InterruptedAfterReport(KeyboardInterrupt):
     def __init__(self, exit_code: int) -> None:
         super().__init__(f"interrupted after the report was written (exit {exit_code})")
         self.exit_code = exit_code
+
+
+SHOWN_NAMES = 8
+"""Names a message lists before it says how many more there are."""
+MAX_LINE = 400
+"""Characters of one line on a console, in summary.md or an annotation; report.json keeps all."""
+
+
+def listed(names: Iterable[object], empty: str = "none", shown: int = SHOWN_NAMES) -> str:
+    """``a, b, c``, or the first few and ``and 19,992 more``: a data file of 20,000 arrays
+    must not make one problem a line of 150,000 characters."""
+    items = [str(name) for name in names]
+    if not items:
+        return empty
+    if len(items) <= shown:
+        return ", ".join(items)
+    return ", ".join(items[:shown]) + f" and {len(items) - shown:,} more"
+
+
+def bounded(line: str, limit: int = MAX_LINE) -> str:
+    """One line cut to ``limit`` characters, saying how long it was and where the rest is."""
+    if len(line) <= limit:
+        return line
+    return line[: limit - 60].rstrip() + f"... ({len(line):,} characters; all in report.json)"

@@ -67,6 +67,7 @@ ICONS = {
     "not_measured": "➖",
 }
 ANNOTATION_LEVEL = {"error": "error", "warn": "warning"}
+MAX_LINE = 400
 
 
 # --- workflow commands ---------------------------------------------------------------
@@ -101,8 +102,13 @@ class Annotation:
     line: int | None = None
 
     def command(self) -> str:
+        # An annotation is read in the pull request's checks list: one bounded line (the
+        # gate's own `bounded`, repeated here because this module imports nothing of it).
+        message = self.message
+        if len(message) > MAX_LINE:
+            message = message[: MAX_LINE - 60].rstrip() + f"... ({len(message):,} characters)"
         return workflow_command(
-            self.level, self.message, file=self.file, line=self.line, title=self.title
+            self.level, message, file=self.file, line=self.line, title=self.title
         )
 
 

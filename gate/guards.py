@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from gate.errors import ModelError, PolicyError
+from gate.files import not_regular, open_regular
 
 MB = 1_000_000
 """As everywhere in onnx-gate's reports: 10^6 bytes."""
@@ -82,8 +83,10 @@ def repository_root(start: Path) -> Path | None:
 def confinement_roots(policy_path: Path, allowed: Sequence[Path] = ()) -> list[Path]:
     """Where a policy's paths may lead: its repository (else its own folder), plus the
     folders the person running the gate allowed (``--allow-path``, ``ONNX_GATE_ALLOW_PATHS``)."""
-    folder = policy_path.resolve().parent
-    roots = [repository_root(folder) or folder]
+    # The repository is found from the path as named, not as resolved: a policy committed
+    # as a symbolic link to another folder must not move the fence to that folder.
+    repository = repository_root(policy_path.absolute().parent)
+    roots = [(repository or policy_path.resolve().parent).resolve()]
     roots += [Path(path).resolve() for path in allowed]
     return roots
 
@@ -273,12 +276,18 @@ def _external_location(tensor: Any) -> dict[str, str]:
 def check_model_file(path: Path, label: str, limits: Limits) -> Any:
     """Parse an ONNX file without its external data and refuse what must not be loaded.
     Returns the parsed ``ModelProto`` (weights kept outside it stay on disk)."""
+    if path.is_dir():
+        raise ModelError(f"model {label} is a folder, not an ONNX file")
+    refuse = lambda why: ModelError(f"model {label} {why}")  # noqa: E731
+    with open_regular(path, int(min(limits.model_mb * MB, PROTOBUF_LIMIT)), refuse) as stream:
+        return _check_model_stream(stream, path, label, limits)
+
+
+def _check_model_stream(stream: Any, path: Path, label: str, limits: Limits) -> Any:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    if path.is_dir():
-        raise ModelError(f"model {label} is a folder, not an ONNX file")
-    size = path.stat().st_size
+    size = stream.size
     if size == 0:
         raise ModelError(f"model {label} is empty (0 bytes)")
     if size > limits.model_mb * MB:
@@ -292,7 +301,7 @@ def check_model_file(path: Path, label: str, limits: Limits) -> Any:
             "save_as_external_data=True))"
         )
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(stream, load_external_data=False)
     except Exception as exc:
         raise ModelError(
             f"model {label} is not a valid ONNX model: protobuf cannot parse it ({type(exc).__name__})"
@@ -369,6 +378,9 @@ def _check_external(
         raise ModelError(f"{where}, a symbolic link; refused")
     if not candidate.resolve().is_relative_to(folder):
         raise ModelError(f"{where}, outside the model's folder; refused")
+    why = not_regular(candidate)
+    if why:  # a FIFO would block ONNX Runtime's reader for ever
+        raise ModelError(f"{where}, which {why}; refused")
     if not candidate.is_file():
         raise ModelError(f"{where}, which does not exist")
     available = candidate.stat().st_size
@@ -425,7 +437,10 @@ def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 
     shapes: dict[str, tuple[int, ...]] = {}
     try:
-        with zipfile.ZipFile(path) as archive:
+        with (
+            open_regular(path, PROTOBUF_LIMIT, OSError) as stream,
+            zipfile.ZipFile(stream) as archive,
+        ):
             for member in archive.infolist():
                 if not member.filename.endswith(".npy"):
                     continue
@@ -442,29 +457,37 @@ def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def open_data_file(path: Path, where: str, limits: Limits) -> Any:
+    """A data file opened as a regular file, read no further than ``limits.data_mb``."""
+    refuse = lambda why: PolicyError(f"{where}: {path.name} {why}")  # noqa: E731
+    return open_regular(path, int(limits.data_mb * MB), refuse)
+
+
 def check_data_file(path: Path, where: str, limits: Limits) -> None:
     """Refuse a data file that would decompress past ``limits.data_mb`` before numpy reads it
     (an .npz member's size is in its zip header; a compressed one can claim far less on disk)."""
     if path.is_dir():
         raise PolicyError(f"{where}: {path.name} is a folder, not a data file")
-    if not path.is_file():
+    if not path.exists():
         return  # the caller names a missing file
     cap = limits.data_mb * MB
-    size = path.stat().st_size
-    if size == 0:
-        raise PolicyError(f"{where}: {path.name} is empty (0 bytes)")
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                total = 0
-                for member in archive.infolist():
-                    with archive.open(member) as stream:
-                        total += max(member.file_size, _npy_declared_bytes(stream))
-        else:
-            with path.open("rb") as stream:
+    with open_data_file(path, where, limits) as stream:
+        size = stream.size
+        if size == 0:
+            raise PolicyError(f"{where}: {path.name} is empty (0 bytes)")
+        try:
+            if zipfile.is_zipfile(stream):
+                stream.seek(0)
+                with zipfile.ZipFile(stream) as archive:
+                    total = 0
+                    for member in archive.infolist():
+                        with archive.open(member) as inner:
+                            total += max(member.file_size, _npy_declared_bytes(inner))
+            else:
+                stream.seek(0)
                 total = max(size, _npy_declared_bytes(stream))
-    except Exception as exc:  # a broken, encrypted or exotic zip: whatever zipfile raises
-        raise PolicyError(f"{where}: cannot read {path.name}: {exc}") from None
+        except Exception as exc:  # a broken, encrypted or exotic zip: whatever zipfile raises
+            raise PolicyError(f"{where}: cannot read {path.name}: {exc}") from None
     if total > cap:
         raise PolicyError(
             f"{where}: {path.name} holds {_megabytes(total)} of arrays, over "

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import pluggy
 
 from gate import PROJECT_NAME, hookspecs
-from gate.errors import OptionError, PluginError, SkipCandidate, UnknownNameError
+from gate.errors import OptionError, PluginError, SkipCandidate, UnknownNameError, listed
 from gate.metrics import MEASURED_METRICS
 from gate.records import (
     ExecutionProvider,
@@ -108,7 +108,7 @@ class Host:
                         if clash:
                             raise PluginError(
                                 f"validator '{record.name}' (plugin '{record.plugin}') declares "
-                                f"metric(s) the gate measures itself: {', '.join(clash)}"
+                                f"metric(s) the gate measures itself: {listed(clash)}"
                             )
                     existing = collected[kind].get(record.name)
                     if existing is not None:
@@ -127,7 +127,7 @@ class Host:
         try:
             return self.records[kind][name]
         except KeyError:
-            valid = ", ".join(self.names(kind)) or "none registered"
+            valid = listed(self.names(kind), "none registered", shown=30)
             prefix = f"{where}: " if where else ""
             raise UnknownNameError(
                 f"{prefix}unknown {kind.replace('_', ' ')} '{name}' (valid: {valid})"

@@ -254,6 +254,9 @@ def _child(spec_path: str) -> None:
         import resource
 
         cap = spec["memory_mb"] * 1024 * 1024
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        if hard != resource.RLIM_INFINITY:  # a job already under `ulimit -v`: only lower it
+            cap = min(cap, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     from gate.host import get_host
 

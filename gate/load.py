@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from gate.errors import ModelError, PolicyError
+from gate.errors import ModelError, PolicyError, listed
+from gate.files import not_regular
 from gate.guards import MB, check_data_file, check_model_file, npz_array_shapes
 from gate.host import Host, call_plugin
 from gate.policy import Policy
@@ -292,7 +293,7 @@ def _fix_shapes(
     names = [spec.name for spec in declared]
     problems = [
         policy.problem(
-            ("inputs", name), f"the model has no input '{name}' (inputs: {', '.join(names)})"
+            ("inputs", name), f"the model has no input '{name}' (inputs: {listed(names)})"
         )
         for name in policy.inputs
         if name not in names
@@ -328,7 +329,7 @@ def _fix_shapes(
                 # The data shows the sizes the model runs at; a default of 1 would refuse it.
                 (shape, stacked), source = from_data, str(where)
                 said = (
-                    f"input '{spec.name}': dynamic dimension(s) {', '.join(dynamic)} taken from "
+                    f"input '{spec.name}': dynamic dimension(s) {listed(dynamic)} taken from "
                     f"{where} (shape {shape}; set inputs.{spec.name}.shape to choose another)"
                 )
                 if stacked and not _names_a_batch(spec.dims[0]):
@@ -348,7 +349,7 @@ def _fix_shapes(
                     else ""
                 )
                 warnings.append(
-                    f"input '{spec.name}' has dynamic dimension(s) {', '.join(dynamic)}; measured with "
+                    f"input '{spec.name}' has dynamic dimension(s) {listed(dynamic)}; measured with "
                     f"shape {shape}{why} (set inputs.{spec.name}.shape to choose)"
                 )
         fixed.append(TensorSpec(spec.name, spec.dtype, spec.dims, shape, shape_from=source))
@@ -383,6 +384,11 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
                 "pipeline made",
             )
         )
+    why = not_regular(policy.model_path)
+    if why:  # exporters read the file themselves: a FIFO would block them for ever
+        raise PolicyError(
+            policy.problem(("model", "path"), f"{policy.model_path.name} {why}; refused")
+        )
     work_dir.mkdir(parents=True, exist_ok=True)
     path = Path(
         call_plugin(
@@ -416,7 +422,7 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
     strings = [spec.name for spec in declared if spec.dtype == np.dtype(object)]
     if strings:
         raise ModelError(
-            f"model {policy.model_path.name} takes string input(s) {', '.join(strings)}: the "
+            f"model {policy.model_path.name} takes string input(s) {listed(strings)}: the "
             "gate feeds and times numeric tensors only"
         )
     inputs = _fix_shapes(policy, declared, warnings, notes, _data_shapes(policy))
@@ -433,13 +439,13 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
     if not outputs:
         raise ModelError(
             f"model {policy.model_path.name} has no "
-            + (f"tensor outputs (only {', '.join(skipped)})" if skipped else "outputs")
+            + (f"tensor outputs (only {listed(skipped)})" if skipped else "outputs")
             + ": there is nothing to validate"
         )
     if skipped:
         notes.append(
-            f"output(s) {', '.join(skipped)} are not tensors and are not judged; "
-            f"candidates are judged on {', '.join(spec.name for spec in outputs)}"
+            f"output(s) {listed(skipped)} are not tensors and are not judged; "
+            f"candidates are judged on {listed(spec.name for spec in outputs)}"
         )
     return LoadedModel(
         path=path,

@@ -7,8 +7,9 @@ writes a partial one).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
+import os
 import shutil
 import tempfile
 import time
@@ -35,8 +36,16 @@ from gate.decide import (
     utc_today,
     waiver_summary,
 )
-from gate.errors import GateError, InterruptedAfterReport, ModelError, PolicyError, UsageError
+from gate.errors import (
+    GateError,
+    InterruptedAfterReport,
+    ModelError,
+    PolicyError,
+    UsageError,
+    listed,
+)
 from gate.exitcodes import ExitCode
+from gate.files import REPORT_MAX_BYTES, read_json
 from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
 from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
@@ -101,9 +110,10 @@ def _first_line(exc: BaseException) -> str:
 def _prepare_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".onnx-gate-write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A fresh name, created exclusively: a FIFO committed under a fixed name would block.
+        handle, probe = tempfile.mkstemp(prefix=".onnx-gate-write-test-", dir=output_dir)
+        os.close(handle)
+        os.unlink(probe)
     except OSError as exc:
         raise UsageError(
             f"output directory {output_dir} is not writable: {exc.strerror or exc}"
@@ -118,7 +128,7 @@ def remove_previous_output(output_dir: Path) -> None:
     """
     model = output_dir / MODEL_FILE
     try:
-        previous = json.loads((output_dir / REPORT_FILE).read_text())
+        previous = read_json(output_dir / REPORT_FILE, REPORT_MAX_BYTES, OSError)
         recorded = (previous.get("output_model") or {}).get("sha256")
     except (OSError, ValueError, AttributeError):
         return
@@ -153,8 +163,11 @@ def run_gate(
     """
     try:
         policies: list[Policy] | None = load_policies(policy_path, allowed_paths)
-    except GateError:
-        policies = None  # the run below reports the problem in report.json
+    except Exception:
+        policies = None  # the run below reads it again and reports the problem in report.json
+    except KeyboardInterrupt:  # before anything was written: the report still goes out
+        report_usage_error(Path(policy_path), Path(output_dir), None)
+        raise
     for policy in policies or []:
         policy.trusted = policy.trusted or trust_model  # --trust-model
     if shard is not None or (policies is not None and policies[0].in_suite):
@@ -229,6 +242,8 @@ def run_model(
         report["errors"].append(message)
     report["environment"] = environment()
     report["duration_s"] = round(time.perf_counter() - started, 3)
+    with contextlib.suppress(OSError):  # a run that failed before it made the folder
+        output_dir.mkdir(parents=True, exist_ok=True)
     if output_dir.is_dir():
         try:
             write_reports(report, output_dir, host)
@@ -262,10 +277,15 @@ def write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -
         write_report_json(report, output_dir)
 
 
-def report_usage_error(policy_path: Path, output_dir: Path, error: GateError) -> GateResult:
+def report_usage_error(policy_path: Path, output_dir: Path, error: GateError | None) -> GateResult:
     """A run refused before it started (a bad --shard, a policy that is a folder) still
-    writes its report.json, and removes the previous run's chosen model."""
-    report = new_report(policy_path)
+    writes its report.json, and removes the previous run's chosen model. ``error`` None: a
+    signal arrived before the run began, and the report says it is partial."""
+    report = new_report(Path(cwd_relative(policy_path)))
+    if error is None:
+        message = "interrupted before the run started; this report is partial"
+        error = GateError(message)
+        report["partial"] = True
     report.update(verdict="error", exit_code=int(error.exit_code), message=error.message)
     report["errors"].extend(error.lines())
     report["environment"] = environment()
@@ -273,7 +293,7 @@ def report_usage_error(policy_path: Path, output_dir: Path, error: GateError) ->
         _prepare_output_dir(output_dir)
         remove_previous_output(output_dir)
         write_reports(report, output_dir, None)
-    except (GateError, OSError):
+    except (GateError, OSError, KeyboardInterrupt):
         pass  # the console still says what went wrong
     return GateResult(report, error.exit_code, output_dir)
 
@@ -461,7 +481,7 @@ class GateRun:
             unknown = []
         if unknown:
             detail = (
-                f"it uses ops from domains ONNX Runtime has no kernels for: {', '.join(unknown)} "
+                f"it uses ops from domains ONNX Runtime has no kernels for: {listed(unknown)} "
                 "(they need a custom-op library)"
             )
         return f"ONNX Runtime cannot run the original model: {detail}"
@@ -473,7 +493,7 @@ class GateRun:
         if isolate and registered:
             isolate = False
             self.report["warnings"].append(
-                f"plugins registered in this process ({', '.join(registered)}) cannot be seen by a child "
+                f"plugins registered in this process ({listed(registered)}) cannot be seen by a child "
                 "process: candidates were built in-process, without crash isolation"
             )
         self.isolate = isolate
@@ -702,9 +722,9 @@ class GateRun:
         if self.judged not in output_names:
             why = (
                 f"output '{self.judged}' is not a tensor (a ZipMap's sequence of maps, say) and "
-                f"cannot be judged; tensor outputs: {', '.join(output_names)}"
+                f"cannot be judged; tensor outputs: {listed(output_names)}"
                 if self.judged in model.untensored_outputs
-                else f"the model has no output '{self.judged}' (outputs: {', '.join(output_names)})"
+                else f"the model has no output '{self.judged}' (outputs: {listed(output_names)})"
             )
             raise PolicyError(policy.problem(("validation", "output"), why))
         self.validation = validation_feeds(policy, model)
@@ -977,7 +997,7 @@ class GateRun:
                     ("budgets", index, "metric"),
                     f"'{budget.metric}' is not produced for output '{output.name}' "
                     f"({output.dtype}, shape {output.shape or output.dims}), which gives "
-                    f"{', '.join(accuracy) or 'no accuracy metric'}; choose one of those or "
+                    f"{listed(accuracy, 'no accuracy metric')}; choose one of those or "
                     "another validation.output",
                 )
             )

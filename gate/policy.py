@@ -15,8 +15,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from gate.errors import PolicyError
+from gate.errors import PolicyError, listed
+from gate.files import LimitExceeded, open_regular
 from gate.guards import (
+    MB,
+    POLICY_MAX_BYTES,
     Limits,
     check_json_depth,
     check_policy_text,
@@ -374,8 +377,16 @@ def _parse(path: Path) -> tuple[Any, str]:
     try:
         if path.is_dir():
             raise PolicyError(f"the policy {path} is a folder, not a file")
-        check_policy_text(path.name, path.stat().st_size)
-        text = path.read_text(encoding="utf-8")
+        refuse = lambda why: PolicyError(f"the policy {path} {why}")  # noqa: E731
+        with open_regular(path, POLICY_MAX_BYTES, refuse) as reader:
+            check_policy_text(path.name, reader.size)
+            try:
+                text = reader.read().decode("utf-8")
+            except LimitExceeded:  # stat said less: /dev/zero-like, or growing as it is read
+                raise PolicyError(
+                    f"{path.name}: the policy reads on past {POLICY_MAX_BYTES / MB:g} MB; a "
+                    f"policy over {POLICY_MAX_BYTES / MB:g} MB is refused"
+                ) from None
     except FileNotFoundError:
         raise PolicyError(f"policy file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -420,6 +431,10 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return document
 
 
+SIZE_MESSAGES = {"maxItems": "items", "maxLength": "characters", "maxProperties": "keys"}
+"""Constraints whose jsonschema message quotes the whole value; ours gives its size."""
+
+
 def schema_problems(
     document: Any, schema: Mapping[str, Any], where: tuple[Any, ...] = ()
 ) -> list[tuple[tuple[Any, ...], str]]:
@@ -432,6 +447,10 @@ def schema_problems(
         custom = error.schema.get("x-error") if isinstance(error.schema, dict) else None
         if custom and error.validator in ("oneOf", "anyOf", "not"):
             message = custom
+        elif error.validator in SIZE_MESSAGES and isinstance(error.instance, (list, str, dict)):
+            # jsonschema quotes the whole value: a 10,000-entry list is not a message
+            unit = SIZE_MESSAGES[error.validator]
+            message = f"{len(error.instance):,} {unit}; at most {error.validator_value:,} allowed"
         if len(message) > 240:
             message = message[:237] + "..."
         problems.append(((*where, *error.absolute_path), message))
@@ -477,9 +496,14 @@ def load_policies(path: str | Path, allowed_paths: Sequence[Path] = ()) -> list[
     done by :func:`gate.check.check_policy`.
     """
     path = Path(path).absolute()
+    roots = confinement_roots(path, allowed_paths)
+    if (roots[0] / ".git").exists() and outside(path, roots):
+        raise PolicyError(
+            f"the policy {path.name} is a symbolic link leading outside its repository; "
+            "refused (the person running the gate can allow a folder with --allow-path)"
+        )
     document, lines = _read_valid(path)
     policies = [_build(path, doc, doc_lines) for doc, doc_lines in _per_model(document, lines)]
-    roots = confinement_roots(path, allowed_paths)
     problems = [problem for policy in policies for problem in _paths_outside(policy, roots, path)]
     if problems:
         raise PolicyError(f"{path.name}: {len(problems)} problem(s)", list(dict.fromkeys(problems)))
@@ -497,11 +521,12 @@ def load_policies(path: str | Path, allowed_paths: Sequence[Path] = ()) -> list[
                 f"'{policy.name}' is also the name of models[{seen[policy.name]}]"
             )
         seen.setdefault(policy.name, index)
+    problems += list(dict.fromkeys(p for policy in policies for p in _repeated_budgets(policy)))
     for index, waiver in enumerate(policies[0].waivers):
         if waiver.model is not None and waiver.model not in seen:
             problems.append(
                 f"{path.name}:{waiver.line or '?'}: waivers[{index}].model: no model is called "
-                f"'{waiver.model}' (models: {', '.join(seen)})"
+                f"'{waiver.model}' (models: {listed(seen)})"
             )
     for index, waiver in enumerate(policies[0].waivers):
         # A waiver that matches no budget would never apply, and nobody would be told why.
@@ -517,11 +542,24 @@ def load_policies(path: str | Path, allowed_paths: Sequence[Path] = ()) -> list[
             problems.append(
                 f"{path.name}:{waiver.line or '?'}: waivers[{index}].budget: '{waiver.budget}' "
                 f"matches no budget{' of ' + waiver.model if waiver.model else ''} (budgets on: "
-                f"{', '.join(known) or 'none'}; or budgets[N] by position)"
+                f"{listed(known)}; or budgets[N] by position)"
             )
     if problems:
         raise PolicyError(f"{path.name}: {len(problems)} problem(s)", problems)
     return policies
+
+
+def _repeated_budgets(policy: Policy) -> list[str]:
+    """The same budget twice changes no verdict, and a reviewer reads one and misses the other."""
+    first: dict[tuple[Any, ...], int] = {}
+    problems = []
+    for index, budget in enumerate(policy.budgets):
+        key = (budget.metric, budget.op, budget.threshold, budget.level, budget.aggregation)
+        if key in first:
+            earlier = format_location(policy.written_at(("budgets", first[key])))
+            problems.append(policy.problem(("budgets", index), f"repeats {earlier}; refused"))
+        first.setdefault(key, index)
+    return problems
 
 
 def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[str]:

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from gate.errors import bounded
+
 Progress = Callable[[str], None]
 
 RESULT_PREFIX = "measured "
@@ -26,7 +28,8 @@ def progress(quiet: bool = False, live: bool | None = None) -> Iterator[Progress
     if not live:
 
         def plain(message: str) -> None:
-            print(f"[{time.perf_counter() - started:6.1f}s] {message}", file=sys.stderr, flush=True)
+            line = bounded(f"[{time.perf_counter() - started:6.1f}s] {message}")
+            print(line, file=sys.stderr, flush=True)
 
         yield plain
         return
@@ -37,6 +40,7 @@ def progress(quiet: bool = False, live: bool | None = None) -> Iterator[Progress
     with console.status("starting") as status:
 
         def update(message: str) -> None:
+            message = bounded(message)
             elapsed = time.perf_counter() - started
             if message.startswith(RESULT_PREFIX):
                 console.print(

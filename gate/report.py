@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from gate import __version__
+from gate.errors import bounded, listed
+from gate.files import REPORT_MAX_BYTES, read_json
 
 REPORT_FILE = "report.json"
 SUITE = "suite"
@@ -84,7 +86,10 @@ def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, An
         try:
             folder = output_dir / model["dir"]
             loaded.append(
-                {**json.loads((folder / REPORT_FILE).read_text()), "_folder": str(folder)}
+                {
+                    **read_json(folder / REPORT_FILE, REPORT_MAX_BYTES, OSError),
+                    "_folder": str(folder),
+                }
             )
         except (OSError, ValueError):
             loaded.append({**model, "name": model["name"], "budgets": [], "candidates": []})
@@ -221,6 +226,10 @@ def _format(metric: str, value: float | None) -> str:
     return f"{value:.4g}"
 
 
+CONSOLE_BUDGETS = 10
+"""Missed budgets the console lists per candidate; report.json and summary.md have all."""
+
+
 def render_console(report: Mapping[str, Any]) -> str:
     """One screen: a line per candidate with key metrics, then each failing budget."""
     if report.get("kind") == SUITE:
@@ -243,10 +252,18 @@ def render_console(report: Mapping[str, Any]) -> str:
                 lines.append(f"  {item['name']}: skipped: {item['error']}")
             elif item.get("error"):
                 lines.append(f"  {item['name']}: failed to {item.get('stage')}: {item['error']}")
-            for result in item.get("budgets") or []:
-                if result["passed"] or result["level"] == "off":
-                    continue
+            missed = [
+                result
+                for result in item.get("budgets") or []
+                if not result["passed"] and result["level"] != "off"
+            ]
+            for result in missed[:CONSOLE_BUDGETS]:
                 lines.append(f"  {item['name']}: {result['level']}: {explain_budget(result)}")
+            if len(missed) > CONSOLE_BUDGETS:
+                lines.append(
+                    f"  {item['name']}: and {len(missed) - CONSOLE_BUDGETS:,} more missed "
+                    "budgets (report.json lists every one)"
+                )
     search = report.get("search") or {}
     if search:
         fallbacks = (
@@ -256,7 +273,7 @@ def render_console(report: Mapping[str, Any]) -> str:
         lines.append(
             f"search ({search['mode']}): {search['tried']} candidate(s) tried{fallbacks} in "
             f"{search.get('seconds', 0):.1f} s, stopped: {search['stopped_by']}"
-            + (f"; not tried: {', '.join(untried)}" if untried else "")
+            + (f"; not tried: {listed(untried)}" if untried else "")
         )
     if report.get("recommendation"):
         lines.append(f"recommendation: {report['recommendation']}")
@@ -270,7 +287,7 @@ def render_console(report: Mapping[str, Any]) -> str:
     lines.append(
         f"verdict: {verdict} (exit {report.get('exit_code')}) - {tail}. {report.get('decision') or report.get('message') or ''}".rstrip()
     )
-    return "\n".join(lines)
+    return "\n".join(bounded(line) for line in lines)
 
 
 def _render_suite(report: Mapping[str, Any]) -> str:
@@ -290,4 +307,4 @@ def _render_suite(report: Mapping[str, Any]) -> str:
         f"verdict: {str(report.get('verdict', 'error')).upper()} (exit {report.get('exit_code')}) "
         f"- {report.get('message', '')}".rstrip()
     )
-    return "\n".join(lines)
+    return "\n".join(bounded(line) for line in lines)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gate.errors import listed
 from gate.records import Sample
 
 ORT_LEVELS = {
@@ -93,7 +94,7 @@ def make_session(path: Path, settings: Mapping[str, Any], target: Target) -> Any
     used = session.get_providers()
     if target.provider not in used and not target.fallback:
         raise ProviderNotUsed(
-            f"ONNX Runtime put the session on {', '.join(used)}, not {target.provider} "
+            f"ONNX Runtime put the session on {listed(used)}, not {target.provider} "
             "(its libraries may be missing or incompatible); set target.fallback: true to "
             "accept that"
         )

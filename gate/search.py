@@ -22,6 +22,7 @@ from pathlib import Path
 from statistics import NormalDist
 from typing import Any
 
+from gate.errors import listed
 from gate.graph import QUANTIZED_OPS, graphs, model_kind, op_counts, weight_share
 from gate.host import Host, call_plugin
 from gate.policy import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
@@ -423,7 +424,7 @@ def fallback_trial(
     root = parent.parent or parent.name
     quantize = {**parent.recipe.quantize, "nodes_to_exclude": list(excluded)}
     name = f"{root}-x{len(excluded)}"
-    shown = ", ".join(chosen[:5]) + (", ..." if len(chosen) > 5 else "")
+    shown = listed(chosen, shown=5)
     return Trial(
         Recipe(name, dict(parent.recipe.graph), quantize, rewrite=parent.recipe.rewrite),
         "fallback",

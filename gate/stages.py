@@ -24,6 +24,7 @@ from gate.candidates import ORIGINAL, Candidate
 from gate.check import active_validators
 from gate.errors import UsageError
 from gate.exitcodes import ExitCode
+from gate.files import REPORT_MAX_BYTES, read_json
 from gate.load import copy_model
 from gate.metrics import TIMING_METRICS
 from gate.pipeline import TIMING_INPUT, GateRun
@@ -39,7 +40,9 @@ ORIGINAL_FILE = "original.onnx"
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return read_json(
+            path, REPORT_MAX_BYTES, lambda why: UsageError(f"cannot read {path}: it {why}")
+        )
     except FileNotFoundError:
         raise UsageError(f"{path.parent} holds no {path.name}: {what}") from None
     except (OSError, ValueError) as exc:

@@ -14,8 +14,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gate.errors import GateError, UsageError
+from gate.errors import GateError, UsageError, listed
 from gate.exitcodes import ExitCode
+from gate.files import read_regular
+from gate.guards import POLICY_MAX_BYTES
 from gate.host import Host, get_host
 from gate.policy import Policy
 from gate.progress import Progress
@@ -51,7 +53,7 @@ def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
 
 def file_digest(path: Path) -> str | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return hashlib.sha256(read_regular(path, POLICY_MAX_BYTES, OSError)).hexdigest()
     except OSError:
         return None
 
@@ -114,7 +116,7 @@ def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]
     tally = ", ".join(f"{len(names)} {verdict}" for verdict, names in sorted(by_verdict.items()))
     failing = [n for v, names in by_verdict.items() if v not in ("pass", "pending") for n in names]
     message = (
-        f"{len(reports)} model(s): {tally}" + (f" ({', '.join(failing[:10])})" if failing else "")
+        f"{len(reports)} model(s): {tally}" + (f" ({listed(failing)})" if failing else "")
         if reports
         else "no models in this share"
     )
@@ -260,7 +262,7 @@ def merge_outputs(
     names = [name for name, _, _ in sources]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise UsageError(f"the same model appears in several inputs: {', '.join(duplicates)}")
+        raise UsageError(f"the same model appears in several inputs: {listed(duplicates)}")
     counts = {shard["count"] for shard in shards.values()}
     if len(counts) > 1:
         raise UsageError(f"the inputs are shards of different splits (N = {sorted(counts)})")
@@ -283,8 +285,8 @@ def merge_outputs(
         holding = [k for k in absent if set(shard_of(everything, (k, count))) & set(missing)]
         if missing:
             suite["errors"].append(
-                f"shard(s) {', '.join(map(str, holding)) or '-'} missing: model(s) "
-                f"{', '.join(missing)} were not gated"
+                f"shard(s) {listed(holding, '-')} missing: model(s) "
+                f"{listed(missing)} were not gated"
             )
             suite["message"] = "incomplete: not every shard's output was given"
         if set(absent) - set(holding):

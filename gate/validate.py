@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from gate.errors import listed
 from gate.host import call_plugin
 from gate.records import Sample, ValidationContext, Validator
 
@@ -41,7 +42,7 @@ def _checked(validator: Validator) -> Callable[[ValidationContext], dict[str, fl
         produced = validator.validate(context) or {}
         undeclared = sorted(set(produced) - set(validator.metrics))
         if undeclared:
-            raise ValueError(f"returned undeclared metric(s) {', '.join(undeclared)}")
+            raise ValueError(f"returned undeclared metric(s) {listed(undeclared)}")
         return {name: float(value) for name, value in produced.items()}
 
     return validate

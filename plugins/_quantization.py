@@ -14,6 +14,7 @@ from gate import (
     Proposal,
     SearchContext,
     SkipCandidate,
+    listed,
     node_key,
     op_counts,
 )
@@ -45,7 +46,7 @@ def refuse_quantized(source: Path) -> None:
     found = set(op_counts(graph)) & QUANTIZED_OPS
     if found:
         raise SkipCandidate(
-            f"the model is already quantised (it has {', '.join(sorted(found))}); "
+            f"the model is already quantised (it has {listed(sorted(found))}); "
             "quantising it again is not supported"
         )
 
@@ -100,7 +101,7 @@ def prepare(source: Path, options: Mapping[str, Any], context: BuildContext) -> 
         unknown = excluded - _node_names(source) - _node_names(given)
         if unknown:
             raise ValueError(
-                f"nodes_to_exclude names node(s) not in the model: {', '.join(sorted(unknown))}"
+                f"nodes_to_exclude names node(s) not in the model: {listed(sorted(unknown))}"
             )
     if not options.get("preprocess", True):
         return source
@@ -198,7 +199,7 @@ def already_quantized(context: SearchContext, plugin: str) -> list[Proposal]:
             plugin,
             {},
             0.0,
-            f"the model is already quantised (it has {', '.join(context.quantized_ops)})",
+            f"the model is already quantised (it has {listed(context.quantized_ops)})",
             declined=True,
         )
     ]

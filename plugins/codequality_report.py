@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, hookimpl
+from gate import Reporter, bounded, hookimpl
 
 FILE = "codequality.json"
 SEVERITY = {
@@ -62,7 +62,7 @@ def issues(report: Mapping[str, Any]) -> list[dict[str, Any]]:
         found.append(
             {
                 "type": "issue",
-                "description": f"onnx-gate: {error}",
+                "description": bounded(f"onnx-gate: {error}"),
                 "check_name": "onnx-gate/error",
                 "categories": ["Bug Risk"],
                 "fingerprint": fingerprint("error", error),

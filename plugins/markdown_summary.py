@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from gate import Reporter, explain_budget, hookimpl, model_reports
+from gate import Reporter, bounded, explain_budget, hookimpl, model_reports
 
 COLUMNS = [
     ("latency_ms.p50", "p50 ms", "{:.3f}"),
@@ -97,9 +97,9 @@ def render(report: Mapping[str, Any]) -> str:
     if log:
         lines += ["<details><summary>Decision log</summary>", "", *log, "", "</details>", ""]
     for warning in report.get("warnings") or []:
-        lines.append(f"> ⚠️ {warning}")
+        lines.append(bounded(f"> ⚠️ {warning}"))
     for error in report.get("errors") or []:
-        lines.append(f"> 💥 {error}")
+        lines.append(bounded(f"> 💥 {error}"))
     validation = report.get("validation") or {}
     if validation.get("synthetic_inputs"):
         lines.append("")
@@ -184,8 +184,8 @@ def render_suite(report: Mapping[str, Any], output_dir: Path) -> str:
         ]
     prefixes = tuple(f"{model.get('name')}: " for model in models)
     own = [w for w in report.get("warnings") or [] if not prefixes or not w.startswith(prefixes)]
-    lines += [f"> ⚠️ {warning}" for warning in own]  # each model's own are in its fold
-    lines += [f"> 💥 {error}" for error in report.get("errors") or []]
+    lines += [bounded(f"> ⚠️ {warning}") for warning in own]  # each model's own are in its fold
+    lines += [bounded(f"> 💥 {error}") for error in report.get("errors") or []]
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gate import Exporter, OptionError, hookimpl
+from gate import Exporter, OptionError, hookimpl, listed
 
 OPTIONS_SCHEMA = {
     "type": "object",
@@ -78,7 +78,7 @@ def _model(
         if name not in loaded.signatures:
             raise OptionError(
                 f"{source.parent.name} has no signature '{name}' (it has: "
-                f"{', '.join(sorted(loaded.signatures)) or 'none'}); set model.options.signature"
+                f"{listed(sorted(loaded.signatures))}); set model.options.signature"
             )
         signature = loaded.signatures[name]
         declared = signature.structured_input_signature[1]
