@@ -60,6 +60,7 @@ DEFAULT_TIMEOUT = 60.0
 KNOWN_STDERR = re.compile(
     r"^(error: |Error: |warning: |report: |onnx-gate: |Usage: |Try '|\[\s*[0-9.]+s\] |$)"
 )
+MAX_CONSOLE_LINE = 400  # gate.errors.MAX_LINE: every line a CI log shows stays readable
 TEMP_NAME = re.compile(r"(\.tmp|\.temp|\.part|\.partial|~)$|^\.|^tmp", re.IGNORECASE)
 
 
@@ -93,6 +94,7 @@ class Run:
     failed_candidate: str | None = None  # this candidate must be reported failed, the run go on
     checks: list[Check] = field(default_factory=list)
     cwd: str = "."  # relative to the case folder
+    memory_cap_gb: float | None = None  # a tighter address-space cap than --memory-cap-gb
 
 
 @dataclass
@@ -127,6 +129,7 @@ class Result:
     stray_stderr: list[str] = field(default_factory=list)
     seconds: float = 0.0
     peak_rss_mb: float = 0.0  # the gate's, or a child's it waited for (wait4's rusage)
+    memory_cap_gb: float = 0.0  # the soft address-space cap the gate ran under (0: none)
     defects: list[str] = field(default_factory=list)
     policy: str = ""
     stderr_tail: str = ""
@@ -1305,6 +1308,230 @@ def signal_cases() -> list[Case]:
     ]
 
 
+# -- files that are not regular files, and lists without end -------------------------
+
+CANARY = "ONNXGATE-CANARY-7f3a9c"
+"""Set in the gate's environment: it must never reach an output (/proc/self/environ)."""
+SPECIAL_CAP_GB = 2.0
+"""Address space for the cases that read without end if a limit is missing."""
+
+
+def _fifo(path: Path) -> None:
+    os.mkfifo(path)
+
+
+def _socket(path: Path) -> None:
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(str(path))  # the file stays after the socket is closed
+
+
+def _link(target: str) -> Callable[[Path], None]:
+    return lambda path: path.symlink_to(target)
+
+
+SPECIAL_FILES: dict[str, Callable[[Path], None]] = {
+    "dev-zero": _link("/dev/zero"),
+    "dev-urandom": _link("/dev/urandom"),
+    "fifo": _fifo,
+    "socket": _socket,
+    "proc-environ": _link("/proc/self/environ"),
+    "proc-mem": _link("/proc/self/mem"),
+    "proc-kmsg": _link("/proc/kmsg"),
+}
+
+
+def canary_absent(folder: Path, result: dict[str, Any]) -> list[str]:
+    """The gate's environment (read through /proc/self/environ) must not reach any output."""
+    found = [
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and not path.is_symlink() and CANARY.encode() in path.read_bytes()
+    ]
+    return [f"the environment's canary is in {', '.join(found[:3])}"] if found else []
+
+
+def special_run(*args: str, checks: list[Check] | None = None, **run: Any) -> Run:
+    return Run(
+        list(args),
+        env={"ONNX_GATE_CANARY": CANARY},
+        memory_cap_gb=SPECIAL_CAP_GB,
+        checks=[under_seconds(30), canary_absent, *(checks or [])],
+        **run,
+    )
+
+
+def special_policy_case(kind: str, command: str) -> Case:
+    def make(folder: Path) -> Run:
+        standard(folder)
+        (folder / "policy.yaml").unlink()
+        SPECIAL_FILES[kind](folder / "policy.yaml")
+        if command == "check":
+            return special_run("check", "policy.yaml", out=None, report=False, stale=False)
+        # No output folder yet: the report must still be written where it was meant to be.
+        return special_run("run", "policy.yaml", "-o", "new/out", out="new/out", stale=False)
+
+    prefix = "check:" if command == "check" else ""
+    return Case(
+        f"{prefix}file-policy-{kind}", "file", (2,), make,
+        f"policy.yaml is {kind}: one line, exit 2, report, bounded memory",
+    )  # fmt: skip
+
+
+def special_data_case(key: str, kind: str) -> Case:
+    """model.path or data.KEY is a special file; devices and /proc need --allow-path to get
+    past the repository fence, so they are allowed here to reach the file check itself."""
+
+    def make(folder: Path) -> Run:
+        standard(folder)
+        name = "thing.onnx" if key == "model" else "thing.npz"
+        SPECIAL_FILES[kind](folder / name)
+        policy = base_policy()
+        if key == "model":
+            policy["model"] = {"path": name}
+        else:
+            policy["data"] = {**policy["data"], key: name}
+        write_policy(folder, policy)
+        allow = ["--allow-path", "/dev", "--allow-path", "/proc"]
+        return special_run("run", "policy.yaml", "-o", "out", *allow)
+
+    return Case(
+        f"file-{key}-{kind}", "file", (2,), make, f"{key} is {kind}: exit 2 on its policy line"
+    )
+
+
+def file_cases() -> list[Case]:
+    def external_fifo(folder: Path) -> Run:
+        standard(folder, model=mlp(external="w1.bin"))
+        (folder / "w1.bin").unlink(missing_ok=True)
+        _fifo(folder / "w1.bin")
+        return special_run("run", "policy.yaml", "-o", "out")
+
+    def link_out_of_repo(folder: Path) -> Run:
+        repo, elsewhere = folder / "repo", folder / "elsewhere"
+        (repo / ".git").mkdir(parents=True)
+        standard(elsewhere)
+        (repo / "policy.yaml").symlink_to(elsewhere / "policy.yaml")
+        return special_run("run", "policy.yaml", "-o", "out", cwd="repo")
+
+    def report_fifo(folder: Path) -> Run:
+        standard(folder)
+        (folder / "out").mkdir()
+        _fifo(folder / "out" / "report.json")  # read to find the earlier run's model
+        return special_run("run", "policy.yaml", "-o", "out", checks=[under_seconds(120)])
+
+    def compare_fifo(folder: Path) -> Run:
+        for side in ("base", "head"):
+            (folder / side).mkdir()
+            _fifo(folder / side / "report.json")
+        return special_run("compare", "base", "head", "-o", "cmp", out=None, report=False)
+
+    def from_fifo(folder: Path) -> Run:
+        standard(folder)
+        (folder / "built" / "stage").mkdir(parents=True)
+        _fifo(folder / "built" / "report.json")
+        _fifo(folder / "built" / "stage" / "build.json")
+        return special_run(
+            "run", "policy.yaml", "--stage", "measure", "--from", "built", "-o", "out"
+        )
+
+    def many_arrays(folder: Path) -> Run:
+        standard(folder)
+        arrays = {f"a{i}": np.zeros(1, np.float32) for i in range(20_000)}
+        np.savez(folder / "validation.npz", **arrays)
+        return special_run("run", "policy.yaml", "-o", "out", checks=[short_messages(1000)])
+
+    def long_line(folder: Path) -> Run:
+        standard(folder)
+        text = VALID_HEAD + "budgets: [{metric: '" + "m" * 900_000 + "', max: 1}]\n"
+        (folder / "policy.yaml").write_text(text)
+        return special_run("run", "policy.yaml", "-o", "out")
+
+    def million_budgets(folder: Path) -> Run:
+        standard(folder)
+        budgets = [{"metric": "size_mb", "max": 5}] * 1_000_000
+        write_policy(folder, base_policy(budgets=budgets), "policy.json")
+        return special_run("run", "policy.json", "-o", "out")
+
+    def thousand_budgets(folder: Path) -> Run:
+        standard(folder, budgets=[{"metric": "size_mb", "max": 100 + i} for i in range(1000)])
+        return special_run("run", "policy.yaml", "-o", "out", checks=[under_seconds(120)])
+
+    def same_model(count: int) -> Callable[[Path], Run]:
+        def make(folder: Path) -> Run:
+            standard(folder)
+            models = [{"name": f"m{i}", "path": "model.onnx"} for i in range(count)]
+            write_policy(folder, base_policy(model=None, models=models), "policy.json")
+            if count <= 1000:  # valid: the job's timeout is the backstop; SIGTERM it early
+                plan = SignalPlan(signal.SIGTERM, r"model 3/", 0.2)
+                return special_run("run", "policy.json", "-o", "out", partial=True, signal=plan)
+            return special_run("run", "policy.json", "-o", "out")
+
+        return make
+
+    cases = [
+        *(
+            special_policy_case(kind, command)
+            for kind in SPECIAL_FILES
+            for command in ("run", "check")
+        ),
+        *(
+            special_data_case(key, kind)
+            for key in ("model", "validation", "calibration", "labels")
+            for kind in ("fifo", "socket", "dev-zero", "proc-environ")
+        ),
+        Case("file-external-data-fifo", "file", (3,), external_fifo, "external data is a FIFO"),
+        Case(
+            "file-policy-link-out-of-repo",
+            "file",
+            (2,),
+            link_out_of_repo,
+            "policy.yaml in a repository links to a policy outside it",
+        ),
+        Case(
+            "file-output-report-fifo",
+            "file",
+            (0,),
+            report_fifo,
+            "the output folder holds a FIFO named report.json: the run replaces it",
+        ),
+        Case("file-compare-fifo", "file", (2,), compare_fifo, "compare two FIFOs"),
+        Case("file-from-fifo", "file", (2,), from_fifo, "--from a folder of FIFOs"),
+        Case(
+            "long-data-20000-arrays",
+            "long",
+            (2,),
+            many_arrays,
+            "20,000 arrays and no 'x': names capped ('and N more')",
+        ),
+        Case("long-policy-line", "long", (2,), long_line, "a 900,000-character metric name"),
+        Case("long-10^6-budgets", "long", (2,), million_budgets, "10^6 budgets (33 MB of JSON)"),
+        Case(
+            "long-1000-budgets",
+            "long",
+            (0,),
+            thousand_budgets,
+            "1,000 distinct budgets, all met: bounded time and console",
+        ),
+        Case(
+            "long-models-same-file-10000",
+            "long",
+            (2,),
+            same_model(10_000),
+            "models: names one file 10,000 times (over the schema's 1,000)",
+        ),
+        Case(
+            "long-models-same-file-1000",
+            "long",
+            (3,),
+            same_model(1000),
+            "models: names one file 1,000 times (valid): SIGTERM on the third, partial report",
+        ),
+    ]
+    return cases
+
+
 # -- random policies -----------------------------------------------------------------
 
 RANDOM_STRINGS = [
@@ -1670,12 +1897,18 @@ def run_case(case: Case, root: Path, memory_cap: int) -> Result:
         + " ".join(a if len(a) < 80 else a[:77] + "..." for a in spec.args)
     )
     for name in ("policy.yaml", "policy.json", "m/policy.yaml"):
-        if (folder / name).is_file():
-            result.policy = (folder / name).read_bytes()[:1500].decode("utf-8", "replace")
+        path = folder / name
+        if path.is_file() and not path.is_symlink():  # never /proc/kmsg, which blocks
+            with path.open("rb") as stream:
+                result.policy = stream.read(1500).decode("utf-8", "replace")
             break
     stdout_path, stderr_path = folder / ".stdout", folder / ".stderr"
     with stdout_path.open("wb") as stdout, stderr_path.open("wb") as stderr:
         started = time.monotonic()
+        if spec.memory_cap_gb is not None:
+            tighter = int(spec.memory_cap_gb * (1 << 30))
+            memory_cap = min(memory_cap, tighter) if memory_cap > 0 else tighter
+        result.memory_cap_gb = round(memory_cap / (1 << 30), 2)
         process = _spawn(spec, cwd, env, stdout, stderr, memory_cap)
         status, rusage = _supervise(process.pid, spec, stderr_path, started, result)
         process.returncode = os.waitstatus_to_exitcode(status) if status is not None else -9
@@ -1803,6 +2036,9 @@ def _judge(
             defects.append(f"error line is {len(result.error_line)} characters long")
     if len(stderr) > 200_000:
         defects.append(f"stderr is {len(stderr)} characters")
+    longest = max((len(line) for line in (stdout + stderr).splitlines()), default=0)
+    if longest > MAX_CONSOLE_LINE:
+        defects.append(f"a console line of {longest:,} characters")
     if result.stray_stderr:
         defects.append(f"stray stderr: {result.stray_stderr[0][:100]}")
     if out is not None:
@@ -1891,6 +2127,7 @@ def all_cases(random_count: int, bomb_gb: float) -> list[Case]:
     return [
         *model_cases(),
         *policy_cases(),
+        *file_cases(),
         *cli_cases(),
         *data_cases(bomb_gb),
         *fault_cases(),

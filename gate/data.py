@@ -109,25 +109,14 @@ def load_feeds(
                 )
             stream.seek(0)
             with np.load(stream, allow_pickle=False) as archive:
+                # Names first: a file of 20,000 stray arrays is refused before any is read.
+                _check_names(archive.files, model, path, where)
                 arrays = {key: archive[key] for key in archive.files}
     except (GateError, FileNotFoundError):
         raise
     except Exception as exc:
         raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
-    names = [spec.name for spec in model.inputs]
-    missing = [name for name in names if name not in arrays]
-    extra = [key for key in arrays if key not in names]
     problems = []
-    if missing:
-        problems.append(
-            f"{where}: {path.name} lacks input(s) {listed(missing)} (has: {listed(arrays, 'nothing')})"
-        )
-    if extra:
-        problems.append(
-            f"{where}: {path.name} has array(s) {listed(extra)} that are not model inputs ({listed(names)})"
-        )
-    if problems:
-        raise PolicyError(f"{where}: data does not match the model", problems)
 
     per_input: dict[str, list[np.ndarray]] = {}
     for spec in model.inputs:
@@ -171,6 +160,23 @@ def load_feeds(
         raise PolicyError(f"{where}: data does not match the model", problems)
     count = next(iter(counts.values()))
     return [{name: per_input[name][i] for name in per_input} for i in range(count)]
+
+
+def _check_names(arrays: list[str], model: LoadedModel, path: Path, where: str) -> None:
+    names = [spec.name for spec in model.inputs]
+    missing = [name for name in names if name not in arrays]
+    extra = [key for key in arrays if key not in names]
+    problems = []
+    if missing:
+        problems.append(
+            f"{where}: {path.name} lacks input(s) {listed(missing)} (has: {listed(arrays, 'nothing')})"
+        )
+    if extra:
+        problems.append(
+            f"{where}: {path.name} has array(s) {listed(extra)} that are not model inputs ({listed(names)})"
+        )
+    if problems:
+        raise PolicyError(f"{where}: data does not match the model", problems)
 
 
 def load_labels(

@@ -82,6 +82,9 @@ class BoundedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._raw.tell()
 
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         room = self._limit - self._raw.tell()
         view = memoryview(buffer).cast("B")

@@ -430,9 +430,10 @@ def _npy_declared_bytes(stream: Any) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
-    """Each array's shape in an .npz, read from the .npy headers alone (nothing is loaded).
-    Called after ``check_data_file``; anything unreadable is left to numpy's reader to name."""
+def npz_array_shapes(path: Path, names: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
+    """Each array's shape in an .npz (only those in ``names`` when given), read from the .npy
+    headers alone (nothing is loaded). Called after ``check_data_file``; anything unreadable
+    is left to numpy's reader to name."""
     from numpy.lib import format as npy
 
     shapes: dict[str, tuple[int, ...]] = {}
@@ -443,6 +444,8 @@ def npz_array_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         ):
             for member in archive.infolist():
                 if not member.filename.endswith(".npy"):
+                    continue
+                if names is not None and member.filename[: -len(".npy")] not in names:
                     continue
                 with archive.open(member) as stream:
                     version = npy.read_magic(stream)
@@ -472,6 +475,10 @@ def check_data_file(path: Path, where: str, limits: Limits) -> None:
         return  # the caller names a missing file
     cap = limits.data_mb * MB
     with open_data_file(path, where, limits) as stream:
+        seen = os.fstat(stream.fileno())
+        key = (seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, cap)
+        if key in _CHECKED_DATA:  # read twice in a run (shapes, then data): check once
+            return
         size = stream.size
         if size == 0:
             raise PolicyError(f"{where}: {path.name} is empty (0 bytes)")
@@ -493,3 +500,8 @@ def check_data_file(path: Path, where: str, limits: Limits) -> None:
             f"{where}: {path.name} holds {_megabytes(total)} of arrays, over "
             f"limits.data_mb ({limits.data_mb:g})"
         )
+    _CHECKED_DATA.add(key)
+
+
+_CHECKED_DATA: set[tuple[int, ...] | tuple[float, ...]] = set()
+"""Data files that passed ``check_data_file``, by device, inode, size, mtime and limit."""

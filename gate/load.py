@@ -214,7 +214,7 @@ def _dims_text(dims: list[int | str | None]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
-def _data_shapes(policy: Policy) -> dict[str, tuple[str, tuple[int, ...]]]:
+def _data_shapes(policy: Policy, inputs: list[str]) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Per input, the array shape a data file holds and which file: validation first, as
     it is the data every candidate is judged on. Headers only; the full checks come later."""
     shapes: dict[str, tuple[str, tuple[int, ...]]] = {}
@@ -228,7 +228,7 @@ def _data_shapes(policy: Policy) -> dict[str, tuple[str, tuple[int, ...]]]:
             check_data_file(path, where, policy.limits)
         except PolicyError:
             continue  # named, in its place, when the data is read
-        for name, shape in npz_array_shapes(path).items():
+        for name, shape in npz_array_shapes(path, inputs).items():
             shapes[name] = (where, shape)
     return shapes
 
@@ -425,7 +425,9 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
             f"model {policy.model_path.name} takes string input(s) {listed(strings)}: the "
             "gate feeds and times numeric tensors only"
         )
-    inputs = _fix_shapes(policy, declared, warnings, notes, _data_shapes(policy))
+    inputs = _fix_shapes(
+        policy, declared, warnings, notes, _data_shapes(policy, [spec.name for spec in declared])
+    )
     for spec in inputs:  # one sample is fed, synthesised and copied many times over
         per_sample = math.prod(spec.shape) * spec.dtype.itemsize
         if per_sample > policy.limits.data_mb * MB:
