@@ -18,6 +18,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 from gate.errors import OptionError, SkipCandidate, bounded, listed  # noqa: E402
 from gate.exitcodes import ExitCode  # noqa: E402
+from gate.files import open_regular, read_regular  # noqa: E402
 from gate.graph import QUANTIZED_OPS, node_key, op_counts  # noqa: E402
 from gate.load import copy_model  # noqa: E402
 from gate.records import (  # noqa: E402
@@ -59,5 +60,7 @@ __all__ = [
     "model_reports",
     "node_key",
     "op_counts",
+    "open_regular",
+    "read_regular",
     "write_atomic",
 ]

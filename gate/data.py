@@ -112,7 +112,7 @@ def load_feeds(
                 # Names first: a file of 20,000 stray arrays is refused before any is read.
                 _check_names(archive.files, model, path, where)
                 arrays = {key: archive[key] for key in archive.files}
-    except (GateError, FileNotFoundError):
+    except GateError:
         raise
     except Exception as exc:
         raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
@@ -192,7 +192,7 @@ def load_labels(
                 )
             stream.seek(0)
             labels = np.load(stream, allow_pickle=False)
-    except (GateError, FileNotFoundError):
+    except GateError:
         raise
     except Exception as exc:
         raise PolicyError(f"{where}: cannot read {path.name} as .npy: {_why(exc)}") from None

@@ -279,8 +279,11 @@ def check_model_file(path: Path, label: str, limits: Limits) -> Any:
     if path.is_dir():
         raise ModelError(f"model {label} is a folder, not an ONNX file")
     refuse = lambda why: ModelError(f"model {label} {why}")  # noqa: E731
-    with open_regular(path, int(min(limits.model_mb * MB, PROTOBUF_LIMIT)), refuse) as stream:
-        return _check_model_stream(stream, path, label, limits)
+    try:
+        with open_regular(path, int(min(limits.model_mb * MB, PROTOBUF_LIMIT)), refuse) as stream:
+            return _check_model_stream(stream, path, label, limits)
+    except FileNotFoundError:
+        raise ModelError(f"model {label} does not exist") from None
 
 
 def _check_model_stream(stream: Any, path: Path, label: str, limits: Limits) -> Any:
