@@ -377,7 +377,8 @@ def _parse(path: Path) -> tuple[Any, str]:
     try:
         if path.is_dir():
             raise PolicyError(f"the policy {path} is a folder, not a file")
-        refuse = lambda why: PolicyError(f"the policy {path} {why}")  # noqa: E731
+        shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+        refuse = lambda why: PolicyError(f"the policy {shown} {why}")  # noqa: E731
         with open_regular(path, POLICY_MAX_BYTES, refuse) as reader:
             check_policy_text(path.name, reader.size)
             try:
