@@ -1421,6 +1421,21 @@ def file_cases() -> list[Case]:
         _fifo(folder / "out" / "report.json")  # read to find the earlier run's model
         return special_run("run", "policy.yaml", "-o", "out", checks=[under_seconds(120)])
 
+    def output_links(folder: Path) -> Run:
+        standard(folder)
+        (folder / "out").mkdir()
+        for name in ("model.onnx", "timing-input.npz"):
+            (folder / f"victim-{name}").write_text("untouched")
+            (folder / "out" / name).symlink_to(folder / f"victim-{name}")
+
+        def untouched(folder: Path, result: dict[str, Any]) -> list[str]:
+            hit = [p.name for p in folder.glob("victim-*") if p.read_text() != "untouched"]
+            return [f"written through a link in the output folder: {', '.join(hit)}"] if hit else []
+
+        return special_run(
+            "run", "policy.yaml", "-o", "out", checks=[untouched, under_seconds(120)]
+        )
+
     def compare_fifo(folder: Path) -> Run:
         for side in ("base", "head"):
             (folder / side).mkdir()
@@ -1457,6 +1472,24 @@ def file_cases() -> list[Case]:
     def thousand_budgets(folder: Path) -> Run:
         standard(folder, budgets=[{"metric": "size_mb", "max": 100 + i} for i in range(1000)])
         return special_run("run", "policy.yaml", "-o", "out", checks=[under_seconds(120)])
+
+    def failing_budgets(folder: Path) -> Run:
+        standard(
+            folder, budgets=[{"metric": "size_mb", "max": 1e-9 * (i + 1)} for i in range(1000)]
+        )
+
+        def summary_bounded(folder: Path, result: dict[str, Any]) -> list[str]:
+            summary = folder / "out" / "summary.md"
+            longest = max(map(len, summary.read_text().splitlines()), default=0)
+            return (
+                [f"summary.md has a line of {longest:,} characters"]
+                if longest > MAX_CONSOLE_LINE
+                else []
+            )
+
+        return special_run(
+            "run", "policy.yaml", "-o", "out", checks=[summary_bounded, under_seconds(120)]
+        )
 
     def same_model(count: int) -> Callable[[Path], Run]:
         def make(folder: Path) -> Run:
@@ -1496,6 +1529,13 @@ def file_cases() -> list[Case]:
             report_fifo,
             "the output folder holds a FIFO named report.json: the run replaces it",
         ),
+        Case(
+            "file-output-links",
+            "file",
+            (0,),
+            output_links,
+            "the output folder holds links named model.onnx and timing-input.npz: replaced",
+        ),
         Case("file-compare-fifo", "file", (2,), compare_fifo, "compare two FIFOs"),
         Case("file-from-fifo", "file", (2,), from_fifo, "--from a folder of FIFOs"),
         Case(
@@ -1513,6 +1553,13 @@ def file_cases() -> list[Case]:
             (0,),
             thousand_budgets,
             "1,000 distinct budgets, all met: bounded time and console",
+        ),
+        Case(
+            "long-1000-failing-budgets",
+            "long",
+            (1,),
+            failing_budgets,
+            "1,000 budgets, all missed: the console, summary.md and annotations stay bounded",
         ),
         Case(
             "long-models-same-file-10000",

@@ -17,7 +17,7 @@ from typing import Any
 
 from gate.errors import UsageError, listed
 from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json
+from gate.files import REPORT_MAX_BYTES, not_regular, read_json, within
 from gate.metrics import TIMING_METRICS
 from gate.policy import (
     DEFAULT_REGRESSIONS,
@@ -178,14 +178,15 @@ def check_regression(
 def _chosen_model(report: Mapping[str, Any]) -> Path | None:
     """The chosen model.onnx beside a report, if it is there and is the one it recorded."""
     output = report.get("output_model") or {}
-    if not output.get("path"):
-        return None
-    path = Path(str(report.get("_folder", "."))) / output["path"]
-    if not path.is_file():
+    path = within(Path(str(report.get("_folder", "."))), output.get("path"))
+    if path is None or not path.is_file():
         return None
     from gate.load import file_sha256
 
-    return path if file_sha256(path) == output.get("sha256") else None
+    try:
+        return path if file_sha256(path) == output.get("sha256") else None
+    except OSError:  # not a regular file
+        return None
 
 
 def side_by_side(
@@ -256,8 +257,8 @@ def _timing_input(
     from gate.isolation import load_feeds
 
     name = (report.get("measurement") or {}).get("input_file")
-    path = Path(str(report.get("_folder", "."))) / str(name)
-    if not name or not path.is_file():
+    path = within(Path(str(report.get("_folder", "."))), name)
+    if path is None or not path.is_file() or not_regular(path):
         return None
     try:
         [feed] = load_feeds(path)

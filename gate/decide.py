@@ -186,6 +186,13 @@ def choose(standings: Sequence[Standing], min_gain: float) -> tuple[str | None, 
     )
 
 
+def _explained(results: Sequence[BudgetResult], shown: int = 5) -> str:
+    """The budgets that decided, each explained: the first few, then how many more."""
+    text = "; ".join(result.explain() for result in results[:shown])
+    more = len(results) - shown
+    return text + (f"; and {more:,} more (report.json lists every one)" if more > 0 else "")
+
+
 def outcome(
     standing: Standing, chosen: str | None, standings: Sequence[Standing], min_gain: float
 ) -> str:
@@ -193,9 +200,9 @@ def outcome(
     if standing.name == chosen:
         return "chosen"
     if standing.status == "rejected":
-        return "rejected: " + "; ".join(r.explain() for r in standing.blocking())
+        return "rejected: " + _explained(standing.blocking())
     if standing.status == "inconclusive":
-        return "inconclusive: " + "; ".join(r.explain() for r in standing.blocking())
+        return "inconclusive: " + _explained(standing.blocking())
     speed = _interval(standing.speedup)
     if standing.name == ORIGINAL:
         return f"passes; {chosen} replaces it" if chosen else "passes"

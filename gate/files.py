@@ -10,14 +10,32 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import shutil
 import stat
-from collections.abc import Callable, Iterator
+import tempfile
+from collections.abc import Callable, Container, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
-PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"), Path("/dev"))
-"""Kernel files that look regular to ``stat`` (``/proc/self/environ``) but are not data."""
+PSEUDO_FILESYSTEMS = (Path("/proc"), Path("/sys"))
+"""Kernel files that look regular to ``stat`` (``/proc/self/environ``) but are not data;
+recognised by their device too, wherever they are mounted."""
+
+
+def _pseudo(status: os.stat_result, resolved: Path | None = None) -> Path | None:
+    """The kernel filesystem a file lives on (by its path, or its device), or None."""
+    for root in PSEUDO_FILESYSTEMS:
+        if resolved is not None and resolved.is_relative_to(root):
+            return root
+        try:
+            if status.st_dev == os.stat(root).st_dev:
+                return root
+        except OSError:  # not Linux, or not mounted
+            continue
+    return None
+
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -48,11 +66,15 @@ def not_regular(path: Path, *, folder_ok: bool = False) -> str | None:
         return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
     if folder_ok and stat.S_ISDIR(mode):
         return None
-    if not stat.S_ISREG(mode):
-        return f"is {kind_of(mode)}, not a regular file"
-    for root in PSEUDO_FILESYSTEMS:
-        if resolved.is_relative_to(root):
-            return f"is a kernel file under {root}, not a regular file"
+    return _problem(os.stat(path), resolved)
+
+
+def _problem(status: os.stat_result, resolved: Path | None = None) -> str | None:
+    if not stat.S_ISREG(status.st_mode):
+        return f"is {kind_of(status.st_mode)}, not a regular file"
+    root = _pseudo(status, resolved)
+    if root is not None:
+        return f"is a kernel file under {root}, not a regular file"
     return None
 
 
@@ -64,10 +86,12 @@ class BoundedReader(io.RawIOBase):
     """A seekable binary reader that refuses to return bytes past offset ``limit``: more
     data than the limit raises :class:`LimitExceeded` instead of filling memory."""
 
-    def __init__(self, raw: BinaryIO, limit: int, size: int = 0) -> None:
+    def __init__(self, raw: BinaryIO, limit: int, status: os.stat_result) -> None:
         super().__init__()
         self._raw, self._limit = raw, limit
-        self.size = size
+        self.status = status
+        """``fstat`` of the opened file (no ``fileno``: nothing may read around the limit)."""
+        self.size = status.st_size
         """What ``stat`` said: the file's size for a regular file, never a bound."""
 
     def readable(self) -> bool:
@@ -82,8 +106,19 @@ class BoundedReader(io.RawIOBase):
     def tell(self) -> int:
         return self._raw.tell()
 
-    def fileno(self) -> int:
-        return self._raw.fileno()
+    def readall(self) -> bytes:
+        # One read of the expected size: RawIOBase's chunked readall would hold the file
+        # twice at its peak (a 2 GB model: 4 GB).
+        expected = max(0, min(self.size, self._limit) - self._raw.tell())
+        data = self._raw.read(expected) if expected else b""
+        rest = self.read(1 << 16)
+        if not rest:
+            return data
+        chunks = [data, rest]  # longer than stat said (still growing): the limit holds
+        while rest:
+            rest = self.read(1 << 16)
+            chunks.append(rest)
+        return b"".join(chunks)
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         room = self._limit - self._raw.tell()
@@ -122,14 +157,15 @@ def open_regular(
         raise refuse(f"cannot be read ({exc.strerror or exc})") from None
     try:
         status = os.fstat(descriptor)
-        if not stat.S_ISREG(status.st_mode):
-            raise refuse(f"is {kind_of(status.st_mode)}, not a regular file")
+        problem = _problem(status)  # again on what was opened: a swap since is caught
+        if problem:
+            raise refuse(problem)
         os.set_blocking(descriptor, True)
         raw = os.fdopen(descriptor, "rb", buffering=0)
     except BaseException:
         os.close(descriptor)
         raise
-    with BoundedReader(raw, limit, status.st_size) as reader:  # type: ignore[arg-type]
+    with BoundedReader(raw, limit, status) as reader:  # type: ignore[arg-type]
         yield reader
 
 
@@ -155,3 +191,74 @@ def read_json(path: Path, limit: int, refuse: Callable[[str], Exception]) -> Any
     import json
 
     return json.loads(read_regular(path, limit, refuse).decode("utf-8"))
+
+
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it."""
+    try:  # os.umask would change it, for a moment, in every thread
+        status = Path("/proc/self/status").read_text(encoding="ascii")
+        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
+    except (OSError, AttributeError, ValueError):
+        current = os.umask(0o022)
+        os.umask(current)
+        return current
+
+
+def temp_beside(destination: Path, suffix: str = ".tmp") -> Path:
+    """A new empty file beside ``destination``, under a fresh name created exclusively, for
+    a write that is then renamed into place. A fixed temporary name in an output folder a
+    pull request can fill would follow a committed symbolic link out of it (and overwrite
+    what it points at) or block on a FIFO."""
+    handle, name = tempfile.mkstemp(
+        prefix=f".{destination.name}.", suffix=suffix, dir=destination.parent
+    )
+    os.close(handle)
+    os.chmod(name, 0o666 & ~umask())  # mkstemp's 0600 would hide artifacts from the group
+    return Path(name)
+
+
+def within(folder: Path, name: object) -> Path | None:
+    """``folder / name`` for a relative name a report or stage file gives (``models/a``,
+    ``model.onnx``), or None when it is absolute or climbs out with ``..``: a report read
+    back may come from another job, and must not point the gate at the machine's files."""
+    if not isinstance(name, str) or not name:
+        return None
+    relative = Path(name)
+    if relative.is_absolute() or ".." in relative.parts:
+        return None
+    return folder / relative
+
+
+COPY_MAX_BYTES = 1 << 42
+"""A file copied between the gate's own folders (stage bundles, merged shards): 4 TB."""
+
+
+def copy_regular(source: Path, target: Path) -> None:
+    """Copy one regular file (``OSError`` for anything else), written beside ``target``
+    under a fresh name and renamed into place."""
+    temp = temp_beside(target)
+    try:
+        with open_regular(source, COPY_MAX_BYTES, OSError) as reader, temp.open("wb") as out:
+            shutil.copyfileobj(reader, out, 1 << 20)
+        os.replace(temp, target)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def copy_folder(source: Path, target: Path, skip: Container[str] = ()) -> None:
+    """Copy a folder the gate wrote (a stage bundle, a shard's model folder) holding only
+    folders and regular files; a symbolic link, FIFO, socket or device in it is refused
+    with ``OSError`` naming it, never followed or read. ``skip``: names left out at the top."""
+    target.mkdir(parents=True, exist_ok=True)
+    with os.scandir(source) as entries:
+        for entry in entries:
+            if entry.name in skip:
+                continue
+            path = Path(entry.path)
+            if entry.is_symlink():
+                raise OSError(f"{path} is a symbolic link; the gate writes none there")
+            if entry.is_dir(follow_symlinks=False):
+                copy_folder(path, target / entry.name)
+            else:
+                copy_regular(path, target / entry.name)

@@ -34,6 +34,7 @@ import os
 import re
 import secrets
 import shlex
+import stat
 import subprocess
 import sys
 import urllib.error
@@ -162,7 +163,7 @@ def summary_size(env: Mapping[str, str] | None = None) -> int:
 def load_report(output_dir: Path) -> dict[str, Any] | None:
     """DIR/report.json as a dict, or None when it is missing or unreadable."""
     try:
-        report = json.loads((output_dir / "report.json").read_text(encoding="utf-8"))
+        report = json.loads(_read_text(output_dir / "report.json") or "null")
     except (OSError, ValueError):
         return None
     return report if isinstance(report, dict) else None
@@ -192,8 +193,8 @@ class PolicyLines:
             try:
                 import yaml
 
-                text = Path(path).read_text(encoding="utf-8")
-                root = yaml.compose(text, Loader=yaml.SafeLoader)
+                text = _read_text(path, 1_000_000)  # the gate's own limit on a policy
+                root = None if text is None else yaml.compose(text, Loader=yaml.SafeLoader)
             except Exception:  # no PyYAML, no file, or not YAML/JSON: no line numbers
                 root = None
             self._roots[path] = root
@@ -438,9 +439,10 @@ def annotations(
 
 
 def _cell(value: object) -> str:
-    return (
-        str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
-    )
+    text = str(value)
+    if len(text) > MAX_LINE // 2:  # a cell of a table, or the line of an error: bounded
+        text = text[: MAX_LINE // 2 - 30].rstrip() + f"... ({len(text):,} characters)"
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _number(value: object) -> str:
@@ -509,11 +511,34 @@ def _models_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _read_text(path: Path) -> str | None:
+MAX_READ = 64_000_000
+"""Bytes of a report, summary or policy this step reads; a file past it is not the gate's."""
+
+
+def _read_text(path: Path | str, limit: int = MAX_READ) -> str | None:
+    """A regular file's text, or None: never a FIFO (it would block the step), a device or
+    a /proc file (a summary.md committed as a link to /proc/self/environ would post the
+    job's environment). The gate's own reader (gate.files) repeated in a few lines, since
+    this module imports nothing of the installed gate."""
     try:
-        return path.read_text(encoding="utf-8")
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, ValueError):
+        return None
+    try:
+        status = os.fstat(descriptor)
+        kernel = {os.stat(root).st_dev for root in ("/proc", "/sys") if os.path.isdir(root)}
+        if not stat.S_ISREG(status.st_mode) or status.st_dev in kernel:
+            return None
+        os.set_blocking(descriptor, True)
+        with os.fdopen(descriptor, "rb") as stream:
+            descriptor = -1
+            data = stream.read(limit + 1)
+        return None if len(data) > limit else data.decode("utf-8")
     except (OSError, UnicodeDecodeError):
         return None
+    finally:
+        if descriptor >= 0:
+            os.close(descriptor)
 
 
 def render_summary(

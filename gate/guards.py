@@ -433,7 +433,9 @@ def _npy_declared_bytes(stream: Any) -> int:
     return math.prod(shape) * dtype.itemsize
 
 
-def npz_array_shapes(path: Path, names: Sequence[str] | None = None) -> dict[str, tuple[int, ...]]:
+def npz_array_shapes(
+    path: Path, names: Sequence[str] | None = None, limit: int = PROTOBUF_LIMIT
+) -> dict[str, tuple[int, ...]]:
     """Each array's shape in an .npz (only those in ``names`` when given), read from the .npy
     headers alone (nothing is loaded). Called after ``check_data_file``; anything unreadable
     is left to numpy's reader to name."""
@@ -442,7 +444,7 @@ def npz_array_shapes(path: Path, names: Sequence[str] | None = None) -> dict[str
     shapes: dict[str, tuple[int, ...]] = {}
     try:
         with (
-            open_regular(path, PROTOBUF_LIMIT, OSError) as stream,
+            open_regular(path, limit, OSError) as stream,
             zipfile.ZipFile(stream) as archive,
         ):
             for member in archive.infolist():
@@ -478,7 +480,7 @@ def check_data_file(path: Path, where: str, limits: Limits) -> None:
         return  # the caller names a missing file
     cap = limits.data_mb * MB
     with open_data_file(path, where, limits) as stream:
-        seen = os.fstat(stream.fileno())
+        seen = stream.status
         key = (seen.st_dev, seen.st_ino, seen.st_size, seen.st_mtime_ns, cap)
         if key in _CHECKED_DATA:  # read twice in a run (shapes, then data): check once
             return

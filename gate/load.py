@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from gate.errors import ModelError, PolicyError, listed
-from gate.files import not_regular
+from gate.files import not_regular, open_regular, temp_beside
 from gate.guards import MB, check_data_file, check_model_file, npz_array_shapes
 from gate.host import Host, call_plugin
 from gate.policy import Policy
@@ -67,8 +67,9 @@ class LoadedModel:
 
 
 def file_sha256(path: Path) -> str:
+    """The file's digest; ``OSError`` for anything but a regular file (a FIFO, /proc)."""
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
+    with open_regular(path, 1 << 62, OSError) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -102,13 +103,13 @@ def copy_model(source: Path, destination: Path) -> None:
     import onnx
     from onnx.external_data_helper import uses_external_data
 
-    temp = destination.with_name(f".{destination.name}.tmp")
     data = destination.with_name(f"{destination.name}.data")
-    data_temp = destination.with_name(f".{data.name}.tmp")
+    temp, data_temp = temp_beside(destination), None
     try:
         proto = onnx.load(str(source), load_external_data=False)
         if any(uses_external_data(t) for t in proto.graph.initializer):
             full = onnx.load(str(source))
+            data_temp = temp_beside(data)
             _move_weights_out(full, data_temp, data.name)
             os.replace(data_temp, data)  # the data first: the model file names it
             temp.write_bytes(full.SerializeToString())
@@ -117,7 +118,8 @@ def copy_model(source: Path, destination: Path) -> None:
         os.replace(temp, destination)
     except BaseException:
         temp.unlink(missing_ok=True)
-        data_temp.unlink(missing_ok=True)
+        if data_temp is not None:
+            data_temp.unlink(missing_ok=True)
         raise
 
 
@@ -228,7 +230,7 @@ def _data_shapes(policy: Policy, inputs: list[str]) -> dict[str, tuple[str, tupl
             check_data_file(path, where, policy.limits)
         except PolicyError:
             continue  # named, in its place, when the data is read
-        for name, shape in npz_array_shapes(path, inputs).items():
+        for name, shape in npz_array_shapes(path, inputs, int(policy.limits.data_mb * MB)).items():
             shapes[name] = (where, shape)
     return shapes
 

@@ -45,7 +45,7 @@ from gate.errors import (
     listed,
 )
 from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json
+from gate.files import REPORT_MAX_BYTES, read_json, temp_beside
 from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
 from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
@@ -132,7 +132,11 @@ def remove_previous_output(output_dir: Path) -> None:
         recorded = (previous.get("output_model") or {}).get("sha256")
     except (OSError, ValueError, AttributeError):
         return
-    if recorded and model.is_file() and file_sha256(model) == recorded:
+    try:  # a model.onnx committed as a link to /proc/kmsg must not block the digest
+        stale = bool(recorded) and model.is_file() and file_sha256(model) == recorded
+    except OSError:
+        return
+    if stale:
         model.unlink()
         (output_dir / f"{MODEL_FILE}.data").unlink(missing_ok=True)
 
@@ -922,9 +926,13 @@ class GateRun:
         """The one input every timing block used, beside the report: ``compare`` times a
         later run's chosen model against this run's on it, and anyone can rerun the timing."""
         path = self.output_dir / TIMING_INPUT
-        temp = path.with_name(f".{TIMING_INPUT}.tmp.npz")
-        save_feeds([self.validation.feeds[0]], temp)
-        temp.replace(path)
+        temp = temp_beside(path, suffix=".tmp.npz")  # np.savez adds .npz to any other name
+        try:
+            save_feeds([self.validation.feeds[0]], temp)
+            temp.replace(path)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
         self.report["measurement"]["input_file"] = TIMING_INPUT
 
     def _measure_original(self) -> None:

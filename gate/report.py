@@ -21,7 +21,7 @@ import numpy as np
 
 from gate import __version__
 from gate.errors import bounded, listed
-from gate.files import REPORT_MAX_BYTES, read_json
+from gate.files import REPORT_MAX_BYTES, read_json, umask
 
 REPORT_FILE = "report.json"
 SUITE = "suite"
@@ -154,23 +154,13 @@ def signals_held() -> Iterator[None]:
             signal.raise_signal(received[0])
 
 
-def _umask() -> int:
-    try:  # Linux says it without changing it (os.umask would, for a moment, in every thread)
-        status = Path("/proc/self/status").read_text(encoding="ascii")
-        return int(re.search(r"^Umask:\s*([0-7]+)", status, re.MULTILINE).group(1), 8)  # type: ignore[union-attr]
-    except (OSError, AttributeError, ValueError):
-        current = os.umask(0o022)
-        os.umask(current)
-        return current
-
-
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file and rename, so a crash never leaves half a file; secrets and
     the home folder are scrubbed on the way (see :func:`scrub`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(temp, 0o666 & ~_umask())  # mkstemp's 0600 would hide reports from the group
+        os.chmod(temp, 0o666 & ~umask())  # mkstemp's 0600 would hide reports from the group
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
             stream.write(scrub(text))
             stream.flush()

@@ -24,7 +24,7 @@ from gate.candidates import ORIGINAL, Candidate
 from gate.check import active_validators
 from gate.errors import UsageError
 from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json
+from gate.files import REPORT_MAX_BYTES, copy_folder, copy_regular, not_regular, read_json, within
 from gate.load import copy_model
 from gate.metrics import TIMING_METRICS
 from gate.pipeline import TIMING_INPUT, GateRun
@@ -92,6 +92,8 @@ class StagedRun(GateRun):
 
     def _write_bundle(self, candidates: list[Candidate]) -> list[str]:
         bundle = self.output_dir / BUNDLE
+        if bundle.is_symlink():  # committed in the output folder: replaced, not followed
+            bundle.unlink()
         shutil.rmtree(bundle, ignore_errors=True)
         (bundle / "candidates").mkdir(parents=True)
         copy_model(self.model.path, bundle / ORIGINAL_FILE)
@@ -169,7 +171,13 @@ class StagedRun(GateRun):
             candidate = Candidate(item["name"], item["recipe"], None, item["session"])
             candidate.notes = list(item["notes"])
             if item["file"]:
-                candidate.path = bundle / item["file"]
+                candidate.path = within(bundle, item["file"])
+                why = "leads out of it" if candidate.path is None else not_regular(candidate.path)
+                if why:
+                    raise UsageError(
+                        f"{bundle / BUILD_FILE}: candidate {item['name']}'s file "
+                        f"{str(item['file'])[:80]!r} {why}; refused"
+                    )
                 self.say(f"validating and measuring {candidate.name}")
                 entry = self._judge(candidate)
             else:
@@ -190,7 +198,10 @@ class StagedRun(GateRun):
         # The next stage (decide) needs the models, whichever it chooses.
         if bundle.resolve() != (self.output_dir / BUNDLE).resolve():
             shutil.rmtree(self.output_dir / BUNDLE, ignore_errors=True)
-            shutil.copytree(bundle, self.output_dir / BUNDLE)
+            try:
+                copy_folder(bundle, self.output_dir / BUNDLE)
+            except OSError as exc:
+                raise UsageError(f"cannot copy {bundle}: {exc.strerror or exc}") from None
 
     # -- decide ----------------------------------------------------------------
 
@@ -217,7 +228,10 @@ class StagedRun(GateRun):
         self.report["measured"] = {"from": str(self.source), "duration_s": measured["duration_s"]}
         timing_input = self.source / TIMING_INPUT
         if timing_input.is_file():  # what the measurements were taken on travels with them
-            shutil.copyfile(timing_input, self.output_dir / TIMING_INPUT)
+            try:
+                copy_regular(timing_input, self.output_dir / TIMING_INPUT)
+            except OSError as exc:
+                raise UsageError(f"cannot copy {timing_input}: {exc.strerror or exc}") from None
         self.validators = active_validators(self.policy, self.host)
         self.judged = (measured.get("validation") or {}).get("output") or ""
         self.synthetic = bool((measured.get("validation") or {}).get("synthetic_inputs"))

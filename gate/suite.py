@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from gate.errors import GateError, UsageError, listed
 from gate.exitcodes import ExitCode
-from gate.files import read_regular
+from gate.files import copy_folder, read_regular, within
 from gate.guards import POLICY_MAX_BYTES
 from gate.host import Host, get_host
 from gate.policy import Policy
@@ -255,7 +255,12 @@ def merge_outputs(
                 shards[shard["index"]] = shard
             everything = everything or list(report.get("all_models") or [])
             for model in report["models"]:
-                folder = directory / model["dir"]
+                folder = within(directory, model.get("dir"))
+                if folder is None or within(Path(), model.get("name")) is None:
+                    raise UsageError(
+                        f"{directory / REPORT_FILE}: a model's dir or name leads out of the "
+                        "folder; refused"
+                    )
                 sources.append((model["name"], folder, _read(folder)))
         else:
             sources.append((report.get("name") or directory.resolve().name, directory, report))
@@ -301,7 +306,10 @@ def merge_outputs(
         target = output_dir / MODELS_DIR / name
         if target.exists():
             shutil.rmtree(target)
-        shutil.copytree(folder, target, ignore=shutil.ignore_patterns(MODELS_DIR))
+        try:
+            copy_folder(folder, target, skip={MODELS_DIR})
+        except OSError as exc:
+            raise UsageError(f"cannot merge {folder}: {exc.strerror or exc}") from None
     summarise(suite, [(name, report) for name, _, report in sources])
     # Never better than any input: a shard that failed to load its policy fails the merge.
     codes = [suite["exit_code"], *input_codes]

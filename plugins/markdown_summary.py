@@ -104,7 +104,8 @@ def render(report: Mapping[str, Any]) -> str:
     if validation.get("synthetic_inputs"):
         lines.append("")
         lines.append("_Accuracy metrics were measured on synthetic inputs._")
-    return "\n".join(lines).rstrip() + "\n"
+    # One line per problem, bounded: a decision over 1,000 budgets is not one line to read.
+    return "\n".join(bounded(line) for line in lines).rstrip() + "\n"
 
 
 STOPPED = {
@@ -186,7 +187,7 @@ def render_suite(report: Mapping[str, Any], output_dir: Path) -> str:
     own = [w for w in report.get("warnings") or [] if not prefixes or not w.startswith(prefixes)]
     lines += [bounded(f"> ⚠️ {warning}") for warning in own]  # each model's own are in its fold
     lines += [bounded(f"> 💥 {error}") for error in report.get("errors") or []]
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(bounded(line) for line in lines).rstrip() + "\n"
 
 
 def _render(report: Mapping[str, Any], output_dir: Path) -> str:

@@ -359,3 +359,116 @@ def test_a_signal_before_the_run_starts_still_writes_a_partial_report(tmp_path, 
     report = load_report(out)
     assert report["partial"] is True and report["exit_code"] == 3
     assert report["errors"] == ["interrupted before the run started; this report is partial"]
+
+
+# -- the output folder and what is read back from it ------------------------------------
+
+
+def test_links_and_fifos_in_the_output_folder_are_replaced_never_written_through(
+    classifier, tmp_path
+):
+    """An output folder inside the checkout can hold what a pull request committed. The
+    gate's files replace links at their names (never writing where they point), and its
+    temporary files take fresh names (the old fixed ones are FIFOs and links here)."""
+    out = tmp_path / "out"
+    out.mkdir()
+    victims = {}
+    for name in ("model.onnx", "timing-input.npz", ".model.onnx.tmp", ".timing-input.npz.tmp.npz"):
+        victims[name] = tmp_path / f"victim-{name.strip('.')}"
+        victims[name].write_text("untouched")
+        (out / name).symlink_to(victims[name])
+    _fifo(out / ".model.onnx.data.tmp")
+    classifier.write_policy({"candidates": ONE_CANDIDATE})
+    done = _gate("run", "policy.yaml", "-o", out, "-q", cwd=classifier.folder, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert all(victim.read_text() == "untouched" for victim in victims.values())
+    for name in ("model.onnx", "timing-input.npz"):
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 1000
+
+
+def test_a_chosen_model_committed_as_a_kernel_file_does_not_block_the_next_run(
+    classifier, tmp_path
+):
+    """The gate reads the earlier model.onnx's digest to know it may delete it: a link to
+    /proc/kmsg (readable by root, blocking) must not stop the run."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "model.onnx").symlink_to("/proc/kmsg")
+    (out / "report.json").write_text(json.dumps({"output_model": {"sha256": "0" * 64}}))
+    classifier.write_policy({"candidates": ONE_CANDIDATE})
+    done = _gate("run", "policy.yaml", "-o", out, "-q", cwd=classifier.folder, timeout=300)
+    assert done.returncode == 0, done.stderr
+
+
+def test_summary_lines_stay_bounded_when_hundreds_of_budgets_fail(tmp_path):
+    """The decision log joins the budgets that rejected a candidate: five, then how many
+    more; report.json keeps every result."""
+    folder = tmp_path / "repo"
+    _model(folder)
+    budgets = [{"metric": "size_mb", "max": 1e-6 * (i + 1)} for i in range(300)]
+    _policy(folder, budgets=budgets)
+    out = tmp_path / "out"
+    done = _gate("run", "policy.json", "-o", out, "-q", cwd=folder, timeout=300)
+    assert done.returncode == 1, done.stderr
+    summary = (out / "summary.md").read_text()
+    assert max(map(len, summary.splitlines())) <= MAX_LINE
+    assert "and 295 more (report.json lists every one)" in summary
+    report = load_report(out)
+    basic = next(c for c in report["candidates"] if c["name"] == "basic")
+    assert sum(not b["passed"] for b in basic["budgets"]) == 300
+    assert max(map(len, done.stdout.splitlines())) <= MAX_LINE
+
+
+def test_the_github_step_never_reads_a_summary_that_is_a_kernel_file_or_fifo(tmp_path, monkeypatch):
+    """A run that did not rewrite summary.md (a usage error, a SIGKILL) leaves a committed
+    one in place: a link to /proc/self/environ would post the job's environment in the job
+    summary and the pull request comment; a FIFO would hang the step."""
+    from test_github_action import _report_dir, _report_main
+
+    monkeypatch.setenv("ONNX_GATE_CANARY", "canary-5d1e")
+    for name, make in (("environ", lambda p: p.symlink_to("/proc/self/environ")), ("fifo", _fifo)):
+        out = _report_dir(tmp_path / name, "")
+        (out / "summary.md").unlink()
+        make(out / "summary.md")
+        _, summary = _report_main(
+            tmp_path, monkeypatch, "report", "--output-dir", str(out), "--exit-code", "0"
+        )
+        assert "canary-5d1e" not in summary.read_text()
+
+
+def test_stage_and_merge_inputs_cannot_point_out_of_their_folder(classifier, gate_cli, tmp_path):
+    """A build stage's output travels to another runner (a GPU machine): the candidate
+    files its build.json names, its timing input and a shard's model folders are confined
+    to the folder given, and anything but a regular file is refused."""
+    classifier.write_policy({"candidates": ONE_CANDIDATE})
+    policy = classifier.folder / "policy.yaml"
+    built = tmp_path / "built"
+    assert gate_cli("run", policy, "--stage", "build", "-o", built, "-q").exit_code == 0
+    build_file = built / "stage" / "build.json"
+    build = json.loads(build_file.read_text())
+    [item] = [c for c in build["candidates"] if c.get("file")]
+    item["file"] = "../../../etc/passwd"
+    build_file.write_text(json.dumps(build))
+    result = gate_cli("run", policy, "--stage", "measure", "--from", built, "-o", tmp_path / "m")
+    assert result.exit_code == 2
+    assert "candidate basic's file '../../../etc/passwd' leads out of it; refused" in result.stdout
+
+    suite = classifier.folder / "suite.json"
+    suite.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "models": [{"name": "a", "path": classifier.model.name}],
+                "measure": dict(FAST_MEASURE),
+                "candidates": ONE_CANDIDATE,
+            }
+        )
+    )
+    shard = tmp_path / "shard"
+    assert gate_cli("run", suite, "--shard", "1/1", "-o", shard, "-q").exit_code == 0
+    report = json.loads((shard / "report.json").read_text())
+    report["models"][0]["dir"] = "/etc"
+    (shard / "report.json").write_text(json.dumps(report))
+    result = gate_cli("merge", shard, "-o", tmp_path / "merged")
+    assert result.exit_code in (2, 3)
+    assert "leads out of the folder; refused" in result.stdout + result.stderr
