@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import FAST_MEASURE, load_report, save_graph
-from onnx import TensorProto, helper, numpy_helper
+from conftest import FAST_MEASURE, load_report
+from test_hostile import _add_model
 
 from gate.errors import MAX_LINE
 from gate.files import BoundedReader, LimitExceeded, open_regular
@@ -33,22 +33,7 @@ CAP = 3 << 30  # bytes of address space: a reader of /dev/zero would hit it with
 
 def _model(folder: Path, external: str | None = None) -> Path:
     """y = x + w, w (16 floats) inline or as external data in ``external``."""
-    weight = numpy_helper.from_array(np.ones((1, 16), np.float32), "w")
-    if external is not None:
-        weight.ClearField("raw_data")
-        weight.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", external), ("offset", "0"), ("length", "64")):
-            entry = weight.external_data.add()
-            entry.key, entry.value = key, value
-    graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "w"], ["y"])],
-        "add",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])],
-        [weight],
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    return save_graph(folder / "model.onnx", graph)
+    return _add_model(folder, external=external)
 
 
 def _policy(folder: Path, name: str = "policy.json", **body: object) -> Path:
