@@ -54,19 +54,17 @@ def kind_of(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "a special file"
 
 
-def not_regular(path: Path, *, folder_ok: bool = False) -> str | None:
+def not_regular(path: Path) -> str | None:
     """Why ``path`` (symbolic links followed) is not a file the gate reads, or None when it
     is one, or does not exist (the caller names a missing file in its own words)."""
     try:
-        mode = os.stat(path).st_mode
+        status = os.stat(path)
         resolved = path.resolve()
     except FileNotFoundError:
         return None
     except (OSError, ValueError, RuntimeError) as exc:  # a loop of links, a name too long
         return f"cannot be read ({getattr(exc, 'strerror', None) or exc})"
-    if folder_ok and stat.S_ISDIR(mode):
-        return None
-    return _problem(os.stat(path), resolved)
+    return _problem(status, resolved)
 
 
 def _problem(status: os.stat_result, resolved: Path | None = None) -> str | None:
