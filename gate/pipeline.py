@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 import shutil
 import tempfile
 import time
@@ -111,9 +110,7 @@ def _prepare_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         # A fresh name, created exclusively: a FIFO committed under a fixed name would block.
-        handle, probe = tempfile.mkstemp(prefix=".onnx-gate-write-test-", dir=output_dir)
-        os.close(handle)
-        os.unlink(probe)
+        temp_beside(output_dir / ".onnx-gate-write-test").unlink()
     except OSError as exc:
         raise UsageError(
             f"output directory {output_dir} is not writable: {exc.strerror or exc}"
