@@ -30,6 +30,7 @@ from gate.records import (  # noqa: E402
     Quantizer,
     Reporter,
     SearchContext,
+    VacuousData,
     ValidationContext,
     Validator,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "Reporter",
     "SearchContext",
     "SkipCandidate",
+    "VacuousData",
     "ValidationContext",
     "Validator",
     "__version__",

@@ -5,17 +5,22 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
 from gate.errors import PolicyError, UnknownNameError, listed
 from gate.files import not_regular
 from gate.host import Host
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, NEEDS_PRICE, TIMING_METRICS
 from gate.policy import Policy, schema_problems
+from gate.task import Port, choose_task, layout_problem, ports
+from gate.validate import applies
 
 
 def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
     """Every metric a budget may name, with the reason a missing one is unavailable."""
     metrics = dict.fromkeys(MEASURED_METRICS, "")
-    for validator in active_validators(policy, host):
+    task = None if policy.task == "auto" else policy.task  # auto: known once the model is read
+    for validator in active_validators(policy, host, task):
         for metric in validator.metrics:
             needs = "data.labels" if validator.needs_labels and policy.labels_path is None else ""
             metrics[metric] = needs
@@ -28,9 +33,17 @@ def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
     return metrics
 
 
-def active_validators(policy: Policy, host: Host) -> list[Any]:
-    names = policy.validators if policy.validators is not None else host.names("validator")
-    return [host.records["validator"][name] for name in names if name in host.records["validator"]]
+def active_validators(policy: Policy, host: Host, task: str | None) -> list[Any]:
+    """The validators a run uses: those ``validation.validators`` names, else every one
+    that judges ``task`` (every registered one when the task is not known yet)."""
+    records = host.records["validator"]
+    if policy.validators is not None:
+        return [records[name] for name in policy.validators if name in records]
+    return [
+        records[name]
+        for name in host.names("validator")
+        if task is None or applies(records[name], task)
+    ]
 
 
 def check_policy(policy: Policy, host: Host) -> None:
@@ -53,6 +66,7 @@ def check_policy(policy: Policy, host: Host) -> None:
         (("data", "calibration"), policy.calibration_path),
         (("data", "validation"), policy.validation_path),
         (("data", "labels"), policy.labels_path),
+        (("validation", "ctc", "charset"), policy.charset_path),
     ):
         if path is None:
             continue
@@ -96,7 +110,20 @@ def check_policy(policy: Policy, host: Host) -> None:
         check_options(exporter, policy.exporter_options, ("model", "options"))
     if policy.validators is not None:
         for index, name in enumerate(policy.validators):
-            lookup("validator", name, ("validation", "validators", index))
+            validator = lookup("validator", name, ("validation", "validators", index))
+            if (
+                validator is not None
+                and policy.task != "auto"
+                and not applies(validator, policy.task)
+            ):
+                problems.append(
+                    policy.problem(
+                        ("validation", "validators", index),
+                        f"validator '{name}' judges {listed(sorted(validator.tasks))}, not "
+                        f"validation.task {policy.task}",
+                    )
+                )
+    problems.extend(task_problems(policy))
 
     seen: dict[str, int] = {}
     for index, recipe in enumerate(policy.recipes or []):
@@ -177,3 +204,69 @@ def check_policy(policy: Policy, host: Host) -> None:
         problems.append(policy.problem(("measure", "min_runs"), "must not exceed measure.max_runs"))
     if problems:
         raise PolicyError(f"{policy.path.name}: {len(problems)} problem(s)", problems)
+
+
+def task_problems(policy: Policy) -> list[str]:
+    """A declared ``validation.task`` held to what the model file declares (before any run)."""
+    problems = []
+    if policy.labels_path is not None and policy.task in ("embedding", "stream"):
+        problems.append(
+            policy.problem(("data", "labels"), f"validation.task {policy.task} takes no labels")
+        )
+    if policy.task == "auto":
+        return problems
+    for task in sorted(set(policy.task_options) - {policy.task}):
+        problems.append(
+            policy.problem(
+                ("validation", task),
+                f"options for task {task}, but validation.task is {policy.task}",
+            )
+        )
+    signature = _declared_signature(policy)
+    if signature is None:
+        return problems
+    inputs, outputs = signature
+    floats = [port.name for port in outputs if port.floating]
+    judged = policy.validation_output or (floats or [port.name for port in outputs])[0]
+    if judged not in {port.name for port in outputs}:
+        return problems  # named on its own line when the run starts
+    choice = choose_task(policy.task, policy.task_options, {}, inputs, outputs, judged)
+    problem = layout_problem(choice, inputs, outputs, judged)
+    if problem is not None:
+        option, why = problem
+        location = (
+            ("validation", policy.task, option) if option != "task" else ("validation", "task")
+        )
+        if location not in policy.lines:  # an inferred option: point at the task
+            location = ("validation", "task")
+        problems.append(policy.problem(location, why))
+    return problems
+
+
+def _declared_signature(policy: Policy) -> tuple[list[Port], list[Port]] | None:
+    """The .onnx file's inputs (with the policy's fixed shapes) and outputs as declared;
+    None for a framework file or a model that cannot be read (the run names why)."""
+    from gate.guards import check_model_file
+    from gate.load import _tensor_specs
+
+    path = policy.model_path
+    if path.suffix.lower() != ".onnx" or not_regular(path) or not path.is_file():
+        return None
+    try:
+        proto = check_model_file(path, path.name, policy.limits)
+        initializers = {tensor.name for tensor in proto.graph.initializer}
+        declared = _tensor_specs(proto.graph.input, initializers)
+        outputs = ports(_tensor_specs(proto.graph.output, set(), []))
+    except Exception:  # the run reads it again and says what is wrong
+        return None
+    inputs = [
+        Port(
+            spec.name,
+            tuple(policy.inputs[spec.name].shape)
+            if spec.name in policy.inputs and policy.inputs[spec.name].shape
+            else tuple(d if isinstance(d, int) else None for d in spec.dims),
+            np.dtype(spec.dtype),
+        )
+        for spec in declared
+    ]
+    return inputs, outputs

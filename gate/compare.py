@@ -40,6 +40,10 @@ COMPARED_METRICS = (
     "top1_agreement",
     "accuracy",
     "cosine_similarity",
+    "det_map50_95",
+    "emb_cosine_min",
+    "ctc_exact_match",
+    "stream_agreement",
 )
 TOLERANCE = 1e-9
 """Changes smaller than this fraction are rounding, not regressions."""

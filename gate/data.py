@@ -208,6 +208,83 @@ def load_labels(
     return labels
 
 
+def load_text_labels(path: Path, where: str, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+    """A 1-D .npy of strings, one per text line (task ctc)."""
+    check_data_file(path, where, limits)
+    try:
+        with open_data_file(path, where, limits) as stream:
+            labels = np.load(stream, allow_pickle=False)
+    except GateError:
+        raise
+    except Exception as exc:
+        raise PolicyError(f"{where}: cannot read {path.name} as .npy: {_why(exc)}") from None
+    if not isinstance(labels, np.ndarray) or labels.ndim != 1 or labels.dtype.kind != "U":
+        found = (
+            f"{labels.dtype} {list(labels.shape)}"
+            if isinstance(labels, np.ndarray)
+            else "an .npz archive"
+        )
+        raise PolicyError(
+            f"{where}: task ctc expects a 1-D .npy of strings (numpy.save(path, "
+            f"numpy.array(lines))), one per text line; found {found}"
+        )
+    return labels
+
+
+BOX_LABEL_ARRAYS = {"boxes": 2, "classes": 1, "sample": 1}
+
+
+def load_box_labels(
+    path: Path, samples: int, where: str, limits: Limits = DEFAULT_LIMITS
+) -> dict[str, np.ndarray]:
+    """An .npz of ``boxes`` [M, 4] (x1 y1 x2 y2, input pixels), ``classes`` [M] and
+    ``sample`` [M] (the validation sample each box is in): task detection."""
+    check_data_file(path, where, limits)
+    try:
+        with open_data_file(path, where, limits) as stream:
+            if not zipfile.is_zipfile(stream):
+                raise PolicyError(
+                    f"{where}: task detection expects an .npz (numpy.savez) of "
+                    "boxes [M, 4], classes [M] and sample [M]"
+                )
+            stream.seek(0)
+            with np.load(stream, allow_pickle=False) as archive:
+                missing = [name for name in BOX_LABEL_ARRAYS if name not in archive.files]
+                if missing:
+                    raise PolicyError(
+                        f"{where}: {path.name} has no {listed(missing)} (has: "
+                        f"{listed(archive.files, 'nothing')}); detection labels are boxes [M, 4], "
+                        "classes [M] and sample [M]"
+                    )
+                labels = {name: np.asarray(archive[name]) for name in BOX_LABEL_ARRAYS}
+    except GateError:
+        raise
+    except Exception as exc:
+        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
+    boxes, classes, sample = labels["boxes"], labels["classes"], labels["sample"]
+    count = boxes.shape[0] if boxes.ndim else -1
+    if (
+        boxes.ndim != 2
+        or boxes.shape[1] != 4
+        or not np.issubdtype(boxes.dtype, np.number)
+        or not np.isfinite(boxes).all()
+    ):
+        raise PolicyError(
+            f"{where}: boxes must be finite numbers [M, 4]; found {boxes.dtype} {list(boxes.shape)}"
+        )
+    for name, values in (("classes", classes), ("sample", sample)):
+        if values.shape != (count,) or not np.issubdtype(values.dtype, np.integer):
+            raise PolicyError(
+                f"{where}: {name} must be {count} integers, one per box; found {values.dtype} {list(values.shape)}"
+            )
+    if count and (sample.min() < 0 or sample.max() >= samples):
+        raise PolicyError(
+            f"{where}: sample holds {int(sample.min())}..{int(sample.max())}; "
+            f"data.validation has samples 0..{samples - 1}"
+        )
+    return labels
+
+
 def validation_feeds(policy: Policy, model: LoadedModel) -> FeedSet:
     if policy.validation_path is not None:
         return FeedSet(

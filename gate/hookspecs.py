@@ -95,9 +95,12 @@ def onnx_gate_validators() -> Iterable[Validator]:
     """Register validators that turn outputs into accuracy metrics.
 
     Called once when the registry is built. Every validator named in
-    ``validation.validators`` (all registered ones by default) runs once per
-    candidate after its outputs on the validation inputs are collected. The
-    metric names it declares may be used in ``budgets``.
+    ``validation.validators`` (by default every one whose ``tasks`` include the
+    run's ``validation.task``, or that sets no ``tasks``) runs once per candidate
+    after its outputs on the validation inputs are collected, and once on the
+    original, where raising :class:`gate.VacuousData` stops the run with exit 2
+    because the data cannot judge. The metric names it declares may be used in
+    ``budgets``.
 
     :return: the validators this plugin provides.
     """

@@ -29,6 +29,7 @@ from gate.records import (
     Quantizer,
     Record,
     Reporter,
+    VacuousData,
     Validator,
 )
 
@@ -226,6 +227,8 @@ def call_plugin(
         raise OptionError(
             f"{KIND_NAMES[type(record)]} '{record.name}' options: {exc.message}"
         ) from None
+    except VacuousData:
+        raise  # a verdict on the data, not a plugin failure
     except Exception as exc:
         kind = KIND_NAMES[type(record)]
         raise PluginError(

@@ -60,6 +60,8 @@ class LoadedModel:
     """What the gate chose for the user that is not a problem (shapes taken from the data)."""
     untensored_outputs: list[str] = field(default_factory=list)
     """Outputs that are not tensors (a ZipMap's sequence of maps): not judged."""
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The model's ``metadata_props`` (an Ultralytics export's ``task`` and ``names``)."""
 
     @property
     def input_shapes(self) -> dict[str, list[int]]:
@@ -466,4 +468,5 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
             for value in proto.graph.output
             if value.type.WhichOneof("value") != "tensor_type"
         ],
+        metadata={entry.key: entry.value for entry in proto.metadata_props},
     )

@@ -22,7 +22,13 @@ import numpy as np
 
 from gate.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
 from gate.check import active_validators, check_policy
-from gate.data import calibration_feeds, load_labels, validation_feeds
+from gate.data import (
+    calibration_feeds,
+    load_box_labels,
+    load_labels,
+    load_text_labels,
+    validation_feeds,
+)
 from gate.decide import (
     BudgetResult,
     Standing,
@@ -44,7 +50,7 @@ from gate.errors import (
     listed,
 )
 from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json, temp_beside
+from gate.files import REPORT_MAX_BYTES, read_json, read_regular, temp_beside
 from gate.guards import repository_root, unknown_ops
 from gate.host import Host, call_plugin, get_host
 from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
@@ -61,6 +67,7 @@ from gate.memory import measure_memory
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
 from gate.policy import Budget, Policy, Recipe, load_policies, load_policy
 from gate.progress import RESULT_PREFIX, Progress
+from gate.records import Sample, VacuousData
 from gate.report import (
     MODEL_FILE,
     REPORT_FILE,
@@ -69,12 +76,21 @@ from gate.report import (
     signals_held,
     write_report_json,
 )
-from gate.runtime import Target, make_session, onnxruntime_errors, run_all
+from gate.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
 from gate.search import Search, Trial, fallback_trial, propose, search_context
 from gate.sensitivity import rank_sources
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
+from gate.task import (
+    CHARSET_MAX_BYTES,
+    DEFAULT_FLOORS,
+    TaskChoice,
+    charset_symbols,
+    choose_task,
+    layout_problem,
+    ports,
+)
 from gate.testbed import fingerprint, memory_limit_bytes, physical_cores
-from gate.validate import describe_validation, validate_outputs
+from gate.validate import ValidationSetup, applies, describe_validation, validate_outputs
 
 EARLY_STOP_STRICTNESS = 10
 TIMING_INPUT = "timing-input.npz"
@@ -358,7 +374,13 @@ class GateRun:
         self.model.outputs, mismatched = with_returned_shapes(self.model.outputs, self.reference[0])
         self.report["model"]["outputs"] = [spec.describe() for spec in self.model.outputs]
         self.report["warnings"].extend(mismatched)
+        self._resolve_task()
         self._framework_reference()
+        if self.task is not None and self.task.task == "stream":
+            try:
+                self.reference = self._outputs(self.original_session)
+            except Exception as exc:
+                raise ModelError(self._cannot_run(f"as a stream: {_first_line(exc)}")) from exc
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL]["search"] = {"origin": "original"}
         self.report["candidates"] = [self.entries[ORIGINAL]]
@@ -383,10 +405,15 @@ class GateRun:
             )  # fmt: skip
             if any(self.judged not in outputs for outputs in framework):
                 raise GateError(f"it gives no output '{self.judged}'")
+            # The export is held to the framework as tensors, one feed at a time.
+            labels = self.labels if self.setup.task in ("classification", "tensor") else None
+            setup = ValidationSetup(
+                "tensor", {}, [self.judged], self.validation.feeds, labels, self.synthetic
+            )
+            validators = active_validators(self.policy, self.host, "tensor")
             described["framework_vs_onnx"] = validate_outputs(
-                self.validators, framework, self.reference, self.judged, self.labels,
-                self.synthetic,
-            )  # fmt: skip
+                validators, framework, self.reference, setup
+            )
         except GateError as exc:
             described["error"] = exc.message
             self.report["warnings"].append(
@@ -665,17 +692,21 @@ class GateRun:
             )
             return
         produced = self.entries[ORIGINAL]["metrics"]
-        metric = next((m for m in ("cosine_similarity", "top1_agreement") if m in produced), None)
+        task = self.setup.task
+        floor_metric, floor = DEFAULT_FLOORS[task]
+        preferred = [floor_metric, "cosine_similarity", "top1_agreement"]
+        metric = next((m for m in preferred if m in produced), None)
         if metric is None:
             self.report["warnings"].append(
                 f"the policy sets no accuracy budget and output '{self.judged}' gives no agreement "
                 "metric: candidates are not checked for accuracy"
             )
             return
-        self.budgets.append(Budget(metric, ">=", DEFAULT_ACCURACY_FLOOR, "error", "default"))
+        floor = floor if metric == floor_metric else DEFAULT_ACCURACY_FLOOR
+        self.budgets.append(Budget(metric, ">=", floor, "error", "default"))
         self.report["warnings"].append(
             f"the policy sets no error-level accuracy budget: every candidate is held to "
-            f"{metric} >= {DEFAULT_ACCURACY_FLOOR} against the original; set your own in budgets"
+            f"{metric} >= {floor} against the original (task {task}); set your own in budgets"
         )
 
     def _target(self) -> Target:
@@ -720,22 +751,24 @@ class GateRun:
         # Default to the first float output: exporters often pass ids or masks straight through first.
         floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
         self.judged = policy.validation_output or (floats or output_names)[0]
-        if self.judged not in output_names:
+        judged = [self.judged, *(o for o in policy.validation_outputs or () if o != self.judged)]
+        for name in judged:
+            if name in output_names:
+                continue
             why = (
-                f"output '{self.judged}' is not a tensor (a ZipMap's sequence of maps, say) and "
+                f"output '{name}' is not a tensor (a ZipMap's sequence of maps, say) and "
                 f"cannot be judged; tensor outputs: {listed(output_names)}"
-                if self.judged in model.untensored_outputs
-                else f"the model has no output '{self.judged}' (outputs: {listed(output_names)})"
+                if name in model.untensored_outputs
+                else f"the model has no output '{name}' (outputs: {listed(output_names)})"
             )
-            raise PolicyError(policy.problem(("validation", "output"), why))
+            key = (
+                "outputs"
+                if policy.validation_outputs and name != policy.validation_output
+                else "output"
+            )
+            raise PolicyError(policy.problem(("validation", key), why))
         self.validation = validation_feeds(policy, model)
-        self.labels = (
-            load_labels(
-                policy.labels_path, len(self.validation.feeds), "data.labels", policy.limits
-            )
-            if policy.labels_path
-            else None
-        )
+        self.labels: Any = None  # read for the task, once the task is known
         self.calibration = calibration_feeds(policy, model)
         self.synthetic = self.validation.source == "synthetic"
         if self.synthetic:
@@ -743,9 +776,98 @@ class GateRun:
                 f"no data.validation: validated on {len(self.validation.feeds)} synthetic samples; "
                 "accuracy metrics show agreement on random inputs only"
             )
-        self.validators = active_validators(policy, self.host)
+        self.task = None
+        self.setup = ValidationSetup(
+            "tensor", {}, judged, self.validation.feeds, None, self.synthetic
+        )
+        self.validators = active_validators(policy, self.host, "tensor")
         self.budgets: list[Budget] = list(policy.budgets)
         self.batch = policy.measure.batch or _leading_batch(model)
+
+    def _resolve_task(self) -> None:
+        """What the outputs mean (validation.task, or what auto infers), held to the shapes
+        the original returned; the labels read for it; the stream run when it is one."""
+        policy, model = self.policy, self.model
+        inputs, outputs = ports(model.inputs), ports(model.outputs)
+        choice = choose_task(
+            policy.task, policy.task_options, model.metadata, inputs, outputs, self.judged
+        )
+        problem = layout_problem(choice, inputs, outputs, self.judged)
+        if problem is not None:
+            option, why = problem
+            location = ("validation", choice.task, option)
+            if location not in policy.lines:
+                location = ("validation", "task")
+            raise PolicyError(policy.problem(location, why))
+        for name in policy.validators or ():
+            validator = self.host.records["validator"][name]
+            if not applies(validator, choice.task):
+                raise PolicyError(
+                    policy.problem(
+                        ("validation", "validators"),
+                        f"validator '{name}' judges {listed(sorted(validator.tasks))}, not "
+                        f"task {choice.task}"
+                        + ("" if choice.declared else f" (inferred: {choice.source})"),
+                    )
+                )
+        if policy.labels_path is not None:
+            self.labels = self._task_labels(choice)
+        cache: dict[str, Any] = {}
+        if policy.charset_path is not None:
+            refuse = lambda why: PolicyError(  # noqa: E731
+                policy.problem(
+                    ("validation", "ctc", "charset"), f"{policy.charset_path.name} {why}"
+                )
+            )
+            data = read_regular(policy.charset_path, CHARSET_MAX_BYTES, refuse)
+            try:
+                cache["ctc-charset"] = charset_symbols(data)
+            except UnicodeDecodeError as exc:
+                raise refuse(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+            choice.options["charset"] = str(policy.charset_path)
+        self.task = choice
+        self.setup = ValidationSetup(
+            choice.task, choice.options, self.setup.outputs, self.validation.feeds, self.labels,
+            self.synthetic, cache,
+        )  # fmt: skip
+        self.validators = active_validators(policy, self.host, choice.task)
+        self.report["validation"] = describe_validation(
+            self.setup, self.validators, choice.describe()
+        )
+        self.report["warnings"].extend(choice.notes)
+        how = "declared" if choice.declared else f"inferred from {choice.source}"
+        self.say(f"judging by task {choice.task} ({how})")
+
+    def _task_labels(self, choice: TaskChoice) -> Any:
+        policy, path, samples = self.policy, self.policy.labels_path, len(self.validation.feeds)
+        assert path is not None
+        if choice.task in ("embedding", "stream"):
+            raise PolicyError(
+                policy.problem(("data", "labels"), f"task {choice.task} takes no labels")
+            )
+        if choice.task == "detection":
+            return load_box_labels(path, samples, "data.labels", policy.limits)
+        if choice.task == "ctc":
+            labels = load_text_labels(path, "data.labels", policy.limits)
+            axis = 1 if choice.options.get("layout") == "tbc" else 0
+            lines = sum(int(sample[self.judged].shape[axis]) for sample in self.reference)
+            if labels.shape[0] != lines:
+                raise PolicyError(f"data.labels: {labels.shape[0]} strings for {lines} text lines")
+            if policy.charset_path is None:
+                raise PolicyError(
+                    policy.problem(
+                        ("data", "labels"),
+                        "text labels need validation.ctc.charset to turn classes into text",
+                    )
+                )
+            return labels
+        return load_labels(path, samples, "data.labels", policy.limits)
+
+    def _outputs(self, session: Any) -> list[Sample]:
+        """A session's outputs on the validation feeds: one stream for task stream."""
+        if self.task is not None and self.task.task == "stream":
+            return run_stream(session, self.validation.feeds, self.task.options["state"])
+        return run_all(session, self.validation.feeds)
 
     def _describe_run(self) -> None:
         policy, report = self.policy, self.report
@@ -754,9 +876,7 @@ class GateRun:
             "calibration": self.calibration.describe(policy.base_dir),
             "labels": cwd_relative(policy.labels_path) if policy.labels_path else None,
         }
-        report["validation"] = describe_validation(
-            self.judged, self.validation.source == "synthetic", self.validators, self.labels
-        )
+        report["validation"] = describe_validation(self.setup, self.validators, None)
         report["measurement"] = {
             "method": (
                 "each candidate timed against the original in its own block of alternating runs "
@@ -831,17 +951,26 @@ class GateRun:
 
     def _validate(self, candidate: Candidate, session: Any, entry: dict[str, Any]) -> None:
         try:
-            outputs = (
-                self.reference
-                if candidate.name == ORIGINAL
-                else run_all(session, self.validation.feeds)
-            )
+            outputs = self.reference if candidate.name == ORIGINAL else self._outputs(session)
+            details: dict[str, Any] = {}
             entry["metrics"].update(
-                validate_outputs(
-                    self.validators, self.reference, outputs, self.judged, self.labels,
-                    self.validation.source == "synthetic",
-                )
-            )  # fmt: skip
+                validate_outputs(self.validators, self.reference, outputs, self.setup, details)
+            )
+            if details:
+                entry["validation"] = details
+        except VacuousData as exc:
+            if candidate.name != ORIGINAL:
+                candidate.fail("validate", str(exc))
+                return
+            fix = (
+                "give data.validation with real inputs the model decides on"
+                if self.synthetic
+                else "give inputs the original decides on (real photos, text lines, speech)"
+            )
+            raise PolicyError(
+                self.policy.problem(("data", "validation"), f"{exc}; {fix}")
+                + f" (task {self.setup.task}; validation.task: tensor judges raw outputs instead)"
+            ) from None
         except GateError as exc:
             candidate.fail("validate", exc.message)
         except Exception as exc:

@@ -270,6 +270,13 @@ class Policy:
     """The keys its ``models[i]`` entry sets for it (inputs, data, budgets)."""
     regressions: tuple[Regression, ...] = DEFAULT_REGRESSIONS
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    task: str = "auto"
+    """validation.task: what the outputs mean (see gate.task)."""
+    task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """validation.<task> for each task the policy gives options for."""
+    validation_outputs: list[str] | None = None
+    charset_path: Path | None = None
+    """validation.ctc.charset, resolved against the policy's folder."""
 
     @property
     def base_dir(self) -> Path:
@@ -570,6 +577,7 @@ def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[st
         ("data", "validation"): policy.validation_path,
         ("data", "calibration"): policy.calibration_path,
         ("data", "labels"): policy.labels_path,
+        ("validation", "ctc", "charset"): policy.charset_path,
     }
     scope = "repository" if (roots[0] / ".git").exists() else "policy's folder"
     problems = []
@@ -742,8 +750,16 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         },
         recipes=recipes,
         budgets=budgets,
-        validation_output=validation.get("output"),
+        validation_output=validation.get("output") or (validation.get("outputs") or [None])[0],
         validators=validation.get("validators"),
+        task=validation.get("task", "auto"),
+        task_options={
+            task: dict(validation[task])
+            for task in ("classification", "detection", "embedding", "ctc", "stream")
+            if task in validation
+        },
+        validation_outputs=validation.get("outputs"),
+        charset_path=resolve(validation.get("ctc", {}).get("charset")),
         measure=MeasureSettings(
             warmup_runs=measure.get("warmup_runs", 10),
             min_runs=measure.get("min_runs", 100),

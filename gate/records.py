@@ -51,11 +51,32 @@ class ValidationContext:
     candidate: Sequence[Sample]
     output: str
     """Name of the output the policy judges (``validation.output``; first output by default)."""
-    labels: np.ndarray | None
-    """Class labels, one per validation sample, when ``data.labels`` is given."""
+    labels: Any
+    """``data.labels`` when given, read for the task: class ids (``numpy`` int array, one per
+    sample), strings (``ctc``), or boxes (``detection``: a dict of ``boxes``, ``classes``,
+    ``sample`` arrays); ``None`` without labels."""
     synthetic: bool
     """True when the validation inputs were synthesised rather than read from a file."""
     options: Mapping[str, Any] = field(default_factory=dict)
+    """The task's options (``validation.<task>``), defaults filled in."""
+    task: str = "tensor"
+    """The task the run judges by (``validation.task``, or what ``auto`` inferred)."""
+    inputs: Sequence[Sample] = ()
+    """The validation feeds, in order (an embedding's attention mask is read here)."""
+    outputs: Sequence[str] = ()
+    """Every output judged (``validation.outputs``); ``output`` is the first."""
+    cache: dict[str, Any] = field(default_factory=dict)
+    """Kept for the whole run: a validator may store what it derives from ``reference``
+    here, under its own name, rather than derive it again for every candidate."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Put short, JSON-ready facts here (decoded strings, detection counts) to have them
+    shown against the candidate in the report."""
+
+
+class VacuousData(Exception):
+    """Raised by a validator when the original's decisions on the validation inputs are
+    empty (no boxes, empty strings): its metric cannot judge. The run stops with exit 2,
+    pointing at ``data.validation``."""
 
 
 @dataclass(frozen=True)
@@ -198,6 +219,8 @@ class Validator:
     needs_labels: bool = False
     """When true the validator runs only if ``data.labels`` is given."""
     plugin: str = ""
+    tasks: frozenset[str] = frozenset()
+    """The ``validation.task`` values it judges; empty: every task."""
 
 
 @dataclass(frozen=True)

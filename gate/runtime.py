@@ -119,3 +119,17 @@ def run_all(session: Any, feeds: Sequence[Sample]) -> list[Sample]:
     which scikit-learn converters add beside the probability tensor, is not judged)."""
     names = [output.name for output in session.get_outputs() if output.type.startswith("tensor(")]
     return [dict(zip(names, session.run(names, feed), strict=True)) for feed in feeds]
+
+
+def run_stream(session: Any, feeds: Sequence[Sample], state: Mapping[str, str]) -> list[Sample]:
+    """Outputs for the feeds run in order as one stream: from the second step on, each
+    state input takes the session's own state output of the step before (``state``:
+    output -> input); the first feed's state inputs are the stream's initial state."""
+    names = [output.name for output in session.get_outputs() if output.type.startswith("tensor(")]
+    outputs: list[Sample] = []
+    for step, feed in enumerate(feeds):
+        fed = dict(feed)
+        if step:
+            fed.update({target: outputs[-1][source] for source, target in state.items()})
+        outputs.append(dict(zip(names, session.run(names, fed), strict=True)))
+    return outputs

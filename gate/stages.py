@@ -31,6 +31,7 @@ from gate.pipeline import TIMING_INPUT, GateRun
 from gate.report import REPORT_FILE, SUITE, json_safe, write_atomic
 from gate.stats import Estimate
 from gate.suite import file_digest
+from gate.validate import ValidationSetup
 
 STAGES = ("build", "measure", "decide")
 BUNDLE = "stage"
@@ -232,9 +233,12 @@ class StagedRun(GateRun):
                 copy_regular(timing_input, self.output_dir / TIMING_INPUT)
             except OSError as exc:
                 raise UsageError(f"cannot copy {timing_input}: {exc.strerror or exc}") from None
-        self.validators = active_validators(self.policy, self.host)
-        self.judged = (measured.get("validation") or {}).get("output") or ""
-        self.synthetic = bool((measured.get("validation") or {}).get("synthetic_inputs"))
+        validation = measured.get("validation") or {}
+        task = (validation.get("task") or {}).get("task") or "tensor"
+        self.validators = active_validators(self.policy, self.host, task)
+        self.judged = validation.get("output") or ""
+        self.synthetic = bool(validation.get("synthetic_inputs"))
+        self.setup = ValidationSetup(task, {}, [self.judged], [], None, self.synthetic)
         self.budgets = list(self.policy.budgets)
         bundle = self.source / BUNDLE
         candidates = []

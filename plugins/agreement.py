@@ -1,4 +1,9 @@
-"""Output agreement between a candidate and the original (no labels needed)."""
+"""Raw-tensor agreement between a candidate and the original, for every task (no labels).
+
+It measures what the tensors hold, not what they mean: beside a task's own metrics it
+shows what a raw comparison would have said. For ``validation.task: tensor`` it is the
+judge, over every output in ``validation.outputs``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import numpy as np
 from gate import ValidationContext, Validator, hookimpl
 
 METRICS = {
-    "max_abs_diff": "largest absolute difference in the judged output, any sample",
-    "cosine_similarity": "cosine similarity of the judged output, worst sample",
-    "top1_agreement": "share of rows whose argmax (or integer value) matches the original",
+    "max_abs_diff": "largest absolute difference in the judged output(s), any sample",
+    "cosine_similarity": "cosine similarity of the judged output(s), worst sample",
 }
 
 
@@ -49,26 +53,18 @@ def _cosine(reference: np.ndarray, candidate: np.ndarray) -> float:
     return float(np.dot(a, b) / norm)
 
 
-def _top1(values: np.ndarray) -> np.ndarray:
-    if np.issubdtype(values.dtype, np.integer) or values.dtype == np.bool_:
-        return values.reshape(-1)
-    return values.reshape(-1, values.shape[-1]).argmax(axis=1)
-
-
 def _validate(context: ValidationContext) -> dict[str, float]:
-    reference = [sample[context.output] for sample in context.reference]
-    candidate = [sample[context.output] for sample in context.candidate]
     metrics: dict[str, float] = {}
-    pairs = list(zip(reference, candidate, strict=True))
-    metrics["max_abs_diff"] = max((_max_abs_diff(r, c) for r, c in pairs), default=0.0)
-    if np.issubdtype(reference[0].dtype, np.floating):
-        metrics["cosine_similarity"] = min(_cosine(r, c) for r, c in pairs)
-    classifies = not np.issubdtype(reference[0].dtype, np.floating) or (
-        reference[0].ndim >= 1 and reference[0].shape[-1] > 1
-    )
-    if classifies:
-        matches = np.concatenate([_top1(r) == _top1(c) for r, c in pairs])
-        metrics["top1_agreement"] = float(matches.mean())
+    for output in context.outputs or (context.output,):
+        pairs = [
+            (r[output], c[output])
+            for r, c in zip(context.reference, context.candidate, strict=True)
+        ]
+        worst = max((_max_abs_diff(r, c) for r, c in pairs), default=0.0)
+        metrics["max_abs_diff"] = max(metrics.get("max_abs_diff", 0.0), worst)
+        if pairs and np.issubdtype(pairs[0][0].dtype, np.floating):
+            cosine = min(_cosine(r, c) for r, c in pairs)
+            metrics["cosine_similarity"] = min(metrics.get("cosine_similarity", 1.0), cosine)
     return metrics
 
 
@@ -79,6 +75,6 @@ def onnx_gate_validators() -> list[Validator]:
             name="agreement",
             metrics=METRICS,
             validate=_validate,
-            description="candidate outputs against the original's: difference, cosine, argmax agreement",
+            description="raw outputs against the original's: largest difference, worst-sample cosine",
         )
     ]

@@ -10,6 +10,7 @@ from gate import ValidationContext, Validator, hookimpl
 
 METRICS = {
     "accuracy": "share of validation samples the candidate classifies as data.labels says",
+    "top5_accuracy": "share of validation samples whose data.labels class is in the candidate's top 5",
     "accuracy_drop": "original accuracy minus candidate accuracy, as a fraction",
 }
 
@@ -30,13 +31,28 @@ def _predictions(outputs: Sequence[np.ndarray]) -> np.ndarray:
     return np.asarray(predicted)
 
 
+def _top5(outputs: Sequence[np.ndarray], labels: np.ndarray) -> float | None:
+    """Share of samples whose label is among the five best scores; None for class ids."""
+    if not np.issubdtype(outputs[0].dtype, np.floating) or outputs[0].ndim == 0:
+        return None
+    scores = np.concatenate([value.reshape(1, -1) for value in outputs])
+    k = min(5, scores.shape[1])
+    best = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    return float((best == labels[:, None]).any(axis=1).mean())
+
+
 def _validate(context: ValidationContext) -> dict[str, float]:
     assert context.labels is not None
+    outputs = [s[context.output] for s in context.candidate]
     reference = _predictions([s[context.output] for s in context.reference])
-    candidate = _predictions([s[context.output] for s in context.candidate])
+    candidate = _predictions(outputs)
     original_accuracy = float((reference == context.labels).mean())
     accuracy = float((candidate == context.labels).mean())
-    return {"accuracy": accuracy, "accuracy_drop": original_accuracy - accuracy}
+    metrics = {"accuracy": accuracy, "accuracy_drop": original_accuracy - accuracy}
+    top5 = _top5(outputs, context.labels)
+    if top5 is not None:
+        metrics["top5_accuracy"] = top5
+    return metrics
 
 
 @hookimpl
@@ -47,6 +63,7 @@ def onnx_gate_validators() -> list[Validator]:
             metrics=METRICS,
             validate=_validate,
             needs_labels=True,
-            description="top-1 accuracy against data.labels and its drop from the original",
+            description="top-1 and top-5 accuracy against data.labels, and the top-1 drop from the original",
+            tasks=frozenset({"classification", "tensor"}),
         )
     ]

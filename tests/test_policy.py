@@ -94,7 +94,7 @@ def test_run_with_invalid_policy_writes_an_error_report(classifier, gate_cli, tm
         ),
         (
             {"validation": {"validators": ["nope"]}},
-            "validation.validators[0]: unknown validator 'nope' (valid: agreement, labelled-accuracy)",
+            "validation.validators[0]: unknown validator 'nope' (valid: agreement, classification, ctc, ctc-labelled, detection, detection-labelled, embedding, labelled-accuracy, stream)",
         ),
         ({"data": {"validation": "missing.npz"}}, "data.validation: file not found: "),
         ({"data": {"labels": "labels.npy"}}, "data.labels: labels need data.validation"),

@@ -158,6 +158,8 @@ def test_dynamic_dimensions_are_taken_from_the_data(tmp_path, gate_cli, audio_sh
         "version: 1\nmodel: {path: vad.onnx}\ndata: {validation: validation.npz}\n"
         f"measure: {FAST_MEASURE}\n"
         "candidates: [{name: basic, graph: {level: basic}}]\n"
+        # random audio never crosses a VAD's threshold: judged as tensors, not as a stream
+        "validation: {task: tensor}\n"
     )
     out = tmp_path / "out"
     result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
