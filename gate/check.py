@@ -173,7 +173,7 @@ def check_policy(policy: Policy, host: Host) -> None:
     for index, budget in enumerate(policy.budgets):
         location = ("budgets", index, "metric")
         if budget.metric not in metrics:
-            known = listed(sorted(metrics), shown=40)
+            known = listed(sorted(metrics), shown=12)
             problems.append(
                 policy.problem(location, f"unknown metric '{budget.metric}' (known: {known})")
             )

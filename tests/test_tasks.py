@@ -419,7 +419,9 @@ def test_labelled_boxes_give_true_map_and_its_drop(tmp_path: Path) -> None:
     feeds = _bright(2, [1, 3, 64, 64], "images")
     original = _outputs(_detector(tmp_path / "a.onnx"), feeds)
     shifted = _outputs(_detector(tmp_path / "b.onnx", shift=4.0), feeds)
-    xyxy = np.concatenate([BOXES[:, :2] - BOXES[:, 2:] / 2, BOXES[:, :2] + BOXES[:, 2:] / 2], axis=1)
+    xyxy = np.concatenate(
+        [BOXES[:, :2] - BOXES[:, 2:] / 2, BOXES[:, :2] + BOXES[:, 2:] / 2], axis=1
+    )
     np.savez(
         tmp_path / "boxes.npz",
         boxes=np.concatenate([xyxy, xyxy]),
@@ -429,7 +431,9 @@ def test_labelled_boxes_give_true_map_and_its_drop(tmp_path: Path) -> None:
     labels = load_box_labels(tmp_path / "boxes.npz", 2, "data.labels")
     validator = get_host().records["validator"]["detection-labelled"]
     options = {**OPTION_DEFAULTS["detection"], "layout": "yolov8", "box_format": "cxcywh"}
-    context = ValidationContext(original, shifted, "output0", labels, False, options, "detection", feeds)
+    context = ValidationContext(
+        original, shifted, "output0", labels, False, options, "detection", feeds
+    )
     metrics = validator.validate(context)
     assert metrics["labelled_map50_95"] < 0.6
     assert metrics["labelled_map_drop"] == pytest.approx(1.0 - metrics["labelled_map50_95"])
@@ -439,12 +443,18 @@ def test_box_labels_out_of_range_name_the_file(tmp_path: Path) -> None:
     from gate.data import load_box_labels
     from gate.errors import PolicyError
 
-    np.savez(tmp_path / "boxes.npz", boxes=np.zeros((1, 4)), classes=np.array([0]), sample=np.array([5]))
-    with pytest.raises(PolicyError, match=r"data.labels: sample holds 5..5; data.validation has samples 0..1"):
+    np.savez(
+        tmp_path / "boxes.npz", boxes=np.zeros((1, 4)), classes=np.array([0]), sample=np.array([5])
+    )
+    with pytest.raises(
+        PolicyError, match=r"data.labels: sample holds 5..5; data.validation has samples 0..1"
+    ):
         load_box_labels(tmp_path / "boxes.npz", 2, "data.labels")
 
 
-def test_a_declared_state_that_does_not_exist_is_refused_by_check(tmp_path: Path, gate_cli: Any) -> None:
+def test_a_declared_state_that_does_not_exist_is_refused_by_check(
+    tmp_path: Path, gate_cli: Any
+) -> None:
     model = _vad(tmp_path / "vad.onnx", 0.9)
     policy = _policy(
         tmp_path, model, validation={"task": "stream", "stream": {"state": {"stateN": "hidden"}}}
