@@ -824,7 +824,9 @@ class GateRun:
                 cache["ctc-charset"] = charset_symbols(data)
             except UnicodeDecodeError as exc:
                 raise refuse(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-            choice.options["charset"] = str(policy.charset_path)
+            choice.options["charset"] = cwd_relative(
+                policy.charset_path
+            )  # cached above; shown only
         self.task = choice
         self.setup = ValidationSetup(
             choice.task, choice.options, self.setup.outputs, self.validation.feeds, self.labels,
