@@ -217,6 +217,9 @@ def test_the_accuracy_fallback_recovers_a_quantised_candidate(fragile_mlp, gate_
         # Any chance of being faster is worth a retry here: the test is about accuracy.
         "selection": {"min_gain": 0.0},
         "search": {"max_fallbacks": 2},
+        # One thread: int8 is then clearly faster (1.6x); on two, timings on a busy runner vary
+        # enough that it can measure surely slower, and no fallback is tried.
+        "target": {"threads": 1},
     }
     policy = fragile_mlp.write_policy(body)
     out = tmp_path / "out"
@@ -227,6 +230,7 @@ def test_the_accuracy_fallback_recovers_a_quantised_candidate(fragile_mlp, gate_
     int8 = candidate(report, "int8")
     assert int8["status"] == "rejected" and int8["metrics"]["top1_agreement"] < 0.5
     # The layer whose outlier column flattened the rest is found on the calibration data...
+    assert "sensitivity" in int8, report["search"]["log"]
     worst = int8["sensitivity"][0]
     assert "matmul1" in worst["nodes"] and worst["added_error"] > 0.5
     # ...kept in float, and the retry keeps the predictions.
@@ -235,7 +239,8 @@ def test_the_accuracy_fallback_recovers_a_quantised_candidate(fragile_mlp, gate_
     first = rescued[0]
     assert first["search"]["parent"] == "int8" and "matmul1" in first["search"]["excluded_nodes"]
     assert first["recipe"]["quantize"]["nodes_to_exclude"] == first["search"]["excluded_nodes"]
-    assert first["status"] == "passed" and first["metrics"]["top1_agreement"] >= 0.95
+    assert first["status"] == "passed", (first["metrics"], first["budgets"])
+    assert first["metrics"]["top1_agreement"] >= 0.95
     assert report["search"]["fallbacks"] == len(rescued)
     assert any("retrying as " + first["name"] in line for line in report["search"]["log"])
     model = onnx.load(str(out / "candidates" / f"{first['name']}.onnx"))
