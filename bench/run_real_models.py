@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=3.0, help="timing time per candidate")
     args = parser.parse_args(argv)
 
-    from gate.pipeline import run_gate
+    from gate.ci.suite import run_gate
 
     manifest = json.loads((BENCH / "models.json").read_text())["models"]
     names = args.only or DEFAULT_MODELS

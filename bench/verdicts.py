@@ -145,7 +145,7 @@ def harness_overhead(
     """Per-inference cost of the gate's timed call against a bare session.run loop (same session)."""
     import onnxruntime as ort
 
-    from gate.measure import BoundRunner, timer_overhead_ns
+    from gate.run.measure import BoundRunner, timer_overhead_ns
 
     so = ort.SessionOptions()
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")

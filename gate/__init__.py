@@ -7,21 +7,12 @@ modules.
 
 from __future__ import annotations
 
-import pluggy
-
-__version__ = "0.1.0"
-
-PROJECT_NAME = "onnx_gate"
-"""pluggy marker name and entry-point group."""
-
-hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
-
-from gate.errors import OptionError, SkipCandidate, bounded, listed  # noqa: E402
-from gate.exitcodes import ExitCode  # noqa: E402
-from gate.files import open_regular, read_regular  # noqa: E402
-from gate.graph import QUANTIZED_OPS, node_key, op_counts  # noqa: E402
-from gate.load import copy_model  # noqa: E402
-from gate.records import (  # noqa: E402
+from gate.errors import OptionError, SkipCandidate, bounded, listed
+from gate.exitcodes import ExitCode
+from gate.files import open_regular, read_regular
+from gate.graph import QUANTIZED_OPS, node_key, op_counts
+from gate.identity import PROJECT_NAME, __version__, hookimpl
+from gate.records import (
     BuildContext,
     ExecutionProvider,
     Exporter,
@@ -34,7 +25,8 @@ from gate.records import (  # noqa: E402
     ValidationContext,
     Validator,
 )
-from gate.report import explain_budget, model_reports, write_atomic  # noqa: E402
+from gate.report.document import explain_budget, model_reports, write_atomic
+from gate.run.load import copy_model
 
 __all__ = [
     "PROJECT_NAME",

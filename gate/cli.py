@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from gate import __version__
 from gate.errors import GateError, InterruptedAfterReport, UsageError, bounded
 from gate.exitcodes import ExitCode
+from gate.identity import __version__
 from gate.progress import progress
 
 EXIT_CODES_HELP = "Exit codes: " + ", ".join(f"{int(code)} {code.description}" for code in ExitCode)
@@ -62,8 +62,8 @@ def _run_and_exit(
     trust_model: bool = False,
     allowed_paths: tuple[Path, ...] = (),
 ) -> None:
-    from gate.pipeline import run_gate
-    from gate.report import render_console
+    from gate.ci.suite import run_gate
+    from gate.report.document import render_console
 
     with progress(quiet) as say:
         result = run_gate(
@@ -125,7 +125,7 @@ def run(
 
     A policy naming several models (`models:`) gates each into OUTPUT_DIR/models/NAME/
     and writes one verdict over all of them on top."""
-    from gate.suite import parse_shard
+    from gate.ci.suite import parse_shard
 
     try:
         share = parse_shard(shard) if shard is not None else None
@@ -136,7 +136,7 @@ def run(
                 else "--from goes with --stage measure or --stage decide"
             )
     except GateError as error:
-        from gate.pipeline import report_usage_error
+        from gate.run.pipeline import report_usage_error
 
         report_usage_error(policy, output_dir, error)  # every run leaves its report.json
         _fail(error)
@@ -154,8 +154,8 @@ def run(
 def merge(directories: tuple[Path, ...], output_dir: Path) -> None:
     """Combine the output folders of several runs (the shards of a CI matrix) into one
     verdict and one set of report files; exits as `run` would have over all models."""
-    from gate.report import render_console
-    from gate.suite import merge_outputs
+    from gate.ci.suite import merge_outputs
+    from gate.report.document import render_console
 
     try:
         suite, code = merge_outputs(list(directories), output_dir)
@@ -182,9 +182,9 @@ def demo(output_dir: Path, quiet: bool) -> None:
 @allow_path_option
 def check(policy: Path, allowed_paths: tuple[Path, ...]) -> None:
     """Validate POLICY against the schema and the installed plugins; run nothing."""
-    from gate.check import check_policy
-    from gate.host import get_host
-    from gate.policy import load_policies
+    from gate.host.manager import get_host
+    from gate.policy.loading import load_policies
+    from gate.run.check import check_policy
 
     try:
         loaded = load_policies(policy, allowed_paths)
@@ -229,7 +229,7 @@ def noise(
     policy: Path, seconds: float, sessions: int, output_dir: Path, allowed_paths: tuple[Path, ...]
 ) -> None:
     """Time POLICY's model against itself (A/A) and report this machine's timing noise."""
-    from gate.noise import measure_noise, write_noise
+    from gate.ci.noise import measure_noise, write_noise
 
     try:
         result = measure_noise(policy, seconds, sessions, allowed_paths)
@@ -295,7 +295,7 @@ def compare(
     by more than either run's noise, so when both folders hold their chosen model.onnx the two
     models are timed side by side here and timing regressions are judged on that ratio;
     otherwise on both reports' intervals, and only as warnings when the testbeds differ."""
-    from gate.compare import compare_reports, read_report, write_comparison
+    from gate.ci.compare import compare_reports, read_report, write_comparison
 
     try:
         result = compare_reports(
@@ -337,7 +337,7 @@ def compare(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List the loaded plugins, what they register and the hooks they implement."""
-    from gate.host import KINDS, get_host
+    from gate.host.manager import KINDS, get_host
 
     try:
         host = get_host()

@@ -9,6 +9,7 @@ through :class:`BoundedReader`, which stops at its limit whatever the file turns
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import shutil
@@ -260,3 +261,55 @@ def copy_folder(source: Path, target: Path, skip: Container[str] = ()) -> None:
                 copy_folder(path, target / entry.name)
             else:
                 copy_regular(path, target / entry.name)
+
+
+SECRET_NAME = re.compile(
+    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|API_?KEY|ACCESS_KEY|"
+    r"SECRET_KEY|AUTH_TOKEN)(?:$|_)",
+    re.IGNORECASE,
+)
+"""Environment variables whose values never appear in a report: GITHUB_TOKEN,
+CI_JOB_TOKEN, AWS_SECRET_ACCESS_KEY, ONNX_GATE_API_TOKEN, HF_TOKEN, ..."""
+SECRET_MIN_LENGTH = 12
+"""Shorter values (``CACHE_KEY=999999``) would mask ordinary text and numbers."""
+
+
+def _secrets() -> list[str]:
+    values = {
+        value
+        for name, value in os.environ.items()
+        if SECRET_NAME.search(name)
+        and len(value) >= SECRET_MIN_LENGTH
+        and not value.replace(".", "").replace("-", "").isdigit()
+    }
+    # Also as JSON writes them (a quote or backslash inside is escaped there).
+    values |= {json.dumps(value)[1:-1] for value in values}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str) -> str:
+    """Mask secret environment values and write the home folder as ``~``: reports are CI
+    artifacts anyone who can read the pipeline can download."""
+    for value in _secrets():
+        text = text.replace(value, "***")
+    home = os.path.expanduser("~")
+    if len(home) > 1 and home != os.sep:
+        text = text.replace(home.rstrip(os.sep) + os.sep, "~" + os.sep)
+    return text
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves half a file; secrets and
+    the home folder are scrubbed on the way (see :func:`scrub`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(temp, 0o666 & ~umask())  # mkstemp's 0600 would hide reports from the group
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(scrub(text))
+            stream.flush()
+            os.fsync(stream.fileno())  # on disk before the name points at it
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise

@@ -18,7 +18,7 @@ RAW = "ort"
 
 def available(ort_name: str) -> Callable[[], bool]:
     """Whether this onnxruntime build registers the provider (its libraries may still be
-    missing at run time: :func:`gate.runtime.make_session` checks what a session got)."""
+    missing at run time: :func:`gate.run.runtime.make_session` checks what a session got)."""
 
     def check() -> bool:
         import onnxruntime

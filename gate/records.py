@@ -1,6 +1,6 @@
 """Typed records that plugins register, and the contexts the host hands them.
 
-A plugin returns records from its hooks (see :mod:`gate.hookspecs`); the host
+A plugin returns records from its hooks (see :mod:`gate.host.hookspecs`); the host
 keys them by ``name``. Heavy work happens only when the host calls a record's
 function, never while records are collected.
 """
@@ -265,7 +265,7 @@ class Reporter:
         """A reporter writing one file, ``render(report, output_dir)``, atomically."""
 
         def write(report: Mapping[str, Any], output_dir: Path) -> list[Path]:
-            from gate.report import write_atomic
+            from gate.files import write_atomic
 
             path = output_dir / filename
             write_atomic(path, render(report, output_dir))

@@ -65,7 +65,7 @@ def onnx_gate_model(tmp_path: Path) -> Path:
 def onnx_gate_run(tmp_path: Path) -> Callable[..., tuple[int, dict[str, Any]]]:
     """Run the gate like a user: ``onnx_gate_run(policy_dict) -> (exit_code, report)``.
     Relative paths in the policy resolve against ``tmp_path``."""
-    from gate.pipeline import run_gate
+    from gate.ci.suite import run_gate
 
     def run(policy: dict[str, Any], name: str = "policy.json") -> tuple[int, dict[str, Any]]:
         path = tmp_path / name
@@ -87,13 +87,13 @@ class QuantizerContract:
     options: ClassVar[dict[str, Any]] = {}
 
     def record(self) -> Any:
-        from gate.host import get_host
+        from gate.host.manager import get_host
 
         assert self.quantizer, "set `quantizer` to the name your plugin registers"
         return get_host().get("quantizer", self.quantizer)
 
     def test_it_is_registered_through_an_entry_point(self) -> None:
-        from gate.host import get_host
+        from gate.host.manager import get_host
 
         host = get_host()
         record = self.record()
@@ -115,7 +115,7 @@ class QuantizerContract:
         import onnx
         import onnxruntime as ort
 
-        from gate import SkipCandidate
+        from gate.errors import SkipCandidate
         from gate.records import BuildContext
 
         rng = np.random.default_rng(2)
@@ -159,8 +159,8 @@ class QuantizerContract:
             assert entry["metrics"]["speedup"] > 0 and entry["metrics"]["size_mb"] > 0
 
     def test_its_proposals_are_valid(self, onnx_gate_model: Path) -> None:
-        from gate.search import search_context
-        from gate.testbed import fingerprint
+        from gate.run.search import search_context
+        from gate.run.testbed import fingerprint
 
         record = self.record()
         if record.propose is None:

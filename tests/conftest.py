@@ -144,7 +144,7 @@ def load_report(output_dir: Path) -> dict[str, Any]:
     reads (single, suite, stage, merged, failed) must keep the contract with CI."""
     from jsonschema import Draft202012Validator
 
-    from gate.policy import REPORT_SCHEMA, load_schema
+    from gate.policy.loading import REPORT_SCHEMA, load_schema
 
     report = json.loads((output_dir / "report.json").read_text())
     errors = sorted(Draft202012Validator(load_schema(REPORT_SCHEMA)).iter_errors(report), key=str)

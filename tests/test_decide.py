@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gate.decide import Standing, choose, evaluate
-from gate.policy import Budget
+from gate.policy.loading import Budget
+from gate.run.decide import Standing, choose, evaluate
 from gate.stats import Estimate
 
 SIZE = Budget("size_mb", "<=", 10.0, "error", "budgets[0]")
@@ -98,7 +98,7 @@ def test_an_inconclusive_original_is_only_replaced_by_a_surely_faster_candidate(
 
 
 def test_the_decision_log_says_why_each_candidate_won_or_lost():
-    from gate.decide import outcome
+    from gate.run.decide import outcome
 
     faster = standing("fast", 1.6, 1.5, 1.7)
     runner_up = standing("second", 1.3, 1.2, 1.4)
@@ -120,7 +120,7 @@ def test_the_decision_log_says_why_each_candidate_won_or_lost():
 
 
 def test_recommendations_follow_what_was_measured():
-    from gate.decide import recommend
+    from gate.run.decide import recommend
 
     def entry(name, plugin=None, status="passed", failed_metric=None, speedup=1.0, **quantize):
         budgets = [{"metric": failed_metric, "passed": False}] if failed_metric else []

@@ -168,7 +168,7 @@ import sys
 from importlib.resources import files
 from pathlib import Path
 import numpy as np
-from gate.host import get_host
+from gate.host.manager import get_host
 from gate.records import BuildContext
 
 source = Path(str(files("gate.demo").joinpath("classifier.onnx")))

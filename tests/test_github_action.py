@@ -1,4 +1,4 @@
-"""The GitHub Action (action.yml) run as a runner would, and its helper gate/github.py.
+"""The GitHub Action (action.yml) run as a runner would, and its helper gate/ci/github.py.
 
 The composite action's `run` steps execute with bash in a temporary workspace, with
 GITHUB_OUTPUT, GITHUB_STEP_SUMMARY, GITHUB_ENV, RUNNER_TEMP, GITHUB_ACTION_PATH and
@@ -27,7 +27,7 @@ import pytest
 import yaml
 from conftest import FAST_MEASURE
 
-from gate import github
+from gate.ci import github
 
 REPO = Path(__file__).resolve().parents[1]
 ACTION = REPO / "action.yml"
@@ -619,7 +619,7 @@ def test_a_missing_policy_is_a_usage_error_with_a_report(tmp_path) -> None:
     assert annotations_in(run.stdout, "error")
 
 
-# --- gate/github.py ----------------------------------------------------------------------
+# --- gate/ci/github.py ----------------------------------------------------------------------
 
 
 def test_escaping() -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gate.policy import load_policies
+from gate.policy.loading import load_policies
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT = ROOT / "templates" / "onnx-gate.yml"

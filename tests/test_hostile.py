@@ -535,9 +535,9 @@ def test_an_unexpected_crash_is_exit_3_in_one_line(tmp_path):
     import sys
 
     script = (
-        "import sys, gate.cli, gate.check\n"
+        "import sys, gate.cli, gate.run.check\n"
         "def broken(*args, **kwargs): raise ZeroDivisionError('boom')\n"
-        "gate.check.check_policy = broken\n"
+        "gate.run.check.check_policy = broken\n"
         "sys.argv = ['onnx-gate', 'check', sys.argv[1]]\n"
         "gate.cli.main()\n"
     )
@@ -738,7 +738,7 @@ def test_a_signal_while_reports_are_written_waits_for_them_then_stops_the_run(tm
     import signal
 
     from gate.cli import _terminate
-    from gate.report import signals_held, write_atomic
+    from gate.report.document import signals_held, write_atomic
 
     previous = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGTERM, _terminate)  # as `onnx-gate` installs them

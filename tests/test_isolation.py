@@ -163,8 +163,8 @@ def test_in_process_builds_remain_available(classifier, gate_cli, tmp_path):
 
 def test_plugins_registered_in_process_are_built_in_process(classifier, tmp_path):
     from gate import Quantizer, copy_model, hookimpl
-    from gate.host import get_host
-    from gate.pipeline import run_gate
+    from gate.ci.suite import run_gate
+    from gate.host.manager import get_host
 
     class Mine:
         @hookimpl

@@ -9,9 +9,9 @@ import onnx
 import pytest
 
 from gate.demo.build import mlp_model
-from gate.measure import time_pair, timing_estimates
-from gate.policy import MeasureSettings
-from gate.runtime import Target, make_session
+from gate.policy.loading import MeasureSettings
+from gate.run.measure import time_pair, timing_estimates
+from gate.run.runtime import Target, make_session
 
 
 class Recording:
@@ -70,7 +70,7 @@ def test_bursts_refill_then_time_several_runs_per_turn(sessions):
 
 
 def test_auto_burst_fills_about_half_a_millisecond():
-    from gate.measure import auto_burst
+    from gate.run.measure import auto_burst
 
     assert auto_burst(0.05) == 10
     assert auto_burst(0.001) == 32
@@ -127,7 +127,7 @@ def test_no_early_stop_before_min_seconds(sessions):
 
 
 def test_the_default_cap_gives_slow_models_enough_rounds():
-    from gate.measure import block_cap
+    from gate.run.measure import block_cap
 
     default = MeasureSettings()
     assert block_cap(default, round_ms=1.0) == 4.0  # fast models: 4 s

@@ -6,8 +6,8 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
-from gate import hookspecs
-from gate.plugin_docs import hook_reference, with_reference
+from gate.host import hookspecs
+from gate.host.reference import hook_reference, with_reference
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 
@@ -15,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 def test_the_hook_reference_matches_the_hookspecs():
     document = DOC.read_text(encoding="utf-8")
     assert with_reference(document) == document, (
-        "docs/plugins.md is out of date: run `python -m gate.plugin_docs docs/plugins.md`"
+        "docs/plugins.md is out of date: run `python -m gate.host.reference docs/plugins.md`"
     )
 
 

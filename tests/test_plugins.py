@@ -7,7 +7,7 @@ import json
 from conftest import candidate, load_report
 from plugin_kit import install_fake_distribution, use_plugin_modules, write_module
 
-from gate.host import KINDS, get_host
+from gate.host.manager import KINDS, get_host
 
 REVERSING_QUANTIZER = """
     from gate import Quantizer, copy_model, hookimpl

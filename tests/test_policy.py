@@ -183,7 +183,7 @@ def test_inputs_that_do_not_match_the_model(classifier, gate_cli, tmp_path):
 def test_committed_schema_is_what_the_package_loads():
     from pathlib import Path
 
-    from gate.policy import POLICY_SCHEMA, load_schema
+    from gate.policy.loading import POLICY_SCHEMA, load_schema
 
     committed = json.loads((Path(__file__).parents[1] / "schemas" / POLICY_SCHEMA).read_text())
     assert load_schema(POLICY_SCHEMA) == committed
@@ -200,7 +200,7 @@ def test_yaml_reads_off_as_a_level_and_exponents_as_numbers(classifier, gate_cli
     )
     result = gate_cli("check", policy)
     assert result.exit_code == 0, result.stderr
-    from gate.policy import load_policy
+    from gate.policy.loading import load_policy
 
     budgets = load_policy(policy).budgets
     assert budgets[0].threshold == 0.001 and budgets[0].level == "off"

@@ -50,7 +50,7 @@ from jsonschema import Draft202012Validator
 
 from gate.demo.build import mlp_model
 from gate.errors import UsageError, one_line
-from gate.policy import POLICY_SCHEMA, Policy, format_location, load_policies, load_schema
+from gate.policy.loading import POLICY_SCHEMA, Policy, format_location, load_policies, load_schema
 
 Cli = Callable[..., CliResult]
 
@@ -629,7 +629,7 @@ def assert_documented(gate_cli: Cli, policy: Path, document: Any) -> tuple[int, 
 def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A tiny real ONNX model and its data, for the policies that name them; the plugin host
     built once (``check`` builds one per call, 15 ms of entry-point scanning)."""
-    import gate.host
+    import gate.host.manager
 
     folder = tmp_path_factory.mktemp("properties")
     rng = np.random.default_rng(0)
@@ -639,7 +639,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         np.savez(folder / name, x=rng.normal(size=(8, 4)).astype(np.float32))
     np.save(folder / LABELS_FILE, rng.integers(0, 3, size=8))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(gate.host, "get_host", cache(gate.host.get_host))
+        patch.setattr(gate.host.manager, "get_host", cache(gate.host.manager.get_host))
         yield folder
 
 

@@ -10,7 +10,7 @@ import pytest
 from conftest import load_report
 from plugin_kit import use_plugin_modules, write_module
 
-from gate.host import get_host
+from gate.host.manager import get_host
 
 FAST = {"candidates": [{"name": "dyn", "quantize": {"plugin": "dynamic"}}]}
 GPU_PROVIDERS = {

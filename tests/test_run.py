@@ -13,7 +13,7 @@ import pytest
 from conftest import candidate, load_report, save_graph
 from jsonschema import Draft202012Validator
 
-from gate.policy import REPORT_SCHEMA, load_schema
+from gate.policy.loading import REPORT_SCHEMA, load_schema
 
 
 def assert_valid_report(report: dict) -> None:

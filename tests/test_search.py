@@ -12,7 +12,7 @@ from plugin_kit import use_plugin_modules, write_module
 from test_run import assert_valid_report
 
 from gate.graph import model_kind, op_counts, weight_share
-from gate.host import get_host
+from gate.host.manager import get_host
 from gate.records import SearchContext
 
 QUANTISED_PLUGINS = ("dynamic", "static", "fp16")
@@ -292,9 +292,9 @@ def test_fusion_skips_a_graph_it_cannot_fuse(classifier, gate_cli, tmp_path):
 
 
 def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
-    from gate.policy import SearchSettings
-    from gate.search import Search, propose, search_context
-    from gate.testbed import fingerprint
+    from gate.policy.loading import SearchSettings
+    from gate.run.search import Search, propose, search_context
+    from gate.run.testbed import fingerprint
 
     model = tiny_transformer(tmp_path / "t.onnx")
     ctx = search_context(model, fingerprint(), "CPUExecutionProvider", False, "all")
@@ -453,9 +453,9 @@ def test_where_the_error_arises_is_found_without_timing_anything(fragile_mlp, tm
     """The ranking and the fallback recipe on their own: deterministic, no clock involved."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from gate.policy import Recipe
-    from gate.search import Trial, fallback_trial
-    from gate.sensitivity import rank_sources
+    from gate.policy.loading import Recipe
+    from gate.run.search import Trial, fallback_trial
+    from gate.run.sensitivity import rank_sources
 
     quantised = tmp_path / "int8.onnx"
     quantize_dynamic(str(fragile_mlp.model), str(quantised), weight_type=QuantType.QInt8)
@@ -490,8 +490,8 @@ def test_where_the_error_arises_is_found_without_timing_anything(fragile_mlp, tm
 
 
 def test_the_search_queue_keeps_its_limits():
-    from gate.policy import Recipe, SearchSettings
-    from gate.search import Search, Trial
+    from gate.policy.loading import Recipe, SearchSettings
+    from gate.run.search import Search, Trial
 
     def trial(name, expected, **fields):
         return Trial(
@@ -563,8 +563,8 @@ def test_the_search_queue_keeps_its_limits():
 
 def test_a_plugin_that_proposes_nonsense_is_declined_and_the_search_goes_on():
     from gate import Proposal, Quantizer, hookimpl
-    from gate.policy import SearchSettings
-    from gate.search import propose
+    from gate.policy.loading import SearchSettings
+    from gate.run.search import propose
 
     class Careless:
         @hookimpl

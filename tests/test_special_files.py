@@ -25,7 +25,7 @@ from test_hostile import _add_model
 
 from gate.errors import MAX_LINE
 from gate.files import BoundedReader, LimitExceeded, open_regular
-from gate.load import file_sha256
+from gate.run.load import file_sha256
 
 ONE_CANDIDATE = [{"name": "basic", "graph": {"level": "basic"}}]
 CAP = 3 << 30  # bytes of address space: a reader of /dev/zero would hit it within seconds
@@ -331,17 +331,17 @@ def test_the_gate_runs_under_a_hard_address_space_limit(classifier, tmp_path):
 def test_a_signal_before_the_run_starts_still_writes_a_partial_report(tmp_path, monkeypatch):
     """Fault injection: the policy loader is interrupted (SIGTERM arrives) before the output
     folder exists."""
-    import gate.pipeline
+    import gate.ci.suite
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt("signal 15")
 
-    monkeypatch.setattr(gate.pipeline, "load_policies", interrupted)
+    monkeypatch.setattr(gate.ci.suite, "load_policies", interrupted)
     folder = tmp_path / "repo"
     _model(folder)
     out = tmp_path / "new" / "out"
     with pytest.raises(KeyboardInterrupt):
-        gate.pipeline.run_gate(_policy(folder), out)
+        gate.ci.suite.run_gate(_policy(folder), out)
     report = load_report(out)
     assert report["partial"] is True and report["exit_code"] == 3
     assert report["errors"] == ["interrupted before the run started; this report is partial"]

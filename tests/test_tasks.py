@@ -17,10 +17,10 @@ import pytest
 import yaml
 from onnx import TensorProto, helper, numpy_helper
 
-from gate.host import get_host
+from gate.host.manager import get_host
 from gate.records import ValidationContext
-from gate.runtime import run_all, run_stream
-from gate.task import OPTION_DEFAULTS, Port, choose_task
+from gate.run.runtime import run_all, run_stream
+from gate.run.task import OPTION_DEFAULTS, Port, choose_task
 from tests.conftest import FAST_MEASURE, load_report, save_graph
 
 F = np.float32
@@ -414,7 +414,7 @@ def test_classifier_gets_top5_and_kl(classifier: Any, gate_cli: Any) -> None:
 
 
 def test_labelled_boxes_give_true_map_and_its_drop(tmp_path: Path) -> None:
-    from gate.data import load_box_labels
+    from gate.run.data import load_box_labels
 
     feeds = _bright(2, [1, 3, 64, 64], "images")
     original = _outputs(_detector(tmp_path / "a.onnx"), feeds)
@@ -440,8 +440,8 @@ def test_labelled_boxes_give_true_map_and_its_drop(tmp_path: Path) -> None:
 
 
 def test_box_labels_out_of_range_name_the_file(tmp_path: Path) -> None:
-    from gate.data import load_box_labels
     from gate.errors import PolicyError
+    from gate.run.data import load_box_labels
 
     np.savez(
         tmp_path / "boxes.npz", boxes=np.zeros((1, 4)), classes=np.array([0]), sample=np.array([5])

@@ -13,7 +13,7 @@ import time
 from conftest import candidate, load_report
 from test_run import assert_valid_report
 
-from gate.testbed import differences
+from gate.run.testbed import differences
 
 # An identical copy of the original (same file, same session options): its true speedup is 1.0.
 SAME = {"name": "same", "graph": {"level": "all"}}
@@ -320,7 +320,7 @@ def test_one_models_memory_never_leaks_into_the_next_figure(tmp_path):
     import onnx
 
     from gate.demo.build import mlp_model
-    from gate.memory import measure_memory
+    from gate.run.memory import measure_memory
 
     rng = np.random.default_rng(0)
     big, small = tmp_path / "big.onnx", tmp_path / "small.onnx"

@@ -19,8 +19,9 @@ from typing import Any, TypeVar
 
 import pluggy
 
-from gate import PROJECT_NAME, hookspecs
 from gate.errors import OptionError, PluginError, SkipCandidate, UnknownNameError, listed
+from gate.host import hookspecs
+from gate.identity import PROJECT_NAME
 from gate.metrics import MEASURED_METRICS
 from gate.records import (
     ExecutionProvider,

@@ -3,7 +3,7 @@
 A fresh child per model keeps one candidate's allocations (and the arena ONNX
 Runtime never returns to the OS) out of the next one's figure.
 
-    python -m gate.memory SPEC.json   # the child side; prints one JSON line
+    python -m gate.run.memory SPEC.json   # the child side; prints one JSON line
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def measure_memory(
             )
         )
         completed = subprocess.run(
-            [sys.executable, "-m", "gate.memory", str(spec)],
+            [sys.executable, "-m", "gate.run.memory", str(spec)],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -93,7 +93,7 @@ def measure_memory(
 def _child(spec_path: str) -> None:
     import onnxruntime  # noqa: F401 - part of the baseline, not of the model's figure
 
-    from gate.runtime import Target, make_session
+    from gate.run.runtime import Target, make_session
 
     spec = json.loads(Path(spec_path).read_text())
     with np.load(spec["feed"], allow_pickle=False) as archive:

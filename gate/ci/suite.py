@@ -7,25 +7,31 @@ The CI system's matrix is the distributed engine: each job runs
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from gate.ci.stages import StagedRun
 from gate.errors import GateError, UsageError, listed
 from gate.exitcodes import ExitCode
-from gate.files import copy_folder, read_regular, within
-from gate.guards import POLICY_MAX_BYTES
-from gate.host import Host, get_host
-from gate.policy import Policy
+from gate.files import copy_folder, within
+from gate.host.manager import Host, get_host
+from gate.policy.loading import Policy, load_policies, policy_digest
+from gate.policy.settings import DEFAULT_OUTPUT_DIR, RunOptions
 from gate.progress import Progress
-from gate.report import REPORT_FILE, SUITE, environment, new_report
-from gate.testbed import fingerprint
-
-if TYPE_CHECKING:
-    from gate.pipeline import GateResult
+from gate.report.document import REPORT_FILE, SUITE, environment, new_report
+from gate.run.pipeline import (
+    GateResult,
+    GateRun,
+    cwd_relative,
+    remove_previous_output,
+    report_usage_error,
+    run_model,
+    write_reports,
+)
+from gate.run.testbed import fingerprint
 
 MODELS_DIR = "models"
 
@@ -49,13 +55,6 @@ def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
         return list(names)
     index, count = shard
     return [name for position, name in enumerate(names) if position % count == index - 1]
-
-
-def file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(read_regular(path, POLICY_MAX_BYTES, OSError)).hexdigest()
-    except OSError:
-        return None
 
 
 def new_suite(policy: str, shard: tuple[int, int] | None, everything: list[str]) -> dict[str, Any]:
@@ -125,33 +124,70 @@ def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]
     suite.update(verdict=code.verdict, exit_code=int(code), message=message)
 
 
-def run_suite(
+def run_gate(
     policy_path: str | Path,
-    policies: list[Policy] | None,
-    output_dir: Path,
-    shard: tuple[int, int] | None,
+    output_dir: str | Path = DEFAULT_OUTPUT_DIR,
     *,
     host: Host | None = None,
     progress: Progress | None = None,
     keep_candidates: bool = False,
+    shard: tuple[int, int] | None = None,
     stage: str | None = None,
     source: Path | None = None,
+    trust_model: bool = False,
     allowed_paths: Sequence[Path] = (),
 ) -> GateResult:
-    """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
-    from gate.pipeline import (
-        GateResult,
-        cwd_relative,
-        remove_previous_output,
-        run_model,
-        write_reports,
-    )
+    """Run the gate for a policy and write its reports into ``output_dir``.
 
+    The library's entry point, and what ``onnx-gate run`` calls: the keyword arguments
+    are the command line's options (see :class:`gate.policy.settings.RunOptions`), and
+    they travel on as that one value. A policy naming several models (``models:``), or
+    any run given ``shard`` (K, N), gates each model of its share into
+    ``output_dir/models/NAME/`` and writes a suite report on top. ``stage`` (build,
+    measure or decide) runs one stage, reading the previous one's output folder
+    ``source`` (see :mod:`gate.ci.stages`). Never raises for an expected failure: the
+    report says what happened.
+    """
+    options = RunOptions(
+        Path(output_dir), keep_candidates, shard, stage, source, trust_model, tuple(allowed_paths)
+    )
+    try:
+        policies: list[Policy] | None = load_policies(policy_path, options.allowed_paths)
+    except Exception:
+        policies = None  # the run below reads it again and reports the problem in report.json
+    except KeyboardInterrupt:  # before anything was written: the report still goes out
+        report_usage_error(Path(policy_path), options.output_dir, None)
+        raise
+    for policy in policies or []:
+        policy.trusted = policy.trusted or trust_model  # --trust-model
+    if shard is not None or (policies is not None and policies[0].in_suite):
+        return run_suite(policy_path, policies, options, host=host, progress=progress)
+    return run_model(
+        policy_path, options, policy=policies[0] if policies else None,
+        host=host, progress=progress, runner=runner_for(options),
+    )  # fmt: skip
+
+
+def runner_for(options: RunOptions) -> type[GateRun]:
+    """A whole run, or one stage of it (``--stage``)."""
+    return GateRun if options.stage is None else StagedRun
+
+
+def run_suite(
+    policy_path: str | Path,
+    policies: list[Policy] | None,
+    options: RunOptions,
+    *,
+    host: Host | None = None,
+    progress: Progress | None = None,
+) -> GateResult:
+    """Gate each model of the share into ``output_dir/models/NAME`` and write the suite."""
+    output_dir, shard, stage = options.output_dir, options.shard, options.stage
     started = time.perf_counter()
     say = progress or (lambda message: None)
     everything = [policy.name for policy in policies or []]
     suite = new_suite(cwd_relative(Path(policy_path)), shard, everything)
-    suite["policy_sha256"] = file_digest(Path(policy_path))
+    suite["policy_sha256"] = policy_digest(Path(policy_path))
     suite["testbed"] = None
     reports: list[tuple[str, dict[str, Any]]] = []
     interrupted: BaseException | None = None
@@ -160,18 +196,15 @@ def run_suite(
         remove_previous_output(output_dir)  # a single-model run's model.onnx is not this one's
         host = host or get_host()
         if policies is None:  # unreadable policy: load it again for the error to report
-            from gate.policy import load_policies
-
-            load_policies(policy_path, allowed_paths)
+            load_policies(policy_path, options.allowed_paths)
             raise GateError(f"cannot read the policy {policy_path}")
         chosen = set(shard_of(everything, shard))
         share = [policy for policy in policies if policy.name in chosen]
         for number, policy in enumerate(share, 1):
             say(f"model {number}/{len(share)}: {policy.name}")
             result = run_model(
-                policy_path, output_dir / MODELS_DIR / policy.name, policy=policy,
-                host=host, progress=progress, keep_candidates=keep_candidates, stage=stage,
-                source=None if source is None else source / MODELS_DIR / policy.name,
+                policy_path, options.for_model(policy.name, MODELS_DIR), policy=policy,
+                host=host, progress=progress, runner=runner_for(options),
             )  # fmt: skip
             reports.append((policy.name, result.report))
         if not share and shard is not None:
@@ -209,7 +242,7 @@ def run_suite(
 
 
 def _read(directory: Path) -> dict[str, Any]:
-    from gate.compare import read_report
+    from gate.ci.compare import read_report
 
     path = directory / REPORT_FILE
     if not path.is_file():
@@ -227,8 +260,6 @@ def merge_outputs(
     must all be there: a missing shard means models nobody gated, and the merged
     verdict is then an error naming them.
     """
-    from gate.pipeline import write_reports
-
     started = time.perf_counter()
     output = output_dir.resolve()
     sources: list[tuple[str, Path, dict[str, Any]]] = []

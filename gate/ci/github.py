@@ -1,6 +1,6 @@
 """GitHub Actions glue for onnx-gate: what the composite action (``action.yml``) runs.
 
-Sub-commands (``python -m gate.github SUB ...``, or ``python gate/github.py SUB ...``):
+Sub-commands (``python -m gate.ci.github SUB ...``, or ``python gate/ci/github.py SUB ...``):
 
 ``run``
     Run the gate (``onnx-gate run POLICY`` or ``onnx-gate merge DIRS``) and, given a
@@ -1024,7 +1024,7 @@ def comment_main(args: argparse.Namespace) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m gate.github", description=__doc__.split("\n\n")[0]
+        prog="python -m gate.ci.github", description=__doc__.split("\n\n")[0]
     )
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -15,15 +15,16 @@ from typing import Any
 
 import numpy as np
 
-from gate.candidates import original_candidate
-from gate.check import check_policy
 from gate.errors import ModelError
-from gate.host import get_host
-from gate.measure import time_pair
-from gate.pipeline import GateRun
-from gate.policy import load_policy
-from gate.report import new_report, write_atomic
-from gate.runtime import make_session
+from gate.host.manager import get_host
+from gate.policy.loading import load_policy
+from gate.policy.settings import RunOptions, RunSettings
+from gate.report.document import new_report, write_atomic
+from gate.run.candidates import original_candidate
+from gate.run.check import check_policy
+from gate.run.measure import time_pair
+from gate.run.pipeline import GateRun
+from gate.run.runtime import make_session
 from gate.stats import abba_ratios, coefficient_of_variation, quantile_estimate, ratio_estimate
 
 
@@ -49,7 +50,8 @@ def measure_noise(
     report = new_report(Path(policy_path))
     timings = []
     with tempfile.TemporaryDirectory(prefix="onnx-gate-noise-") as work:
-        run = GateRun(policy, host, Path(work), Path(work), report, lambda message: None, False)
+        settings = RunSettings(policy, RunOptions(output_dir=Path(work)))
+        run = GateRun(settings, host, Path(work), report, lambda message: None)
         run.prepare()
         original = original_candidate(run.model, policy)
         for _ in range(sessions):

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from gate.policy import MeasureSettings
+from gate.policy.loading import MeasureSettings
 from gate.records import Sample
 from gate.stats import (
     CONFIDENCE,

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from gate.errors import GateError, PolicyError, listed
-from gate.guards import Limits, check_data_file, open_data_file
-from gate.load import LoadedModel, TensorSpec
-from gate.policy import Policy
+from gate.policy.guards import Limits, check_data_file, open_data_file
+from gate.policy.loading import Policy
 from gate.records import Sample
+from gate.run.load import LoadedModel, TensorSpec
 
 DEFAULT_LIMITS = Limits()
 
@@ -90,6 +93,24 @@ def _random(
     return rng.standard_normal(size=shape).astype(spec.dtype)
 
 
+@contextlib.contextmanager
+def _npz(path: Path, where: str, limits: Limits, not_npz: str) -> Iterator[Any]:
+    """A data file opened as an .npz archive (bounded, no pickles); any failure to read it,
+    in the body too, is one line naming ``where``; ``not_npz`` says what was expected."""
+    check_data_file(path, where, limits)
+    try:
+        with open_data_file(path, where, limits) as stream:
+            if not zipfile.is_zipfile(stream):
+                raise PolicyError(f"{where}: {not_npz}")
+            stream.seek(0)
+            with np.load(stream, allow_pickle=False) as archive:
+                yield archive
+    except GateError:
+        raise
+    except Exception as exc:
+        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
+
+
 def load_feeds(
     path: Path, model: LoadedModel, where: str, limits: Limits = DEFAULT_LIMITS
 ) -> list[Sample]:
@@ -99,23 +120,13 @@ def load_feeds(
     dimension is a batch of 1, the array may instead stack samples along that
     axis (``array[i:i+1]`` is then one sample).
     """
-    check_data_file(path, where, limits)
-    try:
-        with open_data_file(path, where, limits) as stream:
-            if not zipfile.is_zipfile(stream):
-                raise PolicyError(
-                    f"{where}: {path.name} is not an .npz archive (numpy.savez writes one, an "
-                    "array per model input)"
-                )
-            stream.seek(0)
-            with np.load(stream, allow_pickle=False) as archive:
-                # Names first: a file of 20,000 stray arrays is refused before any is read.
-                _check_names(archive.files, model, path, where)
-                arrays = {key: archive[key] for key in archive.files}
-    except GateError:
-        raise
-    except Exception as exc:
-        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
+    not_npz = (
+        f"{path.name} is not an .npz archive (numpy.savez writes one, an array per model input)"
+    )
+    with _npz(path, where, limits, not_npz) as archive:
+        # Names first: a file of 20,000 stray arrays is refused before any is read.
+        _check_names(archive.files, model, path, where)
+        arrays = {key: archive[key] for key in archive.files}
     problems = []
 
     per_input: dict[str, list[np.ndarray]] = {}
@@ -239,28 +250,18 @@ def load_box_labels(
 ) -> dict[str, np.ndarray]:
     """An .npz of ``boxes`` [M, 4] (x1 y1 x2 y2, input pixels), ``classes`` [M] and
     ``sample`` [M] (the validation sample each box is in): task detection."""
-    check_data_file(path, where, limits)
-    try:
-        with open_data_file(path, where, limits) as stream:
-            if not zipfile.is_zipfile(stream):
-                raise PolicyError(
-                    f"{where}: task detection expects an .npz (numpy.savez) of "
-                    "boxes [M, 4], classes [M] and sample [M]"
-                )
-            stream.seek(0)
-            with np.load(stream, allow_pickle=False) as archive:
-                missing = [name for name in BOX_LABEL_ARRAYS if name not in archive.files]
-                if missing:
-                    raise PolicyError(
-                        f"{where}: {path.name} has no {listed(missing)} (has: "
-                        f"{listed(archive.files, 'nothing')}); detection labels are boxes [M, 4], "
-                        "classes [M] and sample [M]"
-                    )
-                labels = {name: np.asarray(archive[name]) for name in BOX_LABEL_ARRAYS}
-    except GateError:
-        raise
-    except Exception as exc:
-        raise PolicyError(f"{where}: cannot read {path.name} as .npz: {_why(exc)}") from None
+    not_npz = (
+        "task detection expects an .npz (numpy.savez) of boxes [M, 4], classes [M] and sample [M]"
+    )
+    with _npz(path, where, limits, not_npz) as archive:
+        missing = [name for name in BOX_LABEL_ARRAYS if name not in archive.files]
+        if missing:
+            raise PolicyError(
+                f"{where}: {path.name} has no {listed(missing)} (has: "
+                f"{listed(archive.files, 'nothing')}); detection labels are boxes [M, 4], "
+                "classes [M] and sample [M]"
+            )
+        labels = {name: np.asarray(archive[name]) for name in BOX_LABEL_ARRAYS}
     boxes, classes, sample = labels["boxes"], labels["classes"], labels["sample"]
     count = boxes.shape[0] if boxes.ndim else -1
     if (

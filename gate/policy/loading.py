@@ -6,6 +6,7 @@ so a user (or an editor, or a CI annotation) can jump to the place.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gate.errors import PolicyError, listed
-from gate.files import LimitExceeded, open_regular
-from gate.guards import (
+from gate.files import LimitExceeded, open_regular, read_regular
+from gate.policy.guards import (
     MB,
     POLICY_MAX_BYTES,
     Limits,
@@ -194,7 +195,7 @@ class MeasureSettings:
     min_runs: int = 100
     max_runs: int = 20000
     max_seconds: float | None = None
-    """Cap per block; None: 4 s, or longer for slow models (see gate.measure.block_cap)."""
+    """Cap per block; None: 4 s, or longer for slow models (see gate.run.measure.block_cap)."""
     min_seconds: float = 0.5
     confidence: float = 0.95
     on_inconclusive: str = "inconclusive"
@@ -202,7 +203,7 @@ class MeasureSettings:
     batch: int | None = None
     burst: int = 1
     session_noise: float = 0.02
-    """Timed runs per turn; 0 picks enough to fill about 0.5 ms (see gate.measure.auto_burst)."""
+    """Timed runs per turn; 0 picks enough to fill about 0.5 ms (see gate.run.measure.auto_burst)."""
 
 
 @dataclass(frozen=True)
@@ -271,7 +272,7 @@ class Policy:
     regressions: tuple[Regression, ...] = DEFAULT_REGRESSIONS
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
     task: str = "auto"
-    """validation.task: what the outputs mean (see gate.task)."""
+    """validation.task: what the outputs mean (see gate.run.task)."""
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     """validation.<task> for each task the policy gives options for."""
     validation_outputs: list[str] | None = None
@@ -501,7 +502,7 @@ def load_policies(path: str | Path, allowed_paths: Sequence[Path] = ()) -> list[
 
     The files it names must lie in its repository (its own folder outside one) or under
     ``allowed_paths``. Checks needing plugins (names, plugin options, metric names) are
-    done by :func:`gate.check.check_policy`.
+    done by :func:`gate.run.check.check_policy`.
     """
     path = Path(path).absolute()
     roots = confinement_roots(path, allowed_paths)
@@ -793,3 +794,12 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
         regressions=_regressions(doc),
         lines=lines,
     )
+
+
+def policy_digest(path: Path) -> str | None:
+    """The policy file's sha256 (a stage refuses a build made from another policy); None
+    when it cannot be read."""
+    try:
+        return hashlib.sha256(read_regular(path, POLICY_MAX_BYTES, OSError)).hexdigest()
+    except OSError:
+        return None

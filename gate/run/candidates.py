@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from gate.errors import GateError, SkipCandidate
-from gate.host import Host, call_plugin
-from gate.load import LoadedModel
-from gate.policy import Policy, Recipe
+from gate.host.manager import Host, call_plugin
+from gate.policy.loading import Policy, Recipe
 from gate.records import BuildContext, Sample
+from gate.run.load import LoadedModel
 
 ORIGINAL = "original"
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from gate.errors import listed
 from gate.graph import QUANTIZED_OPS, graphs, model_kind, op_counts, weight_share
-from gate.host import Host, call_plugin
-from gate.policy import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
+from gate.host.manager import Host, call_plugin
+from gate.policy.loading import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
 from gate.records import Proposal, SearchContext
 
 PRIOR_SPREAD = 0.35
@@ -210,7 +210,7 @@ def _check_proposal(record: Any, proposal: Any) -> None:
     """A proposal becomes a recipe and a folder name: hold it to what a policy could say."""
     import re
 
-    from gate.policy import POLICY_SCHEMA, format_location, load_schema, schema_problems
+    from gate.policy.loading import POLICY_SCHEMA, format_location, load_schema, schema_problems
 
     if not isinstance(proposal, Proposal):
         raise ValueError(f"proposed a {type(proposal).__name__}, not a gate.Proposal")

@@ -9,11 +9,11 @@ import numpy as np
 
 from gate.errors import PolicyError, UnknownNameError, listed
 from gate.files import not_regular
-from gate.host import Host
+from gate.host.manager import Host
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, NEEDS_PRICE, TIMING_METRICS
-from gate.policy import Policy, schema_problems
-from gate.task import Port, choose_task, layout_problem, ports
-from gate.validate import applies
+from gate.policy.loading import Policy, schema_problems
+from gate.run.task import Port, choose_task, layout_problem, ports
+from gate.run.validate import applies
 
 
 def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
@@ -246,8 +246,8 @@ def task_problems(policy: Policy) -> list[str]:
 def _declared_signature(policy: Policy) -> tuple[list[Port], list[Port]] | None:
     """The .onnx file's inputs (with the policy's fixed shapes) and outputs as declared;
     None for a framework file or a model that cannot be read (the run names why)."""
-    from gate.guards import check_model_file
-    from gate.load import _tensor_specs
+    from gate.policy.guards import check_model_file
+    from gate.run.load import _tensor_specs
 
     path = policy.model_path
     if path.suffix.lower() != ".onnx" or not_regular(path) or not path.is_file():

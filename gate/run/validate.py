@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gate.errors import listed
-from gate.host import call_plugin
+from gate.host.manager import call_plugin
 from gate.records import Sample, ValidationContext, Validator
 
 

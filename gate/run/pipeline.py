@@ -1,6 +1,6 @@
-"""The whole run: load -> candidates -> validate -> measure -> decide -> report.
+"""One model's whole run: load -> candidates -> validate -> measure -> decide -> report.
 
-``run_gate`` never raises for an expected failure: it returns the report and
+``run_model`` never raises for an expected failure: it returns the report and
 exit code, and report.json is written whatever happened (an interrupted run
 writes a partial one).
 """
@@ -13,23 +13,48 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gate.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
-from gate.check import active_validators, check_policy
-from gate.data import (
+from gate.errors import (
+    GateError,
+    InterruptedAfterReport,
+    ModelError,
+    PolicyError,
+    UsageError,
+    listed,
+)
+from gate.exitcodes import ExitCode
+from gate.files import REPORT_MAX_BYTES, read_json, read_regular, temp_beside
+from gate.host.manager import Host, call_plugin, get_host
+from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
+from gate.policy.guards import repository_root, unknown_ops
+from gate.policy.loading import Budget, Policy, Recipe, load_policy
+from gate.policy.settings import RunOptions, RunSettings
+from gate.progress import RESULT_PREFIX, Progress
+from gate.records import Sample, VacuousData
+from gate.report.document import (
+    MODEL_FILE,
+    REPORT_FILE,
+    environment,
+    new_report,
+    signals_held,
+    write_report_json,
+)
+from gate.run.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
+from gate.run.check import active_validators, check_policy
+from gate.run.data import (
     calibration_feeds,
     load_box_labels,
     load_labels,
     load_text_labels,
     validation_feeds,
 )
-from gate.decide import (
+from gate.run.decide import (
     BudgetResult,
     Standing,
     budget_rows,
@@ -41,20 +66,8 @@ from gate.decide import (
     utc_today,
     waiver_summary,
 )
-from gate.errors import (
-    GateError,
-    InterruptedAfterReport,
-    ModelError,
-    PolicyError,
-    UsageError,
-    listed,
-)
-from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json, read_regular, temp_beside
-from gate.guards import repository_root, unknown_ops
-from gate.host import Host, call_plugin, get_host
-from gate.isolation import Isolation, build_isolated, probe_isolated, save_feeds
-from gate.load import (
+from gate.run.isolation import Isolation, build_isolated, probe_isolated, save_feeds
+from gate.run.load import (
     LoadedModel,
     copy_model,
     file_sha256,
@@ -62,25 +75,12 @@ from gate.load import (
     model_size_bytes,
     with_returned_shapes,
 )
-from gate.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
-from gate.memory import measure_memory
-from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
-from gate.policy import Budget, Policy, Recipe, load_policies, load_policy
-from gate.progress import RESULT_PREFIX, Progress
-from gate.records import Sample, VacuousData
-from gate.report import (
-    MODEL_FILE,
-    REPORT_FILE,
-    environment,
-    new_report,
-    signals_held,
-    write_report_json,
-)
-from gate.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
-from gate.search import Search, Trial, fallback_trial, propose, search_context
-from gate.sensitivity import rank_sources
-from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
-from gate.task import (
+from gate.run.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
+from gate.run.memory import measure_memory
+from gate.run.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
+from gate.run.search import Search, Trial, fallback_trial, propose, search_context
+from gate.run.sensitivity import rank_sources
+from gate.run.task import (
     CHARSET_MAX_BYTES,
     DEFAULT_FLOORS,
     TaskChoice,
@@ -89,8 +89,9 @@ from gate.task import (
     layout_problem,
     ports,
 )
-from gate.testbed import fingerprint, memory_limit_bytes, physical_cores
-from gate.validate import ValidationSetup, applies, describe_validation, validate_outputs
+from gate.run.testbed import fingerprint, memory_limit_bytes, physical_cores
+from gate.run.validate import ValidationSetup, applies, describe_validation, validate_outputs
+from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 
 EARLY_STOP_STRICTNESS = 10
 TIMING_INPUT = "timing-input.npz"
@@ -154,69 +155,19 @@ def remove_previous_output(output_dir: Path) -> None:
         (output_dir / f"{MODEL_FILE}.data").unlink(missing_ok=True)
 
 
-def run_gate(
-    policy_path: str | Path,
-    output_dir: str | Path = "gate-report",
-    *,
-    host: Host | None = None,
-    progress: Progress | None = None,
-    keep_candidates: bool = False,
-    shard: tuple[int, int] | None = None,
-    stage: str | None = None,
-    source: Path | None = None,
-    trust_model: bool = False,
-    allowed_paths: Sequence[Path] = (),
-) -> GateResult:
-    """Run the gate for a policy and write its reports into ``output_dir``.
-
-    A policy naming several models (``models:``), or any run given ``shard`` (K, N),
-    gates each model of its share into ``output_dir/models/NAME/`` and writes a suite
-    report on top (see :mod:`gate.suite`). With ``keep_candidates`` every built
-    candidate is also saved as ``candidates/NAME.onnx`` for inspection. ``stage``
-    (build, measure or decide) runs one stage, reading the previous one's output folder
-    ``source`` (see :mod:`gate.stages`). ``trust_model`` is ``--trust-model``: every model
-    may be loaded by an exporter that runs code from its file, as ``model.trusted`` allows.
-    ``allowed_paths``: folders outside the repository the policy's files may come from.
-    """
-    try:
-        policies: list[Policy] | None = load_policies(policy_path, allowed_paths)
-    except Exception:
-        policies = None  # the run below reads it again and reports the problem in report.json
-    except KeyboardInterrupt:  # before anything was written: the report still goes out
-        report_usage_error(Path(policy_path), Path(output_dir), None)
-        raise
-    for policy in policies or []:
-        policy.trusted = policy.trusted or trust_model  # --trust-model
-    if shard is not None or (policies is not None and policies[0].in_suite):
-        from gate.suite import run_suite
-
-        return run_suite(
-            policy_path, policies, Path(output_dir), shard,
-            host=host, progress=progress, keep_candidates=keep_candidates,
-            stage=stage, source=source, allowed_paths=allowed_paths,
-        )  # fmt: skip
-    return run_model(
-        policy_path, output_dir, policy=policies[0] if policies else None,
-        host=host, progress=progress, keep_candidates=keep_candidates,
-        stage=stage, source=source, allowed_paths=allowed_paths,
-    )  # fmt: skip
-
-
 def run_model(
     policy_path: str | Path,
-    output_dir: str | Path,
+    options: RunOptions,
     *,
     policy: Policy | None = None,
     host: Host | None = None,
     progress: Progress | None = None,
-    keep_candidates: bool = False,
-    stage: str | None = None,
-    source: Path | None = None,
-    allowed_paths: Sequence[Path] = (),
+    runner: type[GateRun] | None = None,
 ) -> GateResult:
-    """Gate one model: ``policy`` (one model of the policy file), or the file's only model."""
+    """Gate one model: ``policy`` (one model of the policy file), or the file's only model.
+    ``runner`` runs it (a whole run by default; the CI layer passes a staged run)."""
     started = time.perf_counter()
-    policy_path, output_dir = Path(policy_path), Path(output_dir)
+    policy_path, output_dir = Path(policy_path), options.output_dir
     report = new_report(Path(cwd_relative(policy_path)), policy.name if policy else None)
     say = progress or (lambda message: None)
     interrupted: BaseException | None = None
@@ -225,7 +176,7 @@ def run_model(
         _prepare_output_dir(output_dir)
         remove_previous_output(output_dir)
         host = host or get_host()
-        policy = policy or load_policy(policy_path, allowed_paths)
+        policy = policy or load_policy(policy_path, options.allowed_paths)
         report["name"] = policy.name
         report["regressions"] = [regression.to_json() for regression in policy.regressions]
         check_policy(policy, host)
@@ -235,13 +186,8 @@ def run_model(
                 "the chosen model would overwrite it: choose another output directory"
             )
         with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
-            arguments = (policy, host, Path(work), output_dir, report, say, keep_candidates)
-            if stage is None:
-                GateRun(*arguments).execute()
-            else:
-                from gate.stages import StagedRun
-
-                StagedRun(*arguments, stage=stage, source=source).execute()
+            settings = RunSettings(policy, options)
+            (runner or GateRun)(settings, host, Path(work), report, say).execute()
     except GateError as exc:
         report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
         report["errors"].extend(exc.lines())
@@ -319,17 +265,12 @@ class GateRun:
     """One run's state, filled in stage by stage; ``report`` always says how far it got."""
 
     def __init__(
-        self,
-        policy: Policy,
-        host: Host,
-        work: Path,
-        output_dir: Path,
-        report: dict[str, Any],
-        say: Progress,
-        keep_candidates: bool,
+        self, settings: RunSettings, host: Host, work: Path, report: dict[str, Any], say: Progress
     ) -> None:
-        self.policy, self.host, self.work, self.output_dir = policy, host, work, output_dir
-        self.report, self.say, self.keep_candidates = report, say, keep_candidates
+        self.settings, self.policy = settings, settings.policy
+        self.host, self.work, self.report, self.say = host, work, report, say
+        self.output_dir = settings.options.output_dir
+        self.keep_candidates = settings.options.keep_candidates
         self.entries: dict[str, dict[str, Any]] = {}
         self.timings: dict[str, Timing] = {}
         self.estimates: dict[str, dict[str, Estimate]] = {}

@@ -5,7 +5,7 @@ ORT's quantisers are native code and do crash on real graphs (Constant-node
 weights, already-quantised models): an exception can be caught in-process, a
 segfault cannot.
 
-    python -m gate.isolation SPEC.json   # the child side
+    python -m gate.run.isolation SPEC.json   # the child side
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from gate.candidates import Candidate, build_candidate
-from gate.policy import Recipe
+from gate.policy.loading import Recipe
 from gate.records import Sample
+from gate.run.candidates import Candidate, build_candidate
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def build_isolated(
     isolation: Isolation,
     provider_options: Mapping[str, Any] | None = None,
 ) -> Candidate:
-    """Run :func:`gate.candidates.build_candidate` in a child; its failure modes become the candidate's."""
+    """Run :func:`gate.run.candidates.build_candidate` in a child; its failure modes become the candidate's."""
     candidate = Candidate(recipe.name, recipe.describe())
     spec = {
         "recipe": recipe.to_json(),
@@ -143,7 +143,7 @@ def _in_child(
     try:
         with stderr_path.open("w") as stderr_file:
             process = subprocess.Popen(
-                [sys.executable, "-m", "gate.isolation", str(spec_path)],
+                [sys.executable, "-m", "gate.run.isolation", str(spec_path)],
                 cwd=work_root,  # never import a stray onnx.py or gate/ from the user's folder
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -258,7 +258,7 @@ def _child(spec_path: str) -> None:
         if hard != resource.RLIM_INFINITY:  # a job already under `ulimit -v`: only lower it
             cap = min(cap, hard)
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-    from gate.host import get_host
+    from gate.host.manager import get_host
 
     stage = Path(spec["stage"])
     if "probe" in spec:
@@ -315,7 +315,7 @@ def _run_once(
     """Load the model as it will be measured and run it on ``feeds``; record a failure."""
     import onnxruntime as ort
 
-    from gate.runtime import session_options
+    from gate.run.runtime import session_options
 
     try:
         session = ort.InferenceSession(

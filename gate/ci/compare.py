@@ -19,7 +19,7 @@ from gate.errors import UsageError, listed
 from gate.exitcodes import ExitCode
 from gate.files import REPORT_MAX_BYTES, not_regular, read_json, within
 from gate.metrics import TIMING_METRICS
-from gate.policy import (
+from gate.policy.loading import (
     DEFAULT_REGRESSIONS,
     REPORT_SCHEMA,
     Regression,
@@ -27,8 +27,8 @@ from gate.policy import (
     load_schema,
     schema_problems,
 )
-from gate.report import REPORT_FILE, SUITE, model_reports, write_atomic
-from gate.testbed import differences
+from gate.report.document import REPORT_FILE, SUITE, model_reports, write_atomic
+from gate.run.testbed import differences
 
 COMPARED_METRICS = (
     "speedup",
@@ -185,7 +185,7 @@ def _chosen_model(report: Mapping[str, Any]) -> Path | None:
     path = within(Path(str(report.get("_folder", "."))), output.get("path"))
     if path is None or not path.is_file():
         return None
-    from gate.load import file_sha256
+    from gate.run.load import file_sha256
 
     try:
         return path if file_sha256(path) == output.get("sha256") else None
@@ -204,9 +204,9 @@ def side_by_side(
     """
     import numpy as np
 
-    from gate.measure import time_pair, timing_estimates
-    from gate.policy import MeasureSettings
-    from gate.runtime import Target, make_session
+    from gate.policy.loading import MeasureSettings
+    from gate.run.measure import time_pair, timing_estimates
+    from gate.run.runtime import Target, make_session
 
     paths = [_chosen_model(base), _chosen_model(head)]
     if None in paths:
@@ -258,7 +258,7 @@ def _timing_input(
     report: Mapping[str, Any], inputs: Sequence[tuple[str, str, tuple[int, ...]]]
 ) -> dict[str, Any] | None:
     """The input the run timed with (``timing-input.npz`` beside its report), if it fits."""
-    from gate.isolation import load_feeds
+    from gate.run.isolation import load_feeds
 
     name = (report.get("measurement") or {}).get("input_file")
     path = within(Path(str(report.get("_folder", "."))), name)

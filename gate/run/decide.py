@@ -7,11 +7,11 @@ from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from gate.candidates import ORIGINAL
 from gate.errors import listed
 from gate.metrics import MEASURED_METRICS
-from gate.policy import Budget, Waiver
-from gate.report import explain_budget
+from gate.policy.loading import Budget, Waiver
+from gate.report.document import explain_budget
+from gate.run.candidates import ORIGINAL
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 
 

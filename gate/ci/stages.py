@@ -20,18 +20,18 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from gate.candidates import ORIGINAL, Candidate
-from gate.check import active_validators
 from gate.errors import UsageError
 from gate.exitcodes import ExitCode
 from gate.files import REPORT_MAX_BYTES, copy_folder, copy_regular, not_regular, read_json, within
-from gate.load import copy_model
 from gate.metrics import TIMING_METRICS
-from gate.pipeline import TIMING_INPUT, GateRun
-from gate.report import REPORT_FILE, SUITE, json_safe, write_atomic
+from gate.policy.loading import policy_digest
+from gate.report.document import REPORT_FILE, SUITE, json_safe, write_atomic
+from gate.run.candidates import ORIGINAL, Candidate
+from gate.run.check import active_validators
+from gate.run.load import copy_model
+from gate.run.pipeline import TIMING_INPUT, GateRun
+from gate.run.validate import ValidationSetup
 from gate.stats import Estimate
-from gate.suite import file_digest
-from gate.validate import ValidationSetup
 
 STAGES = ("build", "measure", "decide")
 BUNDLE = "stage"
@@ -53,8 +53,9 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
 class StagedRun(GateRun):
     """One stage of a run; the same steps as a whole run, split where artifacts move."""
 
-    def __init__(self, *args: Any, stage: str, source: Path | None) -> None:
+    def __init__(self, *args: Any) -> None:
         super().__init__(*args)
+        stage, source = self.settings.options.stage or "", self.settings.options.source
         if stage not in STAGES:
             raise UsageError(f"--stage must be one of {', '.join(STAGES)} (got '{stage}')")
         if (source is None) != (stage == "build"):
@@ -135,7 +136,7 @@ class StagedRun(GateRun):
             )
         build = {
             "format": 1,
-            "policy_sha256": file_digest(self.policy.path),
+            "policy_sha256": policy_digest(self.policy.path),
             "name": self.policy.name,
             "model": self.report["model"],
             "testbed": self.report["testbed"],
@@ -153,7 +154,7 @@ class StagedRun(GateRun):
         assert self.source is not None
         bundle = self.source / BUNDLE
         build = _read_json(bundle / BUILD_FILE, "run --stage build first, into that folder")
-        if build.get("policy_sha256") != file_digest(self.policy.path):
+        if build.get("policy_sha256") != policy_digest(self.policy.path):
             raise UsageError(
                 f"{self.policy.path.name} is not the policy the build stage in {self.source} used: "
                 "run both stages with the same policy file"
@@ -208,7 +209,7 @@ class StagedRun(GateRun):
 
     def decide(self) -> None:
         assert self.source is not None
-        from gate.compare import read_report
+        from gate.ci.compare import read_report
 
         measured = read_report(self.source / REPORT_FILE)
         if not (self.source / BUNDLE / BUILD_FILE).is_file() and measured.get("stage") != "build":

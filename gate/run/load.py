@@ -15,9 +15,9 @@ import numpy as np
 
 from gate.errors import ModelError, PolicyError, listed
 from gate.files import not_regular, open_regular, temp_beside
-from gate.guards import MB, check_data_file, check_model_file, npz_array_shapes
-from gate.host import Host, call_plugin
-from gate.policy import Policy
+from gate.host.manager import Host, call_plugin
+from gate.policy.guards import MB, check_data_file, check_model_file, npz_array_shapes
+from gate.policy.loading import Policy
 
 
 @dataclass(frozen=True)

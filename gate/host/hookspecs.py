@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import pluggy
 
-from gate import PROJECT_NAME
+from gate.identity import PROJECT_NAME
 from gate.records import (
     ExecutionProvider,
     Exporter,

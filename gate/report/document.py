@@ -6,12 +6,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
-import re
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -19,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from gate import __version__
 from gate.errors import bounded, listed
-from gate.files import REPORT_MAX_BYTES, read_json, umask
+from gate.files import REPORT_MAX_BYTES, read_json, write_atomic
+from gate.identity import __version__
 
 REPORT_FILE = "report.json"
 SUITE = "suite"
-"""``kind`` of a report over several models (see gate.suite)."""
+"""``kind`` of a report over several models (see gate.ci.suite)."""
 MODEL_FILE = "model.onnx"
 KEY_METRICS = (
     "latency_ms.p50",
@@ -96,41 +93,6 @@ def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, An
     return loaded
 
 
-SECRET_NAME = re.compile(
-    r"(?:^|_)(?:TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?|PRIVATE_KEY|API_?KEY|ACCESS_KEY|"
-    r"SECRET_KEY|AUTH_TOKEN)(?:$|_)",
-    re.IGNORECASE,
-)
-"""Environment variables whose values never appear in a report: GITHUB_TOKEN,
-CI_JOB_TOKEN, AWS_SECRET_ACCESS_KEY, ONNX_GATE_API_TOKEN, HF_TOKEN, ..."""
-SECRET_MIN_LENGTH = 12
-"""Shorter values (``CACHE_KEY=999999``) would mask ordinary text and numbers."""
-
-
-def _secrets() -> list[str]:
-    values = {
-        value
-        for name, value in os.environ.items()
-        if SECRET_NAME.search(name)
-        and len(value) >= SECRET_MIN_LENGTH
-        and not value.replace(".", "").replace("-", "").isdigit()
-    }
-    # Also as JSON writes them (a quote or backslash inside is escaped there).
-    values |= {json.dumps(value)[1:-1] for value in values}
-    return sorted(values, key=len, reverse=True)
-
-
-def scrub(text: str) -> str:
-    """Mask secret environment values and write the home folder as ``~``: reports are CI
-    artifacts anyone who can read the pipeline can download."""
-    for value in _secrets():
-        text = text.replace(value, "***")
-    home = os.path.expanduser("~")
-    if len(home) > 1 and home != os.sep:
-        text = text.replace(home.rstrip(os.sep) + os.sep, "~" + os.sep)
-    return text
-
-
 @contextlib.contextmanager
 def signals_held() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM while the report files are written, then act on them: a
@@ -152,23 +114,6 @@ def signals_held() -> Iterator[None]:
             signal.signal(number, handler)
         if received:  # the files are whole (or failed): the signal does what it would have done
             signal.raise_signal(received[0])
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves half a file; secrets and
-    the home folder are scrubbed on the way (see :func:`scrub`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(temp, 0o666 & ~umask())  # mkstemp's 0600 would hide reports from the group
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(scrub(text))
-            stream.flush()
-            os.fsync(stream.fileno())  # on disk before the name points at it
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def json_safe(value: Any) -> Any:

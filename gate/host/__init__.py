@@ -1,0 +1,1 @@
+"""The plugin host: the hook specifications, the plugin manager, the hook reference."""

@@ -1,0 +1,1 @@
+"""The policy: loading it, its JSON schema, and the guards on untrusted policy text."""

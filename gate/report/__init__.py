@@ -1,0 +1,1 @@
+"""The report: report.json's document and its console rendering."""
