@@ -160,7 +160,7 @@ def candidate(report: dict[str, Any], name: str) -> dict[str, Any]:
 def fragile_mlp(tmp_path: Path) -> ModelCase:
     """The bundled demo's classifier with one outlier weight column in its middle layer.
 
-    Big enough that int8 is clearly faster, and quantised with one scale per
+    Big enough that int8 is clearly faster on one thread, and quantised with one scale per
     weight tensor the outlier column flattens every other column of that
     layer: predictions are lost. The outlier unit never reaches the logits, so
     keeping that one layer in float recovers them.

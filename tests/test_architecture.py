@@ -37,3 +37,96 @@ def test_every_module_of_the_gate_has_a_place_in_the_layers() -> None:
         for path in (ROOT / "gate").glob("*/__init__.py")
     } | {f"gate.{path.stem}" for path in (ROOT / "gate").glob("*.py") if path.stem != "__init__"}
     assert modules - {"gate.schemas"} <= layered, sorted(modules - layered)
+
+
+# --- the typed report ---------------------------------------------------------------------
+
+SUITE_ONLY = {"kind", "models", "shard", "all_models", "policy_sha256", "merged_from"}
+"""A suite's report (gate.ci.suite) carries these besides the fields a model's report has."""
+
+
+def _schema() -> dict:
+    import json
+
+    return json.loads((ROOT / "schemas" / "report.schema.json").read_text())
+
+
+def _json_types(value: object) -> set[str]:
+    if value is None:
+        return {"null"}
+    if isinstance(value, bool):
+        return {"boolean"}
+    if isinstance(value, int):
+        return {"integer", "number"}
+    if isinstance(value, float):
+        return {"number"}
+    if isinstance(value, str):
+        return {"string"}
+    return {"array"} if isinstance(value, list) else {"object"}
+
+
+def _allowed(spec: dict) -> set[str] | None:
+    kind = spec.get("type")
+    if kind is None:
+        return None  # an enum or const: checked by validating a fresh report below
+    return {kind} if isinstance(kind, str) else set(kind)
+
+
+def test_the_typed_report_and_the_schema_name_the_same_fields() -> None:
+    """Every field of ModelReport is a property of report.schema.json and every property a
+    field (or a suite's own), with types that agree; the same for CandidateEntry."""
+    import dataclasses
+
+    from gate.report.model import UNSET, CandidateEntry, ModelReport
+
+    schema = _schema()
+    fields = {f.name: f for f in dataclasses.fields(ModelReport)}
+    assert set(fields) | SUITE_ONLY == set(schema["properties"]), (
+        sorted(set(fields) - set(schema["properties"])),
+        sorted(set(schema["properties"]) - set(fields) - SUITE_ONLY),
+    )
+    candidate = schema["$defs"]["candidate"]
+    entry_fields = {f.name for f in dataclasses.fields(CandidateEntry)}
+    assert entry_fields == set(candidate["properties"]), sorted(
+        entry_fields ^ set(candidate["properties"])
+    )
+
+    fresh = ModelReport()
+    entry = CandidateEntry(name="original", session={})
+    always = {name for name in fields if getattr(fresh, name) is not UNSET}
+    # What the schema requires of every report (and of a model's) is always written...
+    assert set(schema["required"]) | set(schema["else"]["required"]) <= always
+    assert set(candidate["required"]) <= {
+        f.name for f in dataclasses.fields(entry) if getattr(entry, f.name) is not UNSET
+    }
+    # ...with a value of a type the schema allows.
+    for record, properties in ((fresh, schema["properties"]), (entry, candidate["properties"])):
+        for item in dataclasses.fields(record):
+            value = getattr(record, item.name)
+            allowed = _allowed(properties[item.name])
+            if value is UNSET or allowed is None:
+                continue
+            assert _json_types(value) & allowed, (item.name, value, allowed)
+
+
+def test_a_fresh_report_is_valid_and_says_nothing_ran() -> None:
+    """new_report is the report a run that fails at once writes: valid, an error, and
+    without the fields no step has filled in yet."""
+    import jsonschema
+
+    from gate.report.document import new_report
+
+    document = new_report(Path("policy.yaml"), "demo").to_json()
+    jsonschema.validate(document, _schema())
+    assert document["verdict"] == "error" and document["exit_code"] == 3
+    assert "testbed" not in document and "search" not in document
+    assert document["candidates"] == [] and document["policy"] == "policy.yaml"
+
+
+def test_a_misspelt_report_field_is_an_error_not_a_new_key() -> None:
+    import pytest
+
+    from gate.report.model import ModelReport
+
+    with pytest.raises(AttributeError, match="verdikt"):
+        ModelReport().update(verdikt="pass")

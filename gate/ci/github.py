@@ -18,10 +18,23 @@ Sub-commands (``python -m gate.ci.github SUB ...``, or ``python gate/ci/github.p
     read-only token or when the API is unreachable it writes a notice and leaves the
     report in the job summary.
 
-The module uses the standard library only (PyYAML, when importable, for policy line
-numbers), and imports nothing from ``gate``: the action runs it as a script from its
-own checkout, whatever onnx-gate version the workflow installed. Library functions
-return values; only the ``*_main`` functions print or write files.
+Why it stands alone. The action runs this file as a script from its own checkout with
+the runner's Python, under ``-I``: ``run`` executes before anything may be importable
+(it is what runs the installed gate), and ``report``/``comment`` must work whatever
+onnx-gate version the workflow installed, older releases included, and after a gate
+that crashed. So it uses the standard library only (PyYAML, when importable, for
+policy line numbers) and imports nothing from ``gate``. An import-linter contract in
+pyproject.toml holds that.
+
+What it repeats of the gate, and no more. It reads report.json as data: the
+``budgets`` rows, ``verdict``, ``exit_code`` and ``summary.md`` are the gate's own,
+and are used as written. Only for a report from before the budget rows existed
+(``_rows_from_candidates``, ``_status_of``, ``_explain``: about 50 lines) does it
+rebuild them from the chosen candidate. It keeps GitHub's own rules: annotation caps,
+summary size, workflow-command escaping and ``fail-on``. tests/test_github_action.py
+runs it against a real older wheel and against the current gate's reports.
+
+Library functions return values; only the ``*_main`` functions print or write files.
 """
 
 from __future__ import annotations

@@ -77,7 +77,7 @@ def measure_noise(
     between = max(abs(point - 1.0) for point in per_pair)
     margin = max(within, between)
     return {
-        "model": report["model"]["path"] if report["model"] else None,
+        "model": report.model["path"] if report.model else None,
         "testbed": report.get("testbed"),
         "target": report.get("target"),
         "seconds": round(sum(t.seconds for t in timings), 2),

@@ -26,6 +26,7 @@ from gate.files import REPORT_MAX_BYTES, copy_folder, copy_regular, not_regular,
 from gate.metrics import TIMING_METRICS
 from gate.policy.loading import policy_digest
 from gate.report.document import REPORT_FILE, SUITE, json_safe, write_atomic
+from gate.report.model import CandidateEntry
 from gate.run.candidates import ORIGINAL, Candidate
 from gate.run.check import active_validators
 from gate.run.load import copy_model
@@ -67,7 +68,7 @@ class StagedRun(GateRun):
         self.stage, self.source = stage, source
 
     def execute(self) -> None:
-        self.report["stage"] = self.stage
+        self.report.stage = self.stage
         {"build": self.build, "measure": self.measure, "decide": self.decide}[self.stage]()
 
     # -- build -----------------------------------------------------------------
@@ -78,8 +79,8 @@ class StagedRun(GateRun):
         original = self._judge_original()
         built = self._search()
         candidates = [original, *built]
-        self.entries[ORIGINAL]["status"] = "pending"
-        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        self.entries[ORIGINAL].status = "pending"
+        self.report.candidates = [self.entries[c.name] for c in candidates]
         going_on = self._write_bundle(candidates)
         self.report.update(
             verdict="pending",
@@ -109,12 +110,12 @@ class StagedRun(GateRun):
                 passed = self._outcome_so_far(candidate) == "passed"
                 status = "pending" if passed else "rejected"
                 if not passed:
-                    entry["reasons"] = [
+                    entry.reasons = [
                         r.explain()
                         for r in self._evaluate_without_memory(candidate.name)
                         if r.budget.level == "error" and r.decision != "pass" and not r.waiver
                     ]
-            entry["status"] = status
+            entry.status = status
             file = None
             if status == "pending":
                 assert candidate.path is not None
@@ -130,7 +131,7 @@ class StagedRun(GateRun):
                     "status": status,
                     "error": candidate.error,
                     "stage": candidate.stage,
-                    "reasons": entry["reasons"],
+                    "reasons": entry.reasons,
                     "file": file,
                 }
             )
@@ -138,12 +139,12 @@ class StagedRun(GateRun):
             "format": 1,
             "policy_sha256": policy_digest(self.policy.path),
             "name": self.policy.name,
-            "model": self.report["model"],
-            "testbed": self.report["testbed"],
+            "model": self.report.model,
+            "testbed": self.report.testbed,
             "build": self.report.get("build"),
             "search": self.report.get("search"),
             "candidates": items,
-            "entries": self.entries,
+            "entries": {name: entry.to_json() for name, entry in self.entries.items()},
         }
         write_atomic(bundle / BUILD_FILE, json.dumps(json_safe(build), indent=1) + "\n")
         return going_on
@@ -164,9 +165,9 @@ class StagedRun(GateRun):
             self.policy, model_path=bundle / ORIGINAL_FILE, exporter=None, exporter_options={}
         )
         self.prepare()
-        self.report["model"] = build["model"]
-        self.report["build_stage"] = {"from": str(self.source), "testbed": build["testbed"]}
-        self.report["build"], self.report["search"] = build["build"], build["search"]
+        self.report.model = build["model"]
+        self.report.build_stage = {"from": str(self.source), "testbed": build["testbed"]}
+        self.report.build, self.report.search = build["build"], build["search"]
         original = self._judge_original()
         candidates = [original]
         for item in build["candidates"]:
@@ -183,7 +184,7 @@ class StagedRun(GateRun):
                 self.say(f"validating and measuring {candidate.name}")
                 entry = self._judge(candidate)
             else:
-                entry = build["entries"][item["name"]]
+                entry = CandidateEntry.from_json(build["entries"][item["name"]])
                 if item["status"] == "skipped":
                     candidate.skip(item["error"])
                 elif item["status"] == "rejected":
@@ -193,7 +194,7 @@ class StagedRun(GateRun):
                 else:
                     candidate.fail(item["stage"] or "build", item["error"] or "failed")
                 entry.update(stage=candidate.stage, error=candidate.error)
-            entry["search"] = build["entries"].get(item["name"], {}).get("search")
+            entry.search = build["entries"].get(item["name"], {}).get("search")
             self.entries[candidate.name] = entry
             candidates.append(candidate)
         self._finish(candidates)
@@ -223,11 +224,11 @@ class StagedRun(GateRun):
                 "give the output folder of --stage measure"
             )
         for key in ("model", "target", "testbed", "baseline", "data", "validation"):
-            self.report[key] = measured.get(key)
+            setattr(self.report, key, measured.get(key))
         for key in ("measurement", "cost", "build", "search", "build_stage"):
             if measured.get(key) is not None:
-                self.report[key] = measured[key]
-        self.report["measured"] = {"from": str(self.source), "duration_s": measured["duration_s"]}
+                setattr(self.report, key, measured[key])
+        self.report.measured = {"from": str(self.source), "duration_s": measured["duration_s"]}
         timing_input = self.source / TIMING_INPUT
         if timing_input.is_file():  # what the measurements were taken on travels with them
             try:
@@ -244,15 +245,11 @@ class StagedRun(GateRun):
         bundle = self.source / BUNDLE
         candidates = []
         for old in measured["candidates"]:
-            entry = {
-                **old,
-                "chosen": False,
-                "budgets": [],
-                "reasons": [],
-                "outcome": None,
-            }
-            self.entries[entry["name"]] = entry
-            candidate = Candidate(entry["name"], entry["recipe"], None, entry["session"])
+            entry = CandidateEntry.from_json(
+                {**old, "chosen": False, "budgets": [], "reasons": [], "outcome": None}
+            )
+            self.entries[entry.name] = entry
+            candidate = Candidate(entry.name, entry.recipe, None, entry.session)
             if old.get("error"):
                 candidate.fail(old.get("stage") or "build", old["error"])
                 candidate.skipped = old["status"] == "skipped"
@@ -267,7 +264,7 @@ class StagedRun(GateRun):
         if ORIGINAL not in self.entries or ORIGINAL not in self.estimates:
             raise UsageError(f"{self.source}: the report has no measured original")
         self._default_accuracy_budget()
-        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        self.report.candidates = [self.entries[c.name] for c in candidates]
         try:
             self._decide(candidates)
         except FileNotFoundError as exc:
@@ -277,7 +274,7 @@ class StagedRun(GateRun):
             ) from None
 
 
-def _estimates(entry: dict[str, Any], measured: dict[str, Any]) -> dict[str, Estimate]:
+def _estimates(entry: CandidateEntry, measured: dict[str, Any]) -> dict[str, Estimate]:
     """The timing estimates a measured report recorded (point and interval per metric)."""
     confidence = float((measured.get("measurement") or {}).get("confidence") or 0.95)
     rounds = int((entry.get("timing") or {}).get("rounds") or 0)

@@ -18,6 +18,7 @@ from gate.errors import GateError, UsageError, listed
 from gate.exitcodes import ExitCode
 from gate.files import copy_folder, within
 from gate.host.manager import Host, get_host
+from gate.policy.guards import cwd_relative
 from gate.policy.loading import Policy, load_policies, policy_digest
 from gate.policy.settings import DEFAULT_OUTPUT_DIR, RunOptions
 from gate.progress import Progress
@@ -25,7 +26,6 @@ from gate.report.document import REPORT_FILE, SUITE, environment, new_report
 from gate.run.pipeline import (
     GateResult,
     GateRun,
-    cwd_relative,
     remove_previous_output,
     report_usage_error,
     run_model,
@@ -58,7 +58,7 @@ def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
 
 
 def new_suite(policy: str, shard: tuple[int, int] | None, everything: list[str]) -> dict[str, Any]:
-    report = new_report(Path(policy))
+    report = new_report(Path(policy)).to_json()
     for key in ("model", "target", "baseline", "data", "validation", "measurement", "cost"):
         report.pop(key)
     for key in ("candidates", "chosen", "decision", "output_model", "name"):

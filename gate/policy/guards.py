@@ -510,3 +510,16 @@ def check_data_file(path: Path, where: str, limits: Limits) -> None:
 
 _CHECKED_DATA: set[tuple[int, ...] | tuple[float, ...]] = set()
 """Data files that passed ``check_data_file``, by device, inode, size, mtime and limit."""
+
+
+def cwd_relative(path: Path) -> str:
+    """A path as a report shows it: relative to the working directory (a CI job's checkout),
+    else to the repository holding it; the runner's own layout stays out of artifacts."""
+    try:
+        resolved = path.resolve()
+    except (OSError, ValueError):
+        return str(path)
+    for base in (Path.cwd().resolve(), repository_root(resolved.parent)):
+        if base is not None and resolved.is_relative_to(base):
+            return str(resolved.relative_to(base))
+    return str(path)

@@ -18,7 +18,7 @@ import numpy as np
 
 from gate.errors import bounded, listed
 from gate.files import REPORT_MAX_BYTES, read_json, write_atomic
-from gate.identity import __version__
+from gate.report.model import ModelReport
 
 REPORT_FILE = "report.json"
 SUITE = "suite"
@@ -44,33 +44,9 @@ def environment() -> dict[str, str]:
     return versions
 
 
-def new_report(policy_path: Path, name: str | None = None) -> dict[str, Any]:
-    return {
-        "report_version": 1,
-        "tool": {"name": "onnx-gate", "version": __version__},
-        "name": name,
-        "verdict": "error",
-        "exit_code": 3,
-        "message": "",
-        "policy": str(policy_path),
-        "model": None,
-        "target": None,
-        "baseline": None,
-        "data": None,
-        "validation": None,
-        "measurement": None,
-        "cost": None,
-        "candidates": [],
-        "budgets": [],
-        "waivers": [],
-        "chosen": None,
-        "decision": "",
-        "output_model": None,
-        "warnings": [],
-        "errors": [],
-        "environment": {},
-        "duration_s": 0.0,
-    }
+def new_report(policy_path: Path, name: str | None = None) -> ModelReport:
+    """The report of a run that has not started: an error until a step says otherwise."""
+    return ModelReport(policy=str(policy_path), name=name)
 
 
 def model_reports(report: dict[str, Any], output_dir: Path) -> list[dict[str, Any]]:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from typing import Any
 
-from gate.errors import listed
-from gate.metrics import MEASURED_METRICS
-from gate.policy.loading import Budget, Waiver
+from gate.errors import PolicyError, listed
+from gate.exitcodes import ExitCode
+from gate.metrics import MEASURED_METRICS, TIMING_METRICS
+from gate.policy.loading import Budget, Policy, Waiver
 from gate.report.document import explain_budget
-from gate.run.candidates import ORIGINAL
+from gate.report.model import CandidateEntry
+from gate.run.candidates import ORIGINAL, Candidate
+from gate.run.task import DEFAULT_FLOORS
 from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
 
 
@@ -374,3 +377,162 @@ def count_rows(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
         else:
             counts["fail"] += 1
     return counts
+
+
+@dataclass
+class Decision:
+    """What deciding sets in report.json (besides each candidate's entry) and the chosen one."""
+
+    chosen: str | None
+    report: dict[str, Any]
+    """chosen, decision, budgets, counts, waivers, recommendation; verdict, exit_code and
+    message when nothing is chosen."""
+    warnings: list[str]
+    chosen_warnings: list[str]
+    """Warnings about the chosen model, once it is written."""
+
+
+def decide_run(
+    policy: Policy,
+    candidates: Sequence[Candidate],
+    entries: Mapping[str, CandidateEntry],
+    results_of: Callable[[str], list[BudgetResult]],
+    speedups: Mapping[str, Estimate],
+    synthetic: bool,
+    today: date,
+) -> Decision:
+    """Hold every candidate to the budgets (``results_of``), choose, and explain each
+    outcome: fills each entry's status, budgets, reasons and outcome (the decision log)."""
+    on_inconclusive = policy.measure.on_inconclusive
+    standings = []
+    for candidate in candidates:
+        entry = entries[candidate.name]
+        if candidate.failed:
+            entry.status = "skipped" if candidate.skipped else "failed"
+            continue
+        results = results_of(candidate.name)
+        entry.budgets = [result.to_json() for result in results]
+        standing = Standing(candidate.name, speedups[candidate.name], results, on_inconclusive)
+        entry.status = standing.status
+        entry.reasons = [r.explain() for r in standing.blocking()]
+        standings.append(standing)
+
+    chosen, reason = choose(standings, policy.min_gain)
+    report: dict[str, Any] = {"chosen": chosen, "decision": reason}
+    subject = next(
+        (s for s in standings if s.name == (chosen or ORIGINAL)),
+        standings[0] if standings else None,
+    )
+    report["budgets"] = budget_rows(policy.name, subject)
+    report["counts"] = count_rows(report["budgets"])
+    report["waivers"], warnings = waiver_summary(policy.waivers, policy.name, standings, today)
+    for candidate in candidates:  # the decision log: why each one won or lost
+        entry = entries[candidate.name]
+        standing = next((s for s in standings if s.name == candidate.name), None)
+        if standing is not None:
+            entry.outcome = outcome(standing, chosen, standings, policy.min_gain)
+        else:
+            what = "skipped" if candidate.skipped else f"failed to {candidate.stage}"
+            entry.outcome = f"{what}: {candidate.error}"
+    report["recommendation"] = recommend(
+        [entries[c.name].to_json() for c in candidates], chosen, synthetic
+    )
+    if chosen is None:
+        if any(s.status == "inconclusive" for s in standings):
+            report.update(
+                verdict="inconclusive",
+                exit_code=int(ExitCode.INCONCLUSIVE),
+                message=(
+                    "no candidate surely passed, and a timing budget could not be decided within "
+                    "measure.max_seconds: raise it, use a relative budget, or set measure.on_inconclusive"
+                ),
+            )
+        else:
+            report.update(verdict="fail", exit_code=int(ExitCode.BUDGET_FAILED), message=reason)
+        return Decision(None, report, warnings, [])
+    standing = next(s for s in standings if s.name == chosen)
+    chosen_warnings = _chosen_warnings(chosen, standing.results, on_inconclusive)
+    if chosen != ORIGINAL and standing.speedup.low <= 1.0:
+        chosen_warnings.append(
+            f"{chosen} is not surely faster than the original "
+            f"({standing.speedup.point:.2f}x): it is chosen because the original misses "
+            "an error-level budget"
+        )
+    return Decision(chosen, report, warnings, chosen_warnings)
+
+
+def _chosen_warnings(chosen: str, results: list[BudgetResult], on_inconclusive: str) -> list[str]:
+    warnings = []
+    for result in results:
+        if result.budget.level == "warn" and result.decision != PASS:
+            warnings.append(f"{chosen}: {result.explain()}")
+        elif (
+            result.budget.level == "error"
+            and result.decision == UNDECIDED
+            and on_inconclusive == "warn"
+        ):
+            warnings.append(f"{chosen}: {result.explain()} (measure.on_inconclusive: warn)")
+    return warnings
+
+
+DEFAULT_ACCURACY_FLOOR = 0.99
+"""The floor of the default budget when the task's own metric is not produced."""
+
+
+def default_accuracy_budget(
+    budgets: Sequence[Budget],
+    validators: Sequence[Any],
+    produced: Mapping[str, float],
+    task: str,
+    judged: str,
+) -> tuple[Budget | None, str | None]:
+    """Without an error-level accuracy budget nothing would stop a quantiser that destroys
+    the model: the budget holding every candidate to agreeing with the original (the task's
+    default floor), and the warning that says so; or only a warning."""
+    accuracy = {metric for validator in validators for metric in validator.metrics}
+    levels = {b.level for b in budgets if b.metric in accuracy}
+    if "error" in levels:
+        return None, None
+    if levels:  # the policy chose warn or off: respected, but not silently
+        return (
+            None,
+            "no accuracy budget is at level error: a candidate that loses accuracy can be chosen",
+        )
+    floor_metric, floor = DEFAULT_FLOORS[task]
+    preferred = [floor_metric, "cosine_similarity", "top1_agreement"]
+    metric = next((m for m in preferred if m in produced), None)
+    if metric is None:
+        return None, (
+            f"the policy sets no accuracy budget and output '{judged}' gives no agreement "
+            "metric: candidates are not checked for accuracy"
+        )
+    floor = floor if metric == floor_metric else DEFAULT_ACCURACY_FLOOR
+    return Budget(metric, ">=", floor, "error", "default"), (
+        f"the policy sets no error-level accuracy budget: every candidate is held to "
+        f"{metric} >= {floor} against the original (task {task}); set your own in budgets"
+    )
+
+
+def require_budget_metrics(policy: Policy, produced: Mapping[str, float], output: Any) -> None:
+    """A budget on a metric the original did not produce can never be met: a policy error
+    naming each such budget. Timing and memory metrics are measured later."""
+    accuracy = [name for name in produced if name != "size_mb"]
+    problems = []
+    for index, budget in enumerate(policy.budgets):
+        if budget.level == "off" or budget.metric in produced:
+            continue
+        if budget.metric in TIMING_METRICS or budget.metric.endswith("memory_mb"):
+            continue  # measured later
+        problems.append(
+            policy.problem(
+                ("budgets", index, "metric"),
+                f"'{budget.metric}' is not produced for output '{output.name}' "
+                f"({output.dtype}, shape {output.shape or output.dims}), which gives "
+                f"{listed(accuracy, 'no accuracy metric')}; choose one of those or "
+                "another validation.output",
+            )
+        )
+    if problems:
+        raise PolicyError(
+            f"{policy.path.name}: budgets name metrics this model does not produce", problems
+        )

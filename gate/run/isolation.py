@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gate.policy.loading import Recipe
+from gate.policy.loading import BuildSettings, Recipe
 from gate.records import Sample
 from gate.run.candidates import Candidate, build_candidate
 
@@ -336,3 +336,18 @@ def _run_once(
 
 if __name__ == "__main__":
     _child(sys.argv[1])
+
+
+def probe_limits(build: BuildSettings, provider: str, memory: int | None) -> Isolation:
+    """The original's probe: build.timeout_s (per sample) and build.memory_mb. On the CPU
+    without a memory_mb, half the machine's ``memory``: side-by-side timing holds two
+    sessions at once, so a model that needs more cannot be measured here, and it fails in
+    its child instead of waking the OOM killer. GPU providers map far more address space
+    than they use: no default."""
+    if build.memory_mb is not None or provider != "CPUExecutionProvider":
+        return Isolation(build.timeout_s, build.memory_mb, per_step=True)
+    if memory is None:
+        return Isolation(build.timeout_s, per_step=True)
+    half = int(memory // (2 << 20))
+    setting = "build.memory_mb (by default half this machine's memory)"
+    return Isolation(build.timeout_s, half, memory_setting=setting, per_step=True)

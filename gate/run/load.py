@@ -16,7 +16,13 @@ import numpy as np
 from gate.errors import ModelError, PolicyError, listed
 from gate.files import not_regular, open_regular, temp_beside
 from gate.host.manager import Host, call_plugin
-from gate.policy.guards import MB, check_data_file, check_model_file, npz_array_shapes
+from gate.policy.guards import (
+    MB,
+    check_data_file,
+    check_model_file,
+    npz_array_shapes,
+    unknown_ops,
+)
 from gate.policy.loading import Policy
 
 
@@ -470,3 +476,19 @@ def load_model(policy: Policy, host: Host, work_dir: Path) -> LoadedModel:
         ],
         metadata={entry.key: entry.value for entry in proto.metadata_props},
     )
+
+
+def cannot_run_message(model_path: Path, detail: str) -> str:
+    """Why the original cannot run, naming ops no kernel implements when there are some."""
+    import onnx
+
+    try:
+        unknown = unknown_ops(onnx.load(str(model_path), load_external_data=False))
+    except Exception:  # it parsed once already; this is only a better message
+        unknown = []
+    if unknown:
+        detail = (
+            f"it uses ops from domains ONNX Runtime has no kernels for: {listed(unknown)} "
+            "(they need a custom-op library)"
+        )
+    return f"ONNX Runtime cannot run the original model: {detail}"

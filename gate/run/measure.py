@@ -20,13 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from gate.policy.loading import MeasureSettings
+from gate.metrics import TIMING_METRICS
+from gate.policy.loading import Budget, MeasureSettings
 from gate.records import Sample
 from gate.stats import (
     CONFIDENCE,
+    UNDECIDED,
     Estimate,
     abba_ratios,
     coefficient_of_variation,
+    decide,
     per_unit,
     quantile_estimate,
     ratio_estimate,
@@ -274,3 +277,59 @@ def timer_overhead_ns(repeats: int = 2000) -> float:
         start = time.perf_counter_ns()
         deltas.append(time.perf_counter_ns() - start)
     return float(np.median(deltas))
+
+
+EARLY_STOP_STRICTNESS = 10
+"""Looking again and again until an interval excludes the threshold would decide wrongly
+far more often than 1 - confidence: early stops use an interval this much stricter."""
+
+
+@dataclass(frozen=True)
+class Estimator:
+    """One run's timing estimates: its batch, its price and its measure.* settings."""
+
+    batch: int
+    usd_per_hour: float | None
+    measure: MeasureSettings
+
+    def __call__(
+        self,
+        samples: list[float],
+        paired_turns: tuple[list[float], list[float]] | None,
+        confidence: float | None = None,
+    ) -> dict[str, Estimate]:
+        return timing_estimates(
+            samples, paired_turns, self.batch, self.usd_per_hour,
+            confidence or self.measure.confidence, self.measure.session_noise,
+        )  # fmt: skip
+
+    def stopping_rule(
+        self, budgets: Sequence[Budget], min_gain: float, original_only: bool = False
+    ) -> Callable[[Timing], bool]:
+        """When a block may stop: every interval-aggregated timing budget and the
+        question "is it surely faster, or surely not enough faster" are answered."""
+        timed = [
+            b for b in budgets
+            if b.metric in TIMING_METRICS and b.aggregation == "interval" and b.level != "off"
+        ]  # fmt: skip
+        stricter = 1.0 - (1.0 - self.measure.confidence) / EARLY_STOP_STRICTNESS
+
+        def is_decided(timing: Timing) -> bool:
+            if original_only:  # its speedup is 1 by definition; only its own budgets matter
+                estimates = self(timing.original_ms, None, stricter)
+            else:
+                turns = (timing.original_turns, timing.candidate_turns)
+                estimates = self(timing.candidate_ms, turns, stricter)
+            for budget in timed:
+                estimate = estimates.get(budget.metric)
+                if (
+                    estimate is not None
+                    and decide(estimate, budget.op, budget.threshold) == UNDECIDED
+                ):
+                    return False
+            if original_only:
+                return True
+            speedup = estimates["speedup"]
+            return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
+
+        return is_decided

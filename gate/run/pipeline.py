@@ -13,12 +13,9 @@ import shutil
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from gate.errors import (
     GateError,
@@ -29,10 +26,10 @@ from gate.errors import (
     listed,
 )
 from gate.exitcodes import ExitCode
-from gate.files import REPORT_MAX_BYTES, read_json, read_regular, temp_beside
+from gate.files import REPORT_MAX_BYTES, read_json, temp_beside
 from gate.host.manager import Host, call_plugin, get_host
 from gate.metrics import MEASURED_METRICS, MEMORY_METRICS, TIMING_METRICS
-from gate.policy.guards import repository_root, unknown_ops
+from gate.policy.guards import cwd_relative
 from gate.policy.loading import Budget, Policy, Recipe, load_policy
 from gate.policy.settings import RunOptions, RunSettings
 from gate.progress import RESULT_PREFIX, Progress
@@ -45,57 +42,44 @@ from gate.report.document import (
     signals_held,
     write_report_json,
 )
+from gate.report.model import CandidateEntry, ModelReport
 from gate.run.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
 from gate.run.check import active_validators, check_policy
 from gate.run.data import (
     calibration_feeds,
-    load_box_labels,
-    load_labels,
-    load_text_labels,
     validation_feeds,
 )
 from gate.run.decide import (
     BudgetResult,
-    Standing,
-    budget_rows,
-    choose,
-    count_rows,
+    decide_run,
+    default_accuracy_budget,
     evaluate,
-    outcome,
-    recommend,
+    require_budget_metrics,
     utc_today,
-    waiver_summary,
 )
-from gate.run.isolation import Isolation, build_isolated, probe_isolated, save_feeds
+from gate.run.describe import describe_model, describe_run
+from gate.run.isolation import Isolation, build_isolated, probe_isolated, probe_limits, save_feeds
+from gate.run.judging import framework_agreement, judged_outputs, resolve_task
 from gate.run.load import (
     LoadedModel,
+    cannot_run_message,
     copy_model,
     file_sha256,
     load_model,
     model_size_bytes,
     with_returned_shapes,
 )
-from gate.run.measure import COST_FORMULA, Timing, time_pair, timer_overhead_ns, timing_estimates
+from gate.run.measure import Estimator, Timing, time_pair
 from gate.run.memory import measure_memory
-from gate.run.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
+from gate.run.runtime import make_session, onnxruntime_errors, run_all, run_stream
 from gate.run.search import Search, Trial, fallback_trial, propose, search_context
 from gate.run.sensitivity import rank_sources
-from gate.run.task import (
-    CHARSET_MAX_BYTES,
-    DEFAULT_FLOORS,
-    TaskChoice,
-    charset_symbols,
-    choose_task,
-    layout_problem,
-    ports,
-)
-from gate.run.testbed import fingerprint, memory_limit_bytes, physical_cores
-from gate.run.validate import ValidationSetup, applies, describe_validation, validate_outputs
-from gate.stats import FAIL, PASS, UNDECIDED, Estimate, decide
+from gate.run.target import choose_target
+from gate.run.testbed import fingerprint, memory_limit_bytes
+from gate.run.validate import ValidationSetup, describe_validation, validate_outputs
+from gate.stats import FAIL, PASS, Estimate
 
-EARLY_STOP_STRICTNESS = 10
 TIMING_INPUT = "timing-input.npz"
-DEFAULT_ACCURACY_FLOOR = 0.99
 
 
 @dataclass
@@ -103,19 +87,6 @@ class GateResult:
     report: dict[str, Any]
     exit_code: ExitCode
     output_dir: Path
-
-
-def cwd_relative(path: Path) -> str:
-    """A path as a report shows it: relative to the working directory (a CI job's checkout),
-    else to the repository holding it; the runner's own layout stays out of artifacts."""
-    try:
-        resolved = path.resolve()
-    except (OSError, ValueError):
-        return str(path)
-    for base in (Path.cwd().resolve(), repository_root(resolved.parent)):
-        if base is not None and resolved.is_relative_to(base):
-            return str(resolved.relative_to(base))
-    return str(path)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -172,13 +143,13 @@ def run_model(
     say = progress or (lambda message: None)
     interrupted: BaseException | None = None
     try:
-        report["testbed"] = fingerprint()  # in every report, failed runs included
+        report.testbed = fingerprint()  # in every report, failed runs included
         _prepare_output_dir(output_dir)
         remove_previous_output(output_dir)
         host = host or get_host()
         policy = policy or load_policy(policy_path, options.allowed_paths)
-        report["name"] = policy.name
-        report["regressions"] = [regression.to_json() for regression in policy.regressions]
+        report.name = policy.name
+        report.regressions = [regression.to_json() for regression in policy.regressions]
         check_policy(policy, host)
         if (output_dir / MODEL_FILE).resolve() == policy.model_path:
             raise UsageError(
@@ -190,21 +161,21 @@ def run_model(
             (runner or GateRun)(settings, host, Path(work), report, say).execute()
     except GateError as exc:
         report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
-        report["errors"].extend(exc.lines())
+        report.errors.extend(exc.lines())
     except KeyboardInterrupt as exc:  # Ctrl-C or the CLI's SIGTERM handler: report what is known
         interrupted = exc
         message = "interrupted before the run finished; this report is partial"
         report.update(
             verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message, partial=True
         )
-        report["errors"].append(message)
+        report.errors.append(message)
     except Exception as exc:  # a bug in the gate: still report, and say where
         where = traceback.extract_tb(exc.__traceback__)[-1]
         message = f"internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
         report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
-        report["errors"].append(message)
-    report["environment"] = environment()
-    report["duration_s"] = round(time.perf_counter() - started, 3)
+        report.errors.append(message)
+    report.environment = environment()
+    report.duration_s = round(time.perf_counter() - started, 3)
     with contextlib.suppress(OSError):  # a run that failed before it made the folder
         output_dir.mkdir(parents=True, exist_ok=True)
     if output_dir.is_dir():
@@ -213,15 +184,20 @@ def run_model(
         except OSError as exc:  # a pass nobody can read is no pass
             message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
             report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
-            report["errors"].append(message)
+            report.errors.append(message)
         except KeyboardInterrupt:  # held while the files were written; they are whole
-            interrupted = interrupted or InterruptedAfterReport(report["exit_code"])
+            interrupted = interrupted or InterruptedAfterReport(report.exit_code)
     if interrupted is not None:
         raise interrupted
-    return GateResult(report, ExitCode(report["exit_code"]), output_dir)
+    return GateResult(report.to_json(), ExitCode(report.exit_code), output_dir)
 
 
-def write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -> None:
+def write_reports(
+    report: ModelReport | dict[str, Any], output_dir: Path, host: Host | None
+) -> None:
+    """Every reporter plugin's files, then report.json, atomically and with signals held.
+    Reporters read the report as JSON (a suite's report is JSON already)."""
+    document = report.to_json() if isinstance(report, ModelReport) else report
     reporters: list[Any] = []
     if host is not None:
         try:
@@ -232,12 +208,17 @@ def write_reports(report: dict[str, Any], output_dir: Path, host: Host | None) -
     with signals_held():
         for reporter in reporters:
             try:
-                paths = call_plugin(reporter, "write", reporter.write, report, output_dir)
+                paths = call_plugin(reporter, "write", reporter.write, document, output_dir)
                 written += [Path(path).name for path in paths or ()]
             except GateError as exc:
-                report["errors"].append(exc.message)
-        report["files"] = sorted({REPORT_FILE, *written})
-        write_report_json(report, output_dir)
+                document["errors"].append(exc.message)  # the same list as a typed report's
+        files = sorted({REPORT_FILE, *written})
+        if isinstance(report, ModelReport):
+            report.files = files
+            document = report.to_json()
+        else:
+            report["files"] = files
+        write_report_json(document, output_dir)
 
 
 def report_usage_error(policy_path: Path, output_dir: Path, error: GateError | None) -> GateResult:
@@ -248,10 +229,10 @@ def report_usage_error(policy_path: Path, output_dir: Path, error: GateError | N
     if error is None:
         message = "interrupted before the run started; this report is partial"
         error = GateError(message)
-        report["partial"] = True
+        report.partial = True
     report.update(verdict="error", exit_code=int(error.exit_code), message=error.message)
-    report["errors"].extend(error.lines())
-    report["environment"] = environment()
+    report.errors.extend(error.lines())
+    report.environment = environment()
     try:
         _prepare_output_dir(output_dir)
         remove_previous_output(output_dir)
@@ -265,13 +246,13 @@ class GateRun:
     """One run's state, filled in stage by stage; ``report`` always says how far it got."""
 
     def __init__(
-        self, settings: RunSettings, host: Host, work: Path, report: dict[str, Any], say: Progress
+        self, settings: RunSettings, host: Host, work: Path, report: ModelReport, say: Progress
     ) -> None:
         self.settings, self.policy = settings, settings.policy
         self.host, self.work, self.report, self.say = host, work, report, say
         self.output_dir = settings.options.output_dir
         self.keep_candidates = settings.options.keep_candidates
-        self.entries: dict[str, dict[str, Any]] = {}
+        self.entries: dict[str, CandidateEntry] = {}
         self.timings: dict[str, Timing] = {}
         self.estimates: dict[str, dict[str, Estimate]] = {}
         self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
@@ -287,15 +268,24 @@ class GateRun:
 
         # Quantisers and optimisers open their own sessions; keep ORT's log lines out of CI logs.
         onnxruntime.set_default_logger_severity(4)
-        self.target = self._target()
+        chosen = choose_target(self.policy, self.host)
+        self.report.warnings.extend(chosen.warnings)
+        self.report.target = chosen.described
+        self.report.testbed = fingerprint(chosen.described)
+        self.target = chosen.target
         self.say(f"loading {self.policy.model_path.name}")
         self.model = load_model(self.policy, self.host, self.work / "export")
-        self.report["model"] = self._describe_model()
-        self.report["warnings"].extend(self.model.warnings)
+        self.report.model = describe_model(self.policy, self.model)
+        self.report.warnings.extend(self.model.warnings)
         for note in self.model.notes:
             self.say(note)
         self._prepare_data()
-        self._describe_run()
+        self.report.update(
+            **describe_run(
+                self.policy, self.validation, self.calibration, self.setup, self.validators,
+                self.batch,
+            )
+        )  # fmt: skip
 
     def execute(self) -> None:
         self.prepare()
@@ -311,20 +301,22 @@ class GateRun:
             self.original_session = make_session(self.model.path, original.session, self.target)
             self.reference = run_all(self.original_session, self.validation.feeds)
         except Exception as exc:
-            raise ModelError(self._cannot_run(_first_line(exc))) from exc
+            raise ModelError(cannot_run_message(self.model.path, _first_line(exc))) from exc
         self.model.outputs, mismatched = with_returned_shapes(self.model.outputs, self.reference[0])
-        self.report["model"]["outputs"] = [spec.describe() for spec in self.model.outputs]
-        self.report["warnings"].extend(mismatched)
+        self.report.model["outputs"] = [spec.describe() for spec in self.model.outputs]
+        self.report.warnings.extend(mismatched)
         self._resolve_task()
         self._framework_reference()
         if self.task is not None and self.task.task == "stream":
             try:
                 self.reference = self._outputs(self.original_session)
             except Exception as exc:
-                raise ModelError(self._cannot_run(f"as a stream: {_first_line(exc)}")) from exc
+                raise ModelError(
+                    cannot_run_message(self.model.path, f"as a stream: {_first_line(exc)}")
+                ) from exc
         self.entries[ORIGINAL] = self._judge(original)
-        self.entries[ORIGINAL]["search"] = {"origin": "original"}
-        self.report["candidates"] = [self.entries[ORIGINAL]]
+        self.entries[ORIGINAL].search = {"origin": "original"}
+        self.report.candidates = [self.entries[ORIGINAL]]
         if original.failed:  # without a judged reference nothing can be decided
             raise GateError(f"the original model failed to {original.stage}: {original.error}")
         self._require_budget_metrics()
@@ -332,49 +324,19 @@ class GateRun:
         return original
 
     def _framework_reference(self) -> None:
-        """When the gate exported the model, hold the export itself to the framework model:
-        framework-vs-ONNX in ``export``, apart from every candidate's ONNX-vs-optimised."""
+        """When the gate exported the model, hold the export itself to the framework model."""
         exporter = self.host.records["exporter"].get(self.model.exporter)
         if exporter is None or exporter.reference is None:
             return
-        described: dict[str, Any] = {"exporter": exporter.name, "output": self.judged}
-        self.report["export"] = described
-        try:
-            framework = call_plugin(
-                exporter, "run the framework model", exporter.reference,
-                self.policy.model_path, self.policy.exporter_options, self.validation.feeds,
-            )  # fmt: skip
-            if any(self.judged not in outputs for outputs in framework):
-                raise GateError(f"it gives no output '{self.judged}'")
-            # The export is held to the framework as tensors, one feed at a time.
-            labels = self.labels if self.setup.task in ("classification", "tensor") else None
-            setup = ValidationSetup(
-                "tensor", {}, [self.judged], self.validation.feeds, labels, self.synthetic
-            )
-            validators = active_validators(self.policy, self.host, "tensor")
-            described["framework_vs_onnx"] = validate_outputs(
-                validators, framework, self.reference, setup
-            )
-        except GateError as exc:
-            described["error"] = exc.message
-            self.report["warnings"].append(
-                f"the exported model could not be compared with the framework model: {exc.message}"
-            )
-            return
-        metrics = described["framework_vs_onnx"]
-        if (
-            metrics.get("cosine_similarity", 1.0) < 0.999
-            or metrics.get("top1_agreement", 1.0) < 1.0
-        ):
-            agreement = ", ".join(f"{k} {v:.4g}" for k, v in sorted(metrics.items()))
-            self.report["warnings"].append(
-                f"the exported ONNX model differs from the {exporter.name} model ({agreement}): "
-                "every candidate is judged against the export, so check the export first"
-            )
+        described, warnings = framework_agreement(
+            self.policy, self.host, exporter, self.setup, self.reference
+        )
+        self.report.export = described
+        self.report.warnings.extend(warnings)
 
     def _finish(self, candidates: list[Candidate]) -> None:
         """Time the original against itself, measure memory, keep, decide."""
-        self.report["candidates"] = [self.entries[c.name] for c in candidates]
+        self.report.candidates = [self.entries[c.name] for c in candidates]
         self._save_timing_input()
         self._measure_original()
         if self.policy.measure.memory:
@@ -388,7 +350,7 @@ class GateRun:
         entry = self.entries[candidate.name]
         if candidate.failed:
             return f"{candidate.name}: {'skipped' if candidate.skipped else 'failed'}: {candidate.error}"
-        speedup = entry["metrics"].get("speedup")
+        speedup = entry.metrics.get("speedup")
         if speedup is None:  # the build stage: validated, timed later on the target
             passing = self._outcome_so_far(candidate) == "passed"
             return f"{candidate.name}: {'meets' if passing else 'misses'} the accuracy budgets"
@@ -419,41 +381,15 @@ class GateRun:
         probed = probe_isolated(
             dataclasses.replace(original, notes=[]), self.work / "probe",
             self.target.provider, self.target.provider_options, feeds,
-            self._probe_isolation(),
+            probe_limits(self.policy.build, self.target.provider, memory_limit_bytes()),
         )  # fmt: skip
         if probed.failed:
             detail = (probed.error or "").removeprefix("ONNX Runtime cannot run it: ")
-            raise ModelError(self._cannot_run(detail.replace("the load process", "its process")))
-
-    def _probe_isolation(self) -> Isolation:
-        """build.timeout_s (per sample) and build.memory_mb; on the CPU without a memory_mb, half the
-        machine's memory: side-by-side timing holds two sessions at once, so a model that
-        needs more cannot be measured here, and it fails in its child instead of waking the
-        OOM killer. GPU providers map far more address space than they use: no default."""
-        build = self.policy.build
-        if build.memory_mb is not None or self.target.provider != "CPUExecutionProvider":
-            return Isolation(build.timeout_s, build.memory_mb, per_step=True)
-        memory = memory_limit_bytes()
-        if memory is None:
-            return Isolation(build.timeout_s, per_step=True)
-        half = int(memory // (2 << 20))
-        setting = "build.memory_mb (by default half this machine's memory)"
-        return Isolation(build.timeout_s, half, memory_setting=setting, per_step=True)
-
-    def _cannot_run(self, detail: str) -> str:
-        """Why the original cannot run, naming ops no kernel implements when there are some."""
-        import onnx
-
-        try:
-            unknown = unknown_ops(onnx.load(str(self.model.path), load_external_data=False))
-        except Exception:  # it parsed once already; this is only a better message
-            unknown = []
-        if unknown:
-            detail = (
-                f"it uses ops from domains ONNX Runtime has no kernels for: {listed(unknown)} "
-                "(they need a custom-op library)"
+            raise ModelError(
+                cannot_run_message(
+                    self.model.path, detail.replace("the load process", "its process")
+                )
             )
-        return f"ONNX Runtime cannot run the original model: {detail}"
 
     def _search(self) -> list[Candidate]:
         """Build and judge candidates one at a time, most promising first, within search.*."""
@@ -461,12 +397,12 @@ class GateRun:
         registered = [info.name for info in self.host.infos if info.source == "registered"]
         if isolate and registered:
             isolate = False
-            self.report["warnings"].append(
+            self.report.warnings.append(
                 f"plugins registered in this process ({listed(registered)}) cannot be seen by a child "
                 "process: candidates were built in-process, without crash isolation"
             )
         self.isolate = isolate
-        self.report["build"] = {
+        self.report.build = {
             "isolate": isolate,
             "timeout_s": self.policy.build.timeout_s if isolate else None,
             "memory_mb": self.policy.build.memory_mb if isolate else None,
@@ -482,20 +418,20 @@ class GateRun:
             if not candidate.failed:
                 self.say(f"trial {trial.order}: validating and measuring {trial.name}")
             entry = self._judge(candidate)
-            entry["search"] = trial.describe()
+            entry.search = trial.describe()
             self.entries[candidate.name] = entry
             built.append(candidate)
             outcome = self._outcome_so_far(candidate)
-            search.observe(trial, outcome, entry["metrics"].get("speedup"))
+            search.observe(trial, outcome, entry.metrics.get("speedup"))
             self.say(RESULT_PREFIX + self._progress_line(candidate))
             if outcome == "accuracy":
                 self._fallback(search, trial, candidate)
-            self.report["candidates"] = [
+            self.report.candidates = [
                 self.entries[ORIGINAL],
                 *(self.entries[c.name] for c in built),
             ]
-            self.report["search"] = search.describe()
-        self.report["search"] = search.describe()
+            self.report.search = search.describe()
+        self.report.search = search.describe()
         return built
 
     def _new_search(self) -> Search:
@@ -506,7 +442,7 @@ class GateRun:
             )
         context = search_context(
             self.model.path,
-            self.report["testbed"],
+            self.report.testbed,
             self.target.provider,
             policy.calibration_path is not None,
             policy.baseline_graph["level"],
@@ -542,7 +478,7 @@ class GateRun:
     def _evaluate(self, budgets: list[Budget], name: str) -> list[BudgetResult]:
         policy = self.policy
         return evaluate(
-            budgets, self.entries[name]["metrics"], self.estimates.get(name, {}),
+            budgets, self.entries[name].metrics, self.estimates.get(name, {}),
             policy.waivers, policy.name, self.today,
         )  # fmt: skip
 
@@ -603,7 +539,7 @@ class GateRun:
                 f"{name}: no accuracy fallback: ranking its nodes failed: {_first_line(exc)}"
             )
             return
-        self.entries[name]["sensitivity"] = [source.describe() for source in ranking[:10]]
+        self.entries[name].sensitivity = [source.describe() for source in ranking[:10]]
         child = fallback_trial(
             trial,
             [(source.nodes, source.added) for source in ranking],
@@ -621,99 +557,25 @@ class GateRun:
         search.log.append(f"{child.reason}; retrying as {child.name}")
 
     def _default_accuracy_budget(self) -> None:
-        """Without an error-level accuracy budget nothing would stop a quantiser that destroys
-        the model: hold every candidate to agreeing with the original, and say so."""
-        accuracy = {metric for validator in self.validators for metric in validator.metrics}
-        levels = {b.level for b in self.budgets if b.metric in accuracy}
-        if "error" in levels:
-            return
-        if levels:  # the policy chose warn or off: respected, but not silently
-            self.report["warnings"].append(
-                "no accuracy budget is at level error: a candidate that loses accuracy can be chosen"
-            )
-            return
-        produced = self.entries[ORIGINAL]["metrics"]
-        task = self.setup.task
-        floor_metric, floor = DEFAULT_FLOORS[task]
-        preferred = [floor_metric, "cosine_similarity", "top1_agreement"]
-        metric = next((m for m in preferred if m in produced), None)
-        if metric is None:
-            self.report["warnings"].append(
-                f"the policy sets no accuracy budget and output '{self.judged}' gives no agreement "
-                "metric: candidates are not checked for accuracy"
-            )
-            return
-        floor = floor if metric == floor_metric else DEFAULT_ACCURACY_FLOOR
-        self.budgets.append(Budget(metric, ">=", floor, "error", "default"))
-        self.report["warnings"].append(
-            f"the policy sets no error-level accuracy budget: every candidate is held to "
-            f"{metric} >= {floor} against the original (task {task}); set your own in budgets"
-        )
-
-    def _target(self) -> Target:
-        policy = self.policy
-        provider = self.host.get("execution_provider", policy.provider, "target.provider")
-        requested, fell_back = provider, None
-        if not call_plugin(provider, "check availability", provider.is_available):
-            missing = (
-                f"execution provider '{provider.name}' ({provider.ort_name}) is not available "
-                f"here: it needs the package {provider.package}"
-                + (f" ({provider.install})" if provider.install else "")
-            )
-            if not policy.fallback:
-                raise GateError(f"{missing}; or set target.fallback: true to time on the CPU")
-            provider = self.host.get("execution_provider", "cpu", "target.fallback")
-            fell_back = missing
-            self.report["warnings"].append(
-                f"{missing}: target.fallback is on, so everything runs and is timed on the CPU "
-                "instead - the timings say nothing about the target"
-            )
-        options = (
-            call_plugin(provider, "map options", provider.provider_options, policy.provider_options)
-            if fell_back is None
-            else {}
-        )
-        threads = physical_cores() if policy.threads is None else policy.threads
-        target = Target(provider.ort_name, options, threads, policy.fallback)
-        self.report["target"] = {
-            "provider": provider.name,
-            "requested_provider": requested.name,
-            "fallback": {"allowed": policy.fallback, "reason": fell_back},
-            "usd_per_hour": policy.usd_per_hour,
-            **target.describe(),
-            "threads_source": "target.threads" if policy.threads is not None else "physical cores",
-        }
-        self.report["testbed"] = fingerprint(self.report["target"])
-        return target
+        budget, warning = default_accuracy_budget(
+            self.budgets, self.validators, self.entries[ORIGINAL].metrics, self.setup.task,
+            self.judged,
+        )  # fmt: skip
+        if budget is not None:
+            self.budgets.append(budget)
+        if warning is not None:
+            self.report.warnings.append(warning)
 
     def _prepare_data(self) -> None:
         policy, model = self.policy, self.model
-        output_names = [spec.name for spec in model.outputs]
-        # Default to the first float output: exporters often pass ids or masks straight through first.
-        floats = [spec.name for spec in model.outputs if np.issubdtype(spec.dtype, np.floating)]
-        self.judged = policy.validation_output or (floats or output_names)[0]
-        judged = [self.judged, *(o for o in policy.validation_outputs or () if o != self.judged)]
-        for name in judged:
-            if name in output_names:
-                continue
-            why = (
-                f"output '{name}' is not a tensor (a ZipMap's sequence of maps, say) and "
-                f"cannot be judged; tensor outputs: {listed(output_names)}"
-                if name in model.untensored_outputs
-                else f"the model has no output '{name}' (outputs: {listed(output_names)})"
-            )
-            key = (
-                "outputs"
-                if policy.validation_outputs and name != policy.validation_output
-                else "output"
-            )
-            raise PolicyError(policy.problem(("validation", key), why))
+        judged = judged_outputs(policy, model)
+        self.judged = judged[0]
         self.validation = validation_feeds(policy, model)
         self.labels: Any = None  # read for the task, once the task is known
         self.calibration = calibration_feeds(policy, model)
         self.synthetic = self.validation.source == "synthetic"
         if self.synthetic:
-            self.report["warnings"].append(
+            self.report.warnings.append(
                 f"no data.validation: validated on {len(self.validation.feeds)} synthetic samples; "
                 "accuracy metrics show agreement on random inputs only"
             )
@@ -724,87 +586,21 @@ class GateRun:
         self.validators = active_validators(policy, self.host, "tensor")
         self.budgets: list[Budget] = list(policy.budgets)
         self.batch = policy.measure.batch or _leading_batch(model)
+        self.estimator = Estimator(self.batch, policy.usd_per_hour, policy.measure)
 
     def _resolve_task(self) -> None:
-        """What the outputs mean (validation.task, or what auto infers), held to the shapes
-        the original returned; the labels read for it; the stream run when it is one."""
-        policy, model = self.policy, self.model
-        inputs, outputs = ports(model.inputs), ports(model.outputs)
-        choice = choose_task(
-            policy.task, policy.task_options, model.metadata, inputs, outputs, self.judged
+        """What the outputs mean, and what the candidates are then judged by."""
+        resolved = resolve_task(self.policy, self.host, self.model, self.setup, self.reference)
+        choice = self.task = resolved.choice
+        self.setup, self.validators, self.labels = (
+            resolved.setup,
+            resolved.validators,
+            resolved.labels,
         )
-        problem = layout_problem(choice, inputs, outputs, self.judged)
-        if problem is not None:
-            option, why = problem
-            location = ("validation", choice.task, option)
-            if location not in policy.lines:
-                location = ("validation", "task")
-            raise PolicyError(policy.problem(location, why))
-        for name in policy.validators or ():
-            validator = self.host.records["validator"][name]
-            if not applies(validator, choice.task):
-                raise PolicyError(
-                    policy.problem(
-                        ("validation", "validators"),
-                        f"validator '{name}' judges {listed(sorted(validator.tasks))}, not "
-                        f"task {choice.task}"
-                        + ("" if choice.declared else f" (inferred: {choice.source})"),
-                    )
-                )
-        if policy.labels_path is not None:
-            self.labels = self._task_labels(choice)
-        cache: dict[str, Any] = {}
-        if policy.charset_path is not None:
-            refuse = lambda why: PolicyError(  # noqa: E731
-                policy.problem(
-                    ("validation", "ctc", "charset"), f"{policy.charset_path.name} {why}"
-                )
-            )
-            data = read_regular(policy.charset_path, CHARSET_MAX_BYTES, refuse)
-            try:
-                cache["ctc-charset"] = charset_symbols(data)
-            except UnicodeDecodeError as exc:
-                raise refuse(f"is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-            choice.options["charset"] = cwd_relative(
-                policy.charset_path
-            )  # cached above; shown only
-        self.task = choice
-        self.setup = ValidationSetup(
-            choice.task, choice.options, self.setup.outputs, self.validation.feeds, self.labels,
-            self.synthetic, cache,
-        )  # fmt: skip
-        self.validators = active_validators(policy, self.host, choice.task)
-        self.report["validation"] = describe_validation(
-            self.setup, self.validators, choice.describe()
-        )
-        self.report["warnings"].extend(choice.notes)
+        self.report.validation = describe_validation(self.setup, self.validators, choice.describe())
+        self.report.warnings.extend(choice.notes)
         how = "declared" if choice.declared else f"inferred from {choice.source}"
         self.say(f"judging by task {choice.task} ({how})")
-
-    def _task_labels(self, choice: TaskChoice) -> Any:
-        policy, path, samples = self.policy, self.policy.labels_path, len(self.validation.feeds)
-        assert path is not None
-        if choice.task in ("embedding", "stream"):
-            raise PolicyError(
-                policy.problem(("data", "labels"), f"task {choice.task} takes no labels")
-            )
-        if choice.task == "detection":
-            return load_box_labels(path, samples, "data.labels", policy.limits)
-        if choice.task == "ctc":
-            labels = load_text_labels(path, "data.labels", policy.limits)
-            axis = 1 if choice.options.get("layout") == "tbc" else 0
-            lines = sum(int(sample[self.judged].shape[axis]) for sample in self.reference)
-            if labels.shape[0] != lines:
-                raise PolicyError(f"data.labels: {labels.shape[0]} strings for {lines} text lines")
-            if policy.charset_path is None:
-                raise PolicyError(
-                    policy.problem(
-                        ("data", "labels"),
-                        "text labels need validation.ctc.charset to turn classes into text",
-                    )
-                )
-            return labels
-        return load_labels(path, samples, "data.labels", policy.limits)
 
     def _outputs(self, session: Any) -> list[Sample]:
         """A session's outputs on the validation feeds: one stream for task stream."""
@@ -812,73 +608,17 @@ class GateRun:
             return run_stream(session, self.validation.feeds, self.task.options["state"])
         return run_all(session, self.validation.feeds)
 
-    def _describe_run(self) -> None:
-        policy, report = self.policy, self.report
-        report["data"] = {
-            "validation": self.validation.describe(policy.base_dir),
-            "calibration": self.calibration.describe(policy.base_dir),
-            "labels": cwd_relative(policy.labels_path) if policy.labels_path else None,
-        }
-        report["validation"] = describe_validation(self.setup, self.validators, None)
-        report["measurement"] = {
-            "method": (
-                "each candidate timed against the original in its own block of alternating runs "
-                "(order flipped every round) after warm-up, inputs bound once with IOBinding, "
-                "thread spinning off for every session; speedup is the median of paired ratios; "
-                "sampling stops once every timing budget's interval is on one side of its threshold"
-            ),
-            "warmup_runs": policy.measure.warmup_runs,
-            "min_runs": policy.measure.min_runs,
-            "max_runs": policy.measure.max_runs,
-            "max_seconds": policy.measure.max_seconds
-            or "4, or time for 60 rounds of a slow model (at most 120)",
-            "confidence": policy.measure.confidence,
-            "interval": "distribution-free order-statistic interval of the quantile",
-            "on_inconclusive": policy.measure.on_inconclusive,
-            "input": "the first validation sample",
-            "batch": self.batch,
-            "timer_overhead_ns": timer_overhead_ns(),
-            "harness": (
-                "the timed region holds only run_with_iobinding on inputs bound once; "
-                "bench/RESULTS.md compares it with a bare session.run loop"
-            ),
-            "memory": "peak RSS of a child process per model" if policy.measure.memory else "off",
-        }
-        if policy.usd_per_hour is not None:
-            report["cost"] = {"formula": COST_FORMULA, "usd_per_hour": policy.usd_per_hour}
-        report["baseline"] = {
-            "candidate": ORIGINAL,
-            "description": (
-                "the original model on the target provider with ONNX Runtime's default session options"
-                if policy.baseline_graph["level"] == "all"
-                else f"the original model with graph_optimization_level={policy.baseline_graph['level']}"
-            ),
-            "session": {"graph_optimization_level": policy.baseline_graph["level"]},
-        }
-
-    def _judge(self, candidate: Candidate) -> dict[str, Any]:
+    def _judge(self, candidate: Candidate) -> CandidateEntry:
         """Validate and time one candidate; a failure is recorded on it, never raised."""
-        entry: dict[str, Any] = {
-            "name": candidate.name,
-            "status": "failed",
-            "chosen": False,
-            "recipe": candidate.recipe,
-            "session": candidate.session,
-            "stage": None,
-            "error": None,
-            "notes": candidate.notes,
-            "metrics": {},
-            "intervals": {},
-            "budgets": [],
-            "reasons": [],
-            "timing": None,
-            "artifact": None,
-        }
+        entry = CandidateEntry(
+            name=candidate.name, recipe=candidate.recipe, session=candidate.session,
+            notes=candidate.notes,
+        )  # fmt: skip
         if not candidate.failed:
             assert candidate.path is not None
             size = model_size_bytes(candidate.path)
-            entry["artifact"] = {"sha256": file_sha256(candidate.path), "size_bytes": size}
-            entry["metrics"]["size_mb"] = size / 1e6
+            entry.artifact = {"sha256": file_sha256(candidate.path), "size_bytes": size}
+            entry.metrics["size_mb"] = size / 1e6
             session = self.original_session
             if candidate.name != ORIGINAL:
                 try:
@@ -889,18 +629,18 @@ class GateRun:
                 self._validate(candidate, session, entry)
             if not candidate.failed and candidate.name != ORIGINAL and self.timed:
                 self._time(candidate, session, entry)
-        entry["stage"], entry["error"] = candidate.stage, candidate.error
+        entry.stage, entry.error = candidate.stage, candidate.error
         return entry
 
-    def _validate(self, candidate: Candidate, session: Any, entry: dict[str, Any]) -> None:
+    def _validate(self, candidate: Candidate, session: Any, entry: CandidateEntry) -> None:
         try:
             outputs = self.reference if candidate.name == ORIGINAL else self._outputs(session)
             details: dict[str, Any] = {}
-            entry["metrics"].update(
+            entry.metrics.update(
                 validate_outputs(self.validators, self.reference, outputs, self.setup, details)
             )
             if details:
-                entry["validation"] = details
+                entry.validation = details
         except VacuousData as exc:
             if candidate.name != ORIGINAL:
                 candidate.fail("validate", str(exc))
@@ -919,77 +659,27 @@ class GateRun:
         except Exception as exc:
             candidate.fail("validate", f"{type(exc).__name__}: {_first_line(exc)}")
 
-    def _time(self, candidate: Candidate, session: Any, entry: dict[str, Any]) -> None:
+    def _time(self, candidate: Candidate, session: Any, entry: CandidateEntry) -> None:
         try:
             timing = time_pair(
                 self.original_session, session, self.validation.feeds[0], self.policy.measure,
-                self._decided_rule(),
+                self.estimator.stopping_rule(self.budgets, self.policy.min_gain),
             )  # fmt: skip
         except Exception as exc:
             candidate.fail("measure", f"{type(exc).__name__}: {_first_line(exc)}")
             return
         self.timings[candidate.name] = timing
-        estimates = self._estimates(
+        estimates = self.estimator(
             timing.candidate_ms, (timing.original_turns, timing.candidate_turns)
         )
         self._record_timing(entry, estimates)
-        entry["timing"] = timing.describe()
+        entry.timing = timing.describe()
 
-    def _estimates(
-        self,
-        samples: list[float],
-        paired_turns: tuple[list[float], list[float]] | None,
-        confidence: float | None = None,
-    ) -> dict[str, Estimate]:
-        measure = self.policy.measure
-        return timing_estimates(
-            samples,
-            paired_turns,
-            self.batch,
-            self.policy.usd_per_hour,
-            confidence or measure.confidence,
-            measure.session_noise,
-        )
-
-    def _record_timing(self, entry: dict[str, Any], estimates: dict[str, Estimate]) -> None:
-        self.estimates[entry["name"]] = estimates
+    def _record_timing(self, entry: CandidateEntry, estimates: dict[str, Estimate]) -> None:
+        self.estimates[entry.name] = estimates
         for name, estimate in estimates.items():
-            entry["metrics"][name] = estimate.point
-            entry["intervals"][name] = [estimate.low, estimate.high]
-
-    def _decided_rule(self, original_only: bool = False) -> Callable[[Timing], bool]:
-        """When a block may stop: every interval-aggregated timing budget and the
-        question "is it surely faster, or surely not enough faster" are answered."""
-        budgets = [
-            b for b in self.budgets
-            if b.metric in TIMING_METRICS and b.aggregation == "interval" and b.level != "off"
-        ]  # fmt: skip
-        min_gain = self.policy.min_gain
-
-        # Looking again and again until an interval excludes the threshold would decide
-        # wrongly far more often than 1 - confidence: early stops need a stricter interval.
-        stricter = 1.0 - (1.0 - self.policy.measure.confidence) / EARLY_STOP_STRICTNESS
-
-        def is_decided(timing: Timing) -> bool:
-            if original_only:  # its speedup is 1 by definition; only its own budgets matter
-                estimates = self._estimates(timing.original_ms, None, stricter)
-            else:
-                estimates = self._estimates(
-                    timing.candidate_ms, (timing.original_turns, timing.candidate_turns), stricter
-                )
-            for budget in budgets:
-                estimate = estimates.get(budget.metric)
-                if (
-                    estimate is not None
-                    and decide(estimate, budget.op, budget.threshold) == UNDECIDED
-                ):
-                    return False
-            if original_only:
-                return True
-            speedup = estimates["speedup"]
-            return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
-
-        return is_decided
+            entry.metrics[name] = estimate.point
+            entry.intervals[name] = [estimate.low, estimate.high]
 
     def _save_timing_input(self) -> None:
         """The one input every timing block used, beside the report: ``compare`` times a
@@ -1002,7 +692,7 @@ class GateRun:
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        self.report["measurement"]["input_file"] = TIMING_INPUT
+        self.report.measurement["input_file"] = TIMING_INPUT
 
     def _measure_original(self) -> None:
         """Time the original in a block of its own, against a second session of itself.
@@ -1013,9 +703,11 @@ class GateRun:
         stopping rule for its own timing budgets.
         """
         original = self.entries[ORIGINAL]
-        is_decided = self._decided_rule(original_only=True)
+        is_decided = self.estimator.stopping_rule(
+            self.budgets, self.policy.min_gain, original_only=True
+        )
         try:
-            twin = make_session(self.model.path, original["session"], self.target)
+            twin = make_session(self.model.path, original.session, self.target)
             timing = time_pair(
                 self.original_session, twin, self.validation.feeds[0], self.policy.measure,
                 is_decided,
@@ -1027,8 +719,8 @@ class GateRun:
             ) from exc
         del twin
         self.timings[ORIGINAL] = timing
-        self._record_timing(original, self._estimates(timing.original_ms, None))
-        original["timing"] = {
+        self._record_timing(original, self.estimator(timing.original_ms, None))
+        original.timing = {
             **timing.describe(),
             "note": "the original against a second session of itself",
         }
@@ -1050,39 +742,17 @@ class GateRun:
             try:
                 figures = measure_memory(candidate.path, candidate.session, target, feed)
             except Exception as exc:
-                self.entries[candidate.name]["notes"].append(
+                self.entries[candidate.name].notes.append(
                     f"memory not measured: {_first_line(exc)}"
                 )
                 continue
             method = figures.pop("memory_method", "ru_maxrss")
-            self.entries[candidate.name]["metrics"].update(figures)
-            self.report["measurement"]["memory_method"] = method
+            self.entries[candidate.name].metrics.update(figures)
+            self.report.measurement["memory_method"] = method
 
     def _require_budget_metrics(self) -> None:
-        """A budget on a metric the original did not produce can never be met: a policy error."""
-        produced = self.entries[ORIGINAL]["metrics"]
         output = next(spec for spec in self.model.outputs if spec.name == self.judged)
-        accuracy = [name for name in produced if name != "size_mb"]
-        problems = []
-        for index, budget in enumerate(self.policy.budgets):
-            if budget.level == "off" or budget.metric in produced:
-                continue
-            if budget.metric in TIMING_METRICS or budget.metric.endswith("memory_mb"):
-                continue  # measured later
-            problems.append(
-                self.policy.problem(
-                    ("budgets", index, "metric"),
-                    f"'{budget.metric}' is not produced for output '{output.name}' "
-                    f"({output.dtype}, shape {output.shape or output.dims}), which gives "
-                    f"{listed(accuracy, 'no accuracy metric')}; choose one of those or "
-                    "another validation.output",
-                )
-            )
-        if problems:
-            raise PolicyError(
-                f"{self.policy.path.name}: budgets name metrics this model does not produce",
-                problems,
-            )
+        require_budget_metrics(self.policy, self.entries[ORIGINAL].metrics, output)
 
     def _keep(self, candidates: list[Candidate]) -> None:
         kept = self.output_dir / "candidates"
@@ -1090,114 +760,40 @@ class GateRun:
         kept.mkdir()
         for item in candidates:
             entry = self.entries[item.name]
-            if item.path is not None and item.name != ORIGINAL and entry["artifact"]:
+            if item.path is not None and item.name != ORIGINAL and entry.artifact:
                 copy_model(item.path, kept / f"{item.name}.onnx")
-                entry["artifact"]["path"] = f"candidates/{item.name}.onnx"
+                entry.artifact["path"] = f"candidates/{item.name}.onnx"
 
     def _decide(self, candidates: list[Candidate]) -> None:
-        policy, report = self.policy, self.report
-        on_inconclusive = policy.measure.on_inconclusive
-        standings = []
-        for candidate in candidates:
-            entry = self.entries[candidate.name]
-            if candidate.failed:
-                entry["status"] = "skipped" if candidate.skipped else "failed"
-                continue
-            results = self._evaluate(self.budgets, candidate.name)
-            entry["budgets"] = [result.to_json() for result in results]
-            standing = Standing(
-                candidate.name, self.estimates[candidate.name]["speedup"], results, on_inconclusive
-            )
-            entry["status"] = standing.status
-            entry["reasons"] = [r.explain() for r in standing.blocking()]
-            standings.append(standing)
-
-        chosen, reason = choose(standings, policy.min_gain)
-        report["chosen"], report["decision"] = chosen, reason
-        subject = next(
-            (s for s in standings if s.name == (chosen or ORIGINAL)),
-            standings[0] if standings else None,
-        )
-        report["budgets"] = budget_rows(policy.name, subject)
-        report["counts"] = count_rows(report["budgets"])
-        report["waivers"], notes = waiver_summary(
-            policy.waivers, policy.name, standings, self.today
-        )
-        report["warnings"].extend(notes)
-        for candidate in candidates:  # the decision log: why each one won or lost
-            entry = self.entries[candidate.name]
-            standing = next((s for s in standings if s.name == candidate.name), None)
-            if standing is not None:
-                entry["outcome"] = outcome(standing, chosen, standings, policy.min_gain)
-            else:
-                what = "skipped" if candidate.skipped else f"failed to {candidate.stage}"
-                entry["outcome"] = f"{what}: {candidate.error}"
-        report["recommendation"] = recommend(
-            [self.entries[c.name] for c in candidates], chosen, self.synthetic
-        )
+        """Choose, explain, and write the chosen model beside the report."""
+        report = self.report
+        decision = decide_run(
+            self.policy, candidates, self.entries,
+            lambda name: self._evaluate(self.budgets, name),
+            {name: e["speedup"] for name, e in self.estimates.items() if "speedup" in e},
+            self.synthetic, self.today,
+        )  # fmt: skip
+        report.update(**decision.report)
+        report.warnings.extend(decision.warnings)
+        chosen = decision.chosen
         if chosen is None:
-            if any(s.status == "inconclusive" for s in standings):
-                report.update(
-                    verdict="inconclusive",
-                    exit_code=int(ExitCode.INCONCLUSIVE),
-                    message=(
-                        "no candidate surely passed, and a timing budget could not be decided within "
-                        "measure.max_seconds: raise it, use a relative budget, or set measure.on_inconclusive"
-                    ),
-                )
-            else:
-                report.update(verdict="fail", exit_code=int(ExitCode.BUDGET_FAILED), message=reason)
             return
         entry = self.entries[chosen]
-        entry["chosen"] = True
+        entry.chosen = True
         winner = next(c for c in candidates if c.name == chosen)
         assert winner.path is not None
         try:
-            report["output_model"] = _save_model(winner.path, self.output_dir / MODEL_FILE)
+            report.output_model = _save_model(winner.path, self.output_dir / MODEL_FILE)
         except OSError as exc:  # a full disk: the verdict stands for nothing without the model
-            report["chosen"], entry["chosen"] = None, False
-            report["decision"] = (
+            report.chosen, entry.chosen = None, False
+            report.decision = (
                 f"cannot write the chosen model ({chosen}) into {self.output_dir}: "
                 f"{exc.strerror or exc}"
             )
-            raise GateError(report["decision"]) from None
-        report["output_model"]["session"] = winner.session
-        chosen_standing = next(s for s in standings if s.name == chosen)
-        report["warnings"].extend(_warnings(chosen, chosen_standing.results, on_inconclusive))
-        if chosen != ORIGINAL and chosen_standing.speedup.low <= 1.0:
-            report["warnings"].append(
-                f"{chosen} is not surely faster than the original "
-                f"({chosen_standing.speedup.point:.2f}x): it is chosen because the original misses "
-                "an error-level budget"
-            )
+            raise GateError(report.decision) from None
+        report.output_model["session"] = winner.session
+        report.warnings.extend(decision.chosen_warnings)
         report.update(verdict="pass", exit_code=int(ExitCode.PASS), message=f"chosen: {chosen}")
-
-    def _describe_model(self) -> dict[str, Any]:
-        model, policy = self.model, self.policy
-        return {
-            "path": cwd_relative(policy.model_path),
-            "exporter": model.exporter,
-            "sha256": model.sha256,
-            "size_mb": model.size_bytes / 1e6,
-            "opsets": model.opsets,
-            "inputs": [spec.describe() for spec in model.inputs],
-            "outputs": [spec.describe() for spec in model.outputs],
-            "notes": model.notes,
-        }
-
-
-def _warnings(chosen: str, results: list[BudgetResult], on_inconclusive: str) -> list[str]:
-    warnings = []
-    for result in results:
-        if result.budget.level == "warn" and result.decision != PASS:
-            warnings.append(f"{chosen}: {result.explain()}")
-        elif (
-            result.budget.level == "error"
-            and result.decision == UNDECIDED
-            and on_inconclusive == "warn"
-        ):
-            warnings.append(f"{chosen}: {result.explain()} (measure.on_inconclusive: warn)")
-    return warnings
 
 
 def _leading_batch(model: LoadedModel) -> int:
