@@ -501,31 +501,14 @@ class GateRun:
 
     def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
         """Queue the candidate again with the nodes that lost the most accuracy left in float."""
-        settings, name = self.policy.search, candidate.name
-        quantize = trial.recipe.quantize
-        if not settings.fallback or quantize is None or candidate.path is None:
+        name, quantize = candidate.name, trial.recipe.quantize
+        if not self.policy.search.fallback or quantize is None or candidate.path is None:
             return
         quantizer = self.host.records["quantizer"].get(quantize["plugin"])
-        if quantizer is None or "nodes_to_exclude" not in quantizer.options_schema.get(
-            "properties", {}
-        ):
-            search.log.append(
-                f"{name}: no accuracy fallback: quantizer '{quantize['plugin']}' takes no nodes_to_exclude"
-            )
-            return
         speedup = self.estimates.get(name, {}).get("speedup")
-        if speedup is not None and speedup.high < search.to_beat:
-            search.log.append(
-                f"{name}: no accuracy fallback: at {speedup.point:.2f}x (at most {speedup.high:.2f}x) "
-                f"it cannot beat {search.to_beat:.2f}x (the original by selection.min_gain, or the "
-                "best passing candidate), and keeping nodes in float only slows it"
-            )
-            return
-        root = trial.parent or name
-        if search.fallbacks_of(root) >= settings.max_fallbacks:
-            search.log.append(
-                f"{name}: no more fallbacks (search.max_fallbacks: {settings.max_fallbacks})"
-            )
+        refused = search.why_no_fallback(trial, quantizer, speedup)
+        if refused is not None:
+            search.log.append(refused)
             return
         self.say(f"ranking the nodes of {name} by the error they add")
         rewritten = candidate.path.parent / "rewritten.onnx"

@@ -27,6 +27,7 @@ from gate.graph import QUANTIZED_OPS, graphs, model_kind, op_counts, weight_shar
 from gate.host.manager import Host, call_plugin
 from gate.policy.loading import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
 from gate.records import Proposal, SearchContext
+from gate.stats import Estimate
 
 PRIOR_SPREAD = 0.35
 """How far off a plugin's expected speedup may be: the sd of its log (about +-35%)."""
@@ -354,6 +355,27 @@ class Search:
     def fallbacks_of(self, root: str) -> int:
         """Fallbacks already made for the candidate named ``root``."""
         return sum(1 for t in (*self.tried, *self.waiting) if t.parent == root)
+
+    def why_no_fallback(self, trial: Trial, quantizer: Any, speedup: Estimate | None) -> str | None:
+        """Why a candidate that missed only accuracy budgets is not retried with its worst
+        nodes in float (its quantizer takes no nodes_to_exclude, it cannot be fast enough,
+        or search.max_fallbacks is spent); None: it is."""
+        name, plugin = trial.name, (trial.recipe.quantize or {}).get("plugin")
+        if quantizer is None or "nodes_to_exclude" not in quantizer.options_schema.get(
+            "properties", {}
+        ):
+            return f"{name}: no accuracy fallback: quantizer '{plugin}' takes no nodes_to_exclude"
+        if speedup is not None and speedup.high < self.to_beat:
+            return (
+                f"{name}: no accuracy fallback: at {speedup.point:.2f}x (at most {speedup.high:.2f}x) "
+                f"it cannot beat {self.to_beat:.2f}x (the original by selection.min_gain, or the "
+                "best passing candidate), and keeping nodes in float only slows it"
+            )
+        if self.fallbacks_of(trial.parent or name) >= self.settings.max_fallbacks:
+            return (
+                f"{name}: no more fallbacks (search.max_fallbacks: {self.settings.max_fallbacks})"
+            )
+        return None
 
     def add_fallback(self, trial: Trial) -> str | None:
         """Queue a fallback: next in auto mode, after the policy's own list otherwise.
