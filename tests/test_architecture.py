@@ -41,9 +41,6 @@ def test_every_module_of_the_gate_has_a_place_in_the_layers() -> None:
 
 # --- the typed report ---------------------------------------------------------------------
 
-SUITE_ONLY = {"kind", "models", "shard", "all_models", "policy_sha256", "merged_from"}
-"""A suite's report (gate.ci.suite) carries these besides the fields a model's report has."""
-
 
 def _schema() -> dict:
     import json
@@ -73,17 +70,19 @@ def _allowed(spec: dict) -> set[str] | None:
 
 
 def test_the_typed_report_and_the_schema_name_the_same_fields() -> None:
-    """Every field of ModelReport is a property of report.schema.json and every property a
-    field (or a suite's own), with types that agree; the same for CandidateEntry."""
+    """Every field of ModelReport and SuiteReport is a property of report.schema.json and
+    every property a field of one of them, with types that agree; the same for
+    CandidateEntry."""
     import dataclasses
 
-    from gate.report.model import UNSET, CandidateEntry, ModelReport
+    from gate.report.model import UNSET, CandidateEntry, ModelReport, SuiteReport
 
     schema = _schema()
     fields = {f.name: f for f in dataclasses.fields(ModelReport)}
-    assert set(fields) | SUITE_ONLY == set(schema["properties"]), (
-        sorted(set(fields) - set(schema["properties"])),
-        sorted(set(schema["properties"]) - set(fields) - SUITE_ONLY),
+    suite_fields = {f.name for f in dataclasses.fields(SuiteReport)}
+    assert set(fields) | suite_fields == set(schema["properties"]), (
+        sorted((set(fields) | suite_fields) - set(schema["properties"])),
+        sorted(set(schema["properties"]) - set(fields) - suite_fields),
     )
     candidate = schema["$defs"]["candidate"]
     entry_fields = {f.name for f in dataclasses.fields(CandidateEntry)}
@@ -91,16 +90,23 @@ def test_the_typed_report_and_the_schema_name_the_same_fields() -> None:
         entry_fields ^ set(candidate["properties"])
     )
 
-    fresh = ModelReport()
+    fresh, suite = ModelReport(), SuiteReport()
     entry = CandidateEntry(name="original", session={})
-    always = {name for name in fields if getattr(fresh, name) is not UNSET}
-    # What the schema requires of every report (and of a model's) is always written...
-    assert set(schema["required"]) | set(schema["else"]["required"]) <= always
-    assert set(candidate["required"]) <= {
-        f.name for f in dataclasses.fields(entry) if getattr(entry, f.name) is not UNSET
-    }
+
+    def written(record: object) -> set[str]:
+        return {f.name for f in dataclasses.fields(record) if getattr(record, f.name) is not UNSET}
+
+    # What the schema requires of every report, of a model's and of a suite's is always
+    # written...
+    assert set(schema["required"]) | set(schema["else"]["required"]) <= written(fresh)
+    assert set(schema["required"]) | set(schema["then"]["required"]) <= written(suite)
+    assert set(candidate["required"]) <= written(entry)
     # ...with a value of a type the schema allows.
-    for record, properties in ((fresh, schema["properties"]), (entry, candidate["properties"])):
+    for record, properties in (
+        (fresh, schema["properties"]),
+        (suite, schema["properties"]),
+        (entry, candidate["properties"]),
+    ):
         for item in dataclasses.fields(record):
             value = getattr(record, item.name)
             allowed = _allowed(properties[item.name])

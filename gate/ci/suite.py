@@ -22,7 +22,8 @@ from gate.policy.guards import cwd_relative
 from gate.policy.loading import Policy, load_policies, policy_digest
 from gate.policy.settings import DEFAULT_OUTPUT_DIR, RunOptions
 from gate.progress import Progress
-from gate.report.document import REPORT_FILE, SUITE, environment, new_report
+from gate.report.document import REPORT_FILE, SUITE, environment
+from gate.report.model import SuiteReport
 from gate.run.pipeline import (
     GateResult,
     GateRun,
@@ -57,26 +58,19 @@ def shard_of(names: Sequence[str], shard: tuple[int, int] | None) -> list[str]:
     return [name for position, name in enumerate(names) if position % count == index - 1]
 
 
-def new_suite(policy: str, shard: tuple[int, int] | None, everything: list[str]) -> dict[str, Any]:
-    report = new_report(Path(policy)).to_json()
-    for key in ("model", "target", "baseline", "data", "validation", "measurement", "cost"):
-        report.pop(key)
-    for key in ("candidates", "chosen", "decision", "output_model", "name"):
-        report.pop(key)
-    report.update(
-        kind=SUITE,
-        models=[],
+def new_suite(policy: str, shard: tuple[int, int] | None, everything: list[str]) -> SuiteReport:
+    return SuiteReport(
+        policy=policy,
         shard=None
         if shard is None
         else {"index": shard[0], "count": shard[1], "models": shard_of(everything, shard)},
         all_models=everything,
     )
-    return report
 
 
-def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]]]) -> None:
+def summarise(suite: SuiteReport, reports: Sequence[tuple[str, dict[str, Any]]]) -> None:
     """Fill the suite's verdict, rows and counts from its models' reports."""
-    suite["models"] = [
+    suite.models = [
         {
             "name": name,
             "dir": f"{MODELS_DIR}/{name}",
@@ -88,29 +82,29 @@ def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]
         }
         for name, report in reports
     ]
-    suite["budgets"] = [row for _, report in reports for row in report.get("budgets") or []]
+    suite.budgets = [row for _, report in reports for row in report.get("budgets") or []]
     counts: dict[str, int] = {}
     for _, report in reports:
         for key, value in (report.get("counts") or {}).items():
             counts[key] = counts.get(key, 0) + value
-    suite["counts"] = counts
-    suite["waivers"] = [
+    suite.counts = counts
+    suite.waivers = [
         {**waiver, "model": name}
         for name, report in reports
         for waiver in report.get("waivers") or []
     ]
     for name, report in reports:
-        suite["warnings"].extend(f"{name}: {line}" for line in report.get("warnings") or [])
-        suite["errors"].extend(f"{name}: {line}" for line in report.get("errors") or [])
+        suite.warnings.extend(f"{name}: {line}" for line in report.get("warnings") or [])
+        suite.errors.extend(f"{name}: {line}" for line in report.get("errors") or [])
     if suite.get("testbed") is None and reports:
-        suite["testbed"] = reports[0][1].get("testbed")
-    if any(model["partial"] for model in suite["models"]):
-        suite["partial"] = True
-    code = ExitCode.combined([model["exit_code"] for model in suite["models"]])
-    if suite["errors"] and not reports:
+        suite.testbed = reports[0][1].get("testbed")
+    if any(model["partial"] for model in suite.models):
+        suite.partial = True
+    code = ExitCode.combined([model["exit_code"] for model in suite.models])
+    if suite.errors and not reports:
         code = ExitCode.RUNTIME_ERROR
     by_verdict: dict[str, list[str]] = {}
-    for model in suite["models"]:
+    for model in suite.models:
         by_verdict.setdefault(model["verdict"], []).append(model["name"])
     tally = ", ".join(f"{len(names)} {verdict}" for verdict, names in sorted(by_verdict.items()))
     failing = [n for v, names in by_verdict.items() if v not in ("pass", "pending") for n in names]
@@ -120,7 +114,7 @@ def summarise(suite: dict[str, Any], reports: Sequence[tuple[str, dict[str, Any]
         else "no models in this share"
     )
     if suite.get("message"):  # set earlier: missing shards, an unreadable policy
-        message = f"{suite['message']}; {message}" if reports else suite["message"]
+        message = f"{suite.message}; {message}" if reports else suite.message
     suite.update(verdict=code.verdict, exit_code=int(code), message=message)
 
 
@@ -187,8 +181,8 @@ def run_suite(
     say = progress or (lambda message: None)
     everything = [policy.name for policy in policies or []]
     suite = new_suite(cwd_relative(Path(policy_path)), shard, everything)
-    suite["policy_sha256"] = policy_digest(Path(policy_path))
-    suite["testbed"] = None
+    suite.policy_sha256 = policy_digest(Path(policy_path))
+    suite.testbed = None
     reports: list[tuple[str, dict[str, Any]]] = []
     interrupted: BaseException | None = None
     try:
@@ -208,37 +202,37 @@ def run_suite(
             )  # fmt: skip
             reports.append((policy.name, result.report))
         if not share and shard is not None:
-            suite["warnings"].append(
+            suite.warnings.append(
                 f"shard {shard[0]}/{shard[1]} holds no model: the policy names {len(everything)}"
             )
     except KeyboardInterrupt as exc:
         interrupted = exc
-        suite["partial"] = True
-        suite["errors"].append("interrupted before every model was gated; this report is partial")
+        suite.partial = True
+        suite.errors.append("interrupted before every model was gated; this report is partial")
     except GateError as exc:
-        suite["errors"].extend(exc.lines())
+        suite.errors.extend(exc.lines())
         suite.update(message=exc.message, exit_code=int(exc.exit_code))
-    failed_early = int(suite["exit_code"]) if suite["errors"] and not reports else None
+    failed_early = int(suite.exit_code) if suite.errors and not reports else None
     summarise(suite, reports)
     if stage is not None:
-        suite["stage"] = stage
-        if stage == "build" and suite["exit_code"] == 0:
-            suite["verdict"] = "pending"
+        suite.stage = stage
+        if stage == "build" and suite.exit_code == 0:
+            suite.verdict = "pending"
     if suite.get("partial") or failed_early is not None:
-        code = ExitCode.combined([suite["exit_code"], failed_early or int(ExitCode.RUNTIME_ERROR)])
+        code = ExitCode.combined([suite.exit_code, failed_early or int(ExitCode.RUNTIME_ERROR)])
         suite.update(verdict=code.verdict, exit_code=int(code))
-    suite["testbed"] = suite["testbed"] or fingerprint()
-    suite["environment"] = environment()
-    suite["duration_s"] = round(time.perf_counter() - started, 3)
+    suite.testbed = suite.testbed or fingerprint()
+    suite.environment = environment()
+    suite.duration_s = round(time.perf_counter() - started, 3)
     if output_dir.is_dir():
         try:
             write_reports(suite, output_dir, host)
         except OSError as exc:
-            suite["errors"].append(f"cannot write the report into {output_dir}: {exc}")
+            suite.errors.append(f"cannot write the report into {output_dir}: {exc}")
             suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
     if interrupted is not None:  # the suite is partial, whatever one model's report says
         raise KeyboardInterrupt(str(interrupted)) from interrupted
-    return GateResult(suite, ExitCode(suite["exit_code"]), output_dir)
+    return GateResult(suite.to_json(), ExitCode(suite.exit_code), output_dir)
 
 
 def _read(directory: Path) -> dict[str, Any]:
@@ -308,10 +302,10 @@ def merge_outputs(
         None,
         everything or names,
     )
-    suite["merged_from"] = [str(directory) for directory in directories]
-    suite["policy_sha256"] = next(iter(policies)) if len(policies) == 1 else None
+    suite.merged_from = [str(directory) for directory in directories]
+    suite.policy_sha256 = next(iter(policies)) if len(policies) == 1 else None
     if len(policies) > 1:
-        suite["warnings"].append(
+        suite.warnings.append(
             "the shards were run with different policy files (their digests differ)"
         )
     missing = [name for name in everything if name not in names]
@@ -320,18 +314,18 @@ def merge_outputs(
         absent = sorted(set(range(1, count + 1)) - set(shards))
         holding = [k for k in absent if set(shard_of(everything, (k, count))) & set(missing)]
         if missing:
-            suite["errors"].append(
+            suite.errors.append(
                 f"shard(s) {listed(holding, '-')} missing: model(s) "
                 f"{listed(missing)} were not gated"
             )
-            suite["message"] = "incomplete: not every shard's output was given"
+            suite.message = "incomplete: not every shard's output was given"
         if set(absent) - set(holding):
             empty = ", ".join(str(k) for k in absent if k not in holding)
-            suite["warnings"].append(f"shard(s) {empty} not given; they held no model")
-    suite["errors"] += input_errors
+            suite.warnings.append(f"shard(s) {empty} not given; they held no model")
+    suite.errors += input_errors
     if not sources and not input_errors:
-        suite["errors"].append("no input holds a gated model: nothing was merged")
-    suite["testbed"] = None
+        suite.errors.append("no input holds a gated model: nothing was merged")
+    suite.testbed = None
     output_dir.mkdir(parents=True, exist_ok=True)
     for name, folder, _ in sources:
         target = output_dir / MODELS_DIR / name
@@ -343,14 +337,14 @@ def merge_outputs(
             raise UsageError(f"cannot merge {folder}: {exc.strerror or exc}") from None
     summarise(suite, [(name, report) for name, _, report in sources])
     # Never better than any input: a shard that failed to load its policy fails the merge.
-    codes = [suite["exit_code"], *input_codes]
+    codes = [suite.exit_code, *input_codes]
     if missing or not sources:
         codes.append(int(ExitCode.RUNTIME_ERROR))
     code = ExitCode.combined(codes)
     suite.update(verdict=code.verdict, exit_code=int(code))
     if not sources and input_errors:
-        suite["message"] = f"no model was gated: {input_errors[0]}"
-    suite["environment"] = environment()
-    suite["duration_s"] = round(time.perf_counter() - started, 3)
+        suite.message = f"no model was gated: {input_errors[0]}"
+    suite.environment = environment()
+    suite.duration_s = round(time.perf_counter() - started, 3)
     write_reports(suite, output_dir, host or get_host())
-    return suite, ExitCode(suite["exit_code"])
+    return suite.to_json(), ExitCode(suite.exit_code)

@@ -1,7 +1,7 @@
 """The report as typed records: what a run's steps fill in, serialised in one place.
 
-``ModelReport`` is one model's report.json and ``CandidateEntry`` one of its
-``candidates``. The steps set fields; :meth:`ModelReport.to_json` is the only place a
+``ModelReport`` is one model's report.json, ``CandidateEntry`` one of its
+``candidates``, and ``SuiteReport`` the report over several models. The steps set fields; :meth:`ModelReport.to_json` is the only place a
 report becomes JSON, and ``tests/test_architecture.py`` holds every field to
 ``schemas/report.schema.json`` (and the schema to the fields). Fields that a report
 carries only once known (``testbed``, ``search``, ``export``, ...) start as ``UNSET`` and
@@ -104,7 +104,7 @@ class CandidateEntry(_Record):
 
 @dataclass(kw_only=True, eq=False, slots=True)
 class ModelReport(_Record):
-    """One model's report.json (a suite's report is the suite's own, in gate.ci.suite)."""
+    """One model's report.json."""
 
     report_version: int = 1
     tool: dict[str, str] = field(
@@ -155,3 +155,44 @@ class ModelReport(_Record):
         document = _json_fields(self)
         document["candidates"] = [entry.to_json() for entry in self.candidates]
         return document
+
+
+@dataclass(kw_only=True, eq=False, slots=True)
+class SuiteReport(_Record):
+    """The report over several models (``models:``, ``--shard``, ``merge``): each model's
+    verdict, the budget rows and counts of all of them, and the combined verdict. Each
+    model's own report lies in ``models/NAME/``."""
+
+    report_version: int = 1
+    tool: dict[str, str] = field(
+        default_factory=lambda: {"name": "onnx-gate", "version": __version__}
+    )
+    verdict: str = "error"
+    exit_code: int = 3
+    message: str = ""
+    policy: str = ""
+    budgets: list[dict[str, Any]] = field(default_factory=list)
+    waivers: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    environment: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+    kind: str = "suite"
+    models: list[dict[str, Any]] = field(default_factory=list)
+    """One line per model: name, dir, verdict, exit_code, chosen, message, partial."""
+    shard: dict[str, Any] | None = None
+    """``--shard K/N``: index, count and the models of this share."""
+    all_models: list[str] = field(default_factory=list)
+    # Written once known:
+    policy_sha256: str | None = UNSET
+    testbed: dict[str, Any] | None = UNSET
+    counts: dict[str, int] = UNSET
+    partial: bool = UNSET
+    """True when a signal cut the suite short."""
+    stage: str = UNSET
+    merged_from: list[str] = UNSET
+    """``merge``: the folders merged."""
+    files: list[str] = UNSET
+
+    def to_json(self) -> dict[str, Any]:
+        return _json_fields(self)

@@ -42,7 +42,7 @@ from gate.report.document import (
     signals_held,
     write_report_json,
 )
-from gate.report.model import CandidateEntry, ModelReport
+from gate.report.model import CandidateEntry, ModelReport, SuiteReport
 from gate.run.candidates import ORIGINAL, Candidate, build_candidate, original_candidate
 from gate.run.check import active_validators, check_policy
 from gate.run.data import (
@@ -192,12 +192,10 @@ def run_model(
     return GateResult(report.to_json(), ExitCode(report.exit_code), output_dir)
 
 
-def write_reports(
-    report: ModelReport | dict[str, Any], output_dir: Path, host: Host | None
-) -> None:
+def write_reports(report: ModelReport | SuiteReport, output_dir: Path, host: Host | None) -> None:
     """Every reporter plugin's files, then report.json, atomically and with signals held.
-    Reporters read the report as JSON (a suite's report is JSON already)."""
-    document = report.to_json() if isinstance(report, ModelReport) else report
+    Reporters read the report as JSON."""
+    document = report.to_json()
     reporters: list[Any] = []
     if host is not None:
         try:
@@ -211,14 +209,9 @@ def write_reports(
                 paths = call_plugin(reporter, "write", reporter.write, document, output_dir)
                 written += [Path(path).name for path in paths or ()]
             except GateError as exc:
-                document["errors"].append(exc.message)  # the same list as a typed report's
-        files = sorted({REPORT_FILE, *written})
-        if isinstance(report, ModelReport):
-            report.files = files
-            document = report.to_json()
-        else:
-            report["files"] = files
-        write_report_json(document, output_dir)
+                report.errors.append(exc.message)
+        report.files = sorted({REPORT_FILE, *written})
+        write_report_json(report.to_json(), output_dir)
 
 
 def report_usage_error(policy_path: Path, output_dir: Path, error: GateError | None) -> GateResult:
