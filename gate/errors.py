@@ -100,3 +100,9 @@ def bounded(line: str, limit: int = MAX_LINE) -> str:
     if len(line) <= limit:
         return line
     return line[: limit - 60].rstrip() + f"... ({len(line):,} characters; all in report.json)"
+
+
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's first line, bounded: what a report says of an unexpected failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

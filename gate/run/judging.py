@@ -4,17 +4,19 @@ exported model, how far the export itself is from the framework model."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from gate.errors import GateError, PolicyError, listed
+from gate.errors import GateError, PolicyError, first_line, listed
 from gate.files import read_regular
 from gate.host.manager import Host, call_plugin
 from gate.policy.guards import cwd_relative
 from gate.policy.loading import Policy
-from gate.records import Sample
+from gate.records import Sample, VacuousData
+from gate.run.candidates import ORIGINAL, Candidate
 from gate.run.check import active_validators
 from gate.run.data import load_box_labels, load_labels, load_text_labels
 from gate.run.load import LoadedModel
@@ -172,3 +174,40 @@ def framework_agreement(
             "every candidate is judged against the export, so check the export first"
         ]
     return described, []
+
+
+def judge_accuracy(
+    candidate: Candidate,
+    outputs: Callable[[], list[Sample]],
+    reference: list[Sample],
+    validators: list[Any],
+    setup: ValidationSetup,
+    policy: Policy,
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """The candidate's accuracy metrics against the original, and the validators' details.
+    A failure (its outputs, a validator) is recorded on the candidate, never raised, except
+    when the original's own decisions are empty: then the data cannot judge anything, and
+    that is a policy error naming data.validation."""
+    details: dict[str, Any] = {}
+    try:
+        produced = reference if candidate.name == ORIGINAL else outputs()
+        metrics = validate_outputs(validators, reference, produced, setup, details)
+        return metrics, details
+    except VacuousData as exc:
+        if candidate.name != ORIGINAL:
+            candidate.fail("validate", str(exc))
+            return {}, {}
+        fix = (
+            "give data.validation with real inputs the model decides on"
+            if setup.synthetic
+            else "give inputs the original decides on (real photos, text lines, speech)"
+        )
+        raise PolicyError(
+            policy.problem(("data", "validation"), f"{exc}; {fix}")
+            + f" (task {setup.task}; validation.task: tensor judges raw outputs instead)"
+        ) from None
+    except GateError as exc:
+        candidate.fail("validate", exc.message)
+    except Exception as exc:
+        candidate.fail("validate", f"{type(exc).__name__}: {first_line(exc)}")
+    return {}, {}

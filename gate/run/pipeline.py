@@ -21,8 +21,8 @@ from gate.errors import (
     GateError,
     InterruptedAfterReport,
     ModelError,
-    PolicyError,
     UsageError,
+    first_line,
     listed,
 )
 from gate.exitcodes import ExitCode
@@ -33,7 +33,7 @@ from gate.policy.guards import cwd_relative
 from gate.policy.loading import Budget, Policy, Recipe, load_policy
 from gate.policy.settings import RunOptions, RunSettings
 from gate.progress import RESULT_PREFIX, Progress
-from gate.records import Sample, VacuousData
+from gate.records import Sample
 from gate.report.document import (
     MODEL_FILE,
     REPORT_FILE,
@@ -59,7 +59,7 @@ from gate.run.decide import (
 )
 from gate.run.describe import describe_model, describe_run
 from gate.run.isolation import Isolation, build_isolated, probe_isolated, probe_limits, save_feeds
-from gate.run.judging import framework_agreement, judged_outputs, resolve_task
+from gate.run.judging import framework_agreement, judge_accuracy, judged_outputs, resolve_task
 from gate.run.load import (
     LoadedModel,
     cannot_run_message,
@@ -76,7 +76,7 @@ from gate.run.search import Search, Trial, fallback_trial, propose, search_conte
 from gate.run.sensitivity import rank_sources
 from gate.run.target import choose_target
 from gate.run.testbed import fingerprint, memory_limit_bytes
-from gate.run.validate import ValidationSetup, describe_validation, validate_outputs
+from gate.run.validate import ValidationSetup, describe_validation
 from gate.stats import FAIL, PASS, Estimate
 
 TIMING_INPUT = "timing-input.npz"
@@ -87,11 +87,6 @@ class GateResult:
     report: dict[str, Any]
     exit_code: ExitCode
     output_dir: Path
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:400] if text else type(exc).__name__
 
 
 def _prepare_output_dir(output_dir: Path) -> None:
@@ -236,7 +231,16 @@ def report_usage_error(policy_path: Path, output_dir: Path, error: GateError | N
 
 
 class GateRun:
-    """One run's state, filled in stage by stage; ``report`` always says how far it got."""
+    """One model's run, as README's "How a run works" lists it.
+
+    ``execute`` is the whole of it: ``prepare`` (1. load: the target, the model, its data),
+    ``_judge_original`` (the reference every candidate is held to), ``_search``
+    (2. candidates, each 3. validated and 4. timed before the next is chosen) and
+    ``_finish`` (the original's own timing, memory, then 5. decide and 6. the chosen
+    model). The steps are functions in this package's modules; this class holds what
+    they share, and ``report`` always says how far the run got. ``StagedRun``
+    (gate.ci.stages) runs the same steps split where artifacts move between CI jobs.
+    """
 
     def __init__(
         self, settings: RunSettings, host: Host, work: Path, report: ModelReport, say: Progress
@@ -281,6 +285,7 @@ class GateRun:
         )  # fmt: skip
 
     def execute(self) -> None:
+        """load -> candidates -> validate -> measure -> decide -> report."""
         self.prepare()
         original = self._judge_original()
         self._finish([original, *self._search()])
@@ -294,7 +299,7 @@ class GateRun:
             self.original_session = make_session(self.model.path, original.session, self.target)
             self.reference = run_all(self.original_session, self.validation.feeds)
         except Exception as exc:
-            raise ModelError(cannot_run_message(self.model.path, _first_line(exc))) from exc
+            raise ModelError(cannot_run_message(self.model.path, first_line(exc))) from exc
         self.model.outputs, mismatched = with_returned_shapes(self.model.outputs, self.reference[0])
         self.report.model["outputs"] = [spec.describe() for spec in self.model.outputs]
         self.report.warnings.extend(mismatched)
@@ -305,7 +310,7 @@ class GateRun:
                 self.reference = self._outputs(self.original_session)
             except Exception as exc:
                 raise ModelError(
-                    cannot_run_message(self.model.path, f"as a stream: {_first_line(exc)}")
+                    cannot_run_message(self.model.path, f"as a stream: {first_line(exc)}")
                 ) from exc
         self.entries[ORIGINAL] = self._judge(original)
         self.entries[ORIGINAL].search = {"origin": "original"}
@@ -512,7 +517,7 @@ class GateRun:
             )
         except Exception as exc:
             search.log.append(
-                f"{name}: no accuracy fallback: ranking its nodes failed: {_first_line(exc)}"
+                f"{name}: no accuracy fallback: ranking its nodes failed: {first_line(exc)}"
             )
             return
         self.entries[name].sensitivity = [source.describe() for source in ranking[:10]]
@@ -600,7 +605,7 @@ class GateRun:
                 try:
                     session = make_session(candidate.path, candidate.session, self.target)
                 except Exception as exc:
-                    candidate.fail("load", f"ONNX Runtime cannot load it: {_first_line(exc)}")
+                    candidate.fail("load", f"ONNX Runtime cannot load it: {first_line(exc)}")
             if not candidate.failed:
                 self._validate(candidate, session, entry)
             if not candidate.failed and candidate.name != ORIGINAL and self.timed:
@@ -609,31 +614,13 @@ class GateRun:
         return entry
 
     def _validate(self, candidate: Candidate, session: Any, entry: CandidateEntry) -> None:
-        try:
-            outputs = self.reference if candidate.name == ORIGINAL else self._outputs(session)
-            details: dict[str, Any] = {}
-            entry.metrics.update(
-                validate_outputs(self.validators, self.reference, outputs, self.setup, details)
-            )
-            if details:
-                entry.validation = details
-        except VacuousData as exc:
-            if candidate.name != ORIGINAL:
-                candidate.fail("validate", str(exc))
-                return
-            fix = (
-                "give data.validation with real inputs the model decides on"
-                if self.synthetic
-                else "give inputs the original decides on (real photos, text lines, speech)"
-            )
-            raise PolicyError(
-                self.policy.problem(("data", "validation"), f"{exc}; {fix}")
-                + f" (task {self.setup.task}; validation.task: tensor judges raw outputs instead)"
-            ) from None
-        except GateError as exc:
-            candidate.fail("validate", exc.message)
-        except Exception as exc:
-            candidate.fail("validate", f"{type(exc).__name__}: {_first_line(exc)}")
+        metrics, details = judge_accuracy(
+            candidate, lambda: self._outputs(session), self.reference, self.validators,
+            self.setup, self.policy,
+        )  # fmt: skip
+        entry.metrics.update(metrics)
+        if details:
+            entry.validation = details
 
     def _time(self, candidate: Candidate, session: Any, entry: CandidateEntry) -> None:
         try:
@@ -642,7 +629,7 @@ class GateRun:
                 self.estimator.stopping_rule(self.budgets, self.policy.min_gain),
             )  # fmt: skip
         except Exception as exc:
-            candidate.fail("measure", f"{type(exc).__name__}: {_first_line(exc)}")
+            candidate.fail("measure", f"{type(exc).__name__}: {first_line(exc)}")
             return
         self.timings[candidate.name] = timing
         estimates = self.estimator(
@@ -691,7 +678,7 @@ class GateRun:
         except onnxruntime_errors() as exc:  # ORT's own failure on a real model: say where
             raise ModelError(
                 f"the original model {self.policy.model_path.name} could not be timed: "
-                f"{type(exc).__name__}: {_first_line(exc)}"
+                f"{type(exc).__name__}: {first_line(exc)}"
             ) from exc
         del twin
         self.timings[ORIGINAL] = timing
@@ -718,9 +705,7 @@ class GateRun:
             try:
                 figures = measure_memory(candidate.path, candidate.session, target, feed)
             except Exception as exc:
-                self.entries[candidate.name].notes.append(
-                    f"memory not measured: {_first_line(exc)}"
-                )
+                self.entries[candidate.name].notes.append(f"memory not measured: {first_line(exc)}")
                 continue
             method = figures.pop("memory_method", "ru_maxrss")
             self.entries[candidate.name].metrics.update(figures)
