@@ -298,6 +298,70 @@ def test_policy_paths_stay_in_the_repository_unless_the_job_allows_more(
     assert "data.validation: '../validation.npz' leads outside the policy's folder" in result.stderr
 
 
+def test_outside_any_repository_the_working_directory_holding_the_policy_is_the_project(
+    gate_cli, tmp_path, monkeypatch
+):
+    """A source tarball or a Docker build context has no .git: run from the project's
+    folder, a policy in a subfolder may use the project's files, and nothing beyond."""
+    project = tmp_path / "unpacked"
+    _add_model(project / "models")
+    np.savez(project / "validation.npz", x=np.zeros((4, 1, 16), np.float32))
+    (project / "configs").mkdir()
+    policy = _policy(
+        project / "configs", "../models/model.onnx", data={"validation": "../validation.npz"}
+    )
+    monkeypatch.chdir(project)
+    assert gate_cli("check", policy).exit_code == 0
+    _add_model(tmp_path / "beyond")
+    beyond = _policy(project / "configs", "../../beyond/model.onnx")
+    result = gate_cli("check", beyond)
+    assert result.exit_code == 2
+    assert (
+        "model.path: '../../beyond/model.onnx' leads outside the working directory "
+        "(no repository holds the policy); refused"
+    ) in result.stderr
+    # Run from elsewhere, the policy's own folder is the limit again...
+    monkeypatch.chdir(tmp_path / "beyond")
+    result = gate_cli("check", policy)
+    assert result.exit_code == 2 and "leads outside the policy's folder" in result.stderr
+    # ...and a working directory that holds everything (the filesystem's root) never counts.
+    monkeypatch.chdir("/")
+    assert gate_cli("check", policy).exit_code == 2
+
+
+def test_the_bundled_example_policies_are_valid_in_an_unpacked_git_archive(tmp_path) -> None:
+    """`git archive` of the project (no .git inside): the examples under examples/ name
+    the bundled demo two folders up, inside the unpacked project."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and the project's git checkout")
+    archive = subprocess.run(
+        ["git", "-C", str(root), "archive", "--format=tar", "HEAD", "examples", "gate/demo"],
+        capture_output=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    unpacked = tmp_path / "src"
+    unpacked.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(unpacked)], input=archive, check=True, timeout=120)
+    assert not (unpacked / ".git").exists()
+    policies = sorted((unpacked / "examples").rglob("*.yaml"))
+    policies = [path for path in policies if "version:" in path.read_text(encoding="utf-8")]
+    assert policies
+    # The console script, not `python -m gate`: the unpacked gate/demo must not shadow the
+    # installed package.
+    gate = shutil.which("onnx-gate", path=str(Path(sys.executable).parent))
+    assert gate
+    for policy in policies:
+        done = subprocess.run(
+            [gate, "check", str(policy.relative_to(unpacked))],
+            cwd=unpacked, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert done.returncode == 0, (policy, done.stderr)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [

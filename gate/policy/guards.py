@@ -80,13 +80,29 @@ def repository_root(start: Path) -> Path | None:
     return None
 
 
+def _working_project(policy: Path) -> Path | None:
+    """The working directory, when it holds ``policy`` and is a project's folder."""
+    try:
+        cwd = Path.cwd().absolute()
+    except OSError:  # the working directory was removed
+        return None
+    if cwd == Path(cwd.anchor) or cwd == Path.home().absolute() or not policy.is_relative_to(cwd):
+        return None
+    return cwd
+
+
 def confinement_roots(policy_path: Path, allowed: Sequence[Path] = ()) -> list[Path]:
-    """Where a policy's paths may lead: its repository (else its own folder), plus the
-    folders the person running the gate allowed (``--allow-path``, ``ONNX_GATE_ALLOW_PATHS``)."""
+    """Where a policy's paths may lead: its repository, plus the folders the person running
+    the gate allowed (``--allow-path``, ``ONNX_GATE_ALLOW_PATHS``).
+
+    Outside any repository (a source tarball, a Docker build context without ``.git``)
+    the project is the working directory when the policy lies in it, else the policy's
+    own folder; never the filesystem's root or the home folder, which hold everything."""
     # The repository is found from the path as named, not as resolved: a policy committed
     # as a symbolic link to another folder must not move the fence to that folder.
-    repository = repository_root(policy_path.absolute().parent)
-    roots = [(repository or policy_path.resolve().parent).resolve()]
+    named = policy_path.absolute()
+    project = repository_root(named.parent) or _working_project(named)
+    roots = [(project or policy_path.resolve().parent).resolve()]
     roots += [Path(path).resolve() for path in allowed]
     return roots
 

@@ -580,7 +580,13 @@ def _paths_outside(policy: Policy, roots: Sequence[Path], path: Path) -> list[st
         ("data", "labels"): policy.labels_path,
         ("validation", "ctc", "charset"): policy.charset_path,
     }
-    scope = "repository" if (roots[0] / ".git").exists() else "policy's folder"
+    scope = (
+        "repository"
+        if (roots[0] / ".git").exists()
+        else "policy's folder"
+        if roots[0] == path.resolve().parent
+        else "working directory (no repository holds the policy)"
+    )
     problems = []
     for location, target in named.items():
         if target is None:
