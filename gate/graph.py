@@ -40,6 +40,27 @@ def op_counts(graph: Any) -> Counter[str]:
     return Counter(node.op_type for body in graphs(graph) for node in body.node)
 
 
+_QUANTISE_DEQUANTISE = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def quantised_compute_nodes(graph: Any) -> int:
+    """Nodes that compute on quantised data, counted alike in either format: a QOperator
+    node (QLinearConv, MatMulInteger, ...), or in QDQ form a node fed by a DequantizeLinear.
+    The Q/DQ nodes themselves are not counted."""
+    total = 0
+    for body in graphs(graph):
+        dequantised = {
+            output for node in body.node if node.op_type == "DequantizeLinear"
+            for output in node.output
+        }  # fmt: skip
+        for node in body.node:
+            if node.op_type in _QUANTISE_DEQUANTISE:
+                continue
+            if node.op_type in QUANTIZED_OPS or any(name in dequantised for name in node.input):
+                total += 1
+    return total
+
+
 def weight_share(graph: Any) -> dict[str, float]:
     """Operator type -> share of all weight elements it reads (through a Transpose or Cast too).
 

@@ -93,6 +93,7 @@ def render(report: Mapping[str, Any]) -> str:
     if report.get("recommendation"):
         lines += [f"**Recommendation:** {report['recommendation']}", ""]
     lines += _search(report.get("search") or {})
+    lines += _final(report.get("final"))
     log = [f"- `{item['name']}`: {item['outcome']}" for item in candidates if item.get("outcome")]
     if log:
         lines += ["<details><summary>Decision log</summary>", "", *log, "", "</details>", ""]
@@ -197,3 +198,23 @@ def _render(report: Mapping[str, Any], output_dir: Path) -> str:
 @hookimpl
 def onnx_gate_reporters() -> list[Reporter]:
     return [Reporter.file("markdown", "summary.md", _render, "a Markdown table for CI summaries")]
+
+
+def _final(final: dict[str, Any] | None) -> list[str]:
+    """The head-to-head final: each bout in one line, and the one who kept the place."""
+    if not final or not final.get("bouts"):
+        return []
+    bouts = [
+        f"- `{bout['challenger']}` against `{bout['holder']}`: `{bout['winner']}`, {bout['why']}"
+        for bout in final["bouts"]
+    ]
+    return [
+        f"**Head-to-head final:** `{final['chosen']}` ({final['why']})",
+        "",
+        "<details><summary>Bouts (paired blocks, challenger's speedup over the holder)</summary>",
+        "",
+        *bouts,
+        "",
+        "</details>",
+        "",
+    ]

@@ -249,12 +249,12 @@ def test_onnxruntime_failing_while_timing_the_original_is_a_located_error(
 ):
     """Fault injection: ORT raising in the original's own timing block (as it did on a
     published CRNN) ends in one line naming the step and the model, not 'internal error'."""
-    import gate.run.pipeline
+    import gate.run.scoring
 
     def invalid_rank(*args, **kwargs):  # the candidate fails its own timing; then the original
         raise RuntimeError("Error in execution: Invalid rank for output: y Got: 3 Expected: 2")
 
-    monkeypatch.setattr(gate.run.pipeline, "time_pair", invalid_rank)
+    monkeypatch.setattr(gate.run.scoring, "time_pair", invalid_rank)
     policy = classifier.write_policy(
         {
             "candidates": [{"name": "basic", "graph": {"level": "basic"}}],

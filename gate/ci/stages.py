@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from gate.report.document import REPORT_FILE, SUITE, json_safe, write_atomic
 from gate.report.model import CandidateEntry
 from gate.run.candidates import ORIGINAL, Candidate
 from gate.run.check import active_validators
+from gate.run.decide import Final
 from gate.run.load import copy_model
 from gate.run.pipeline import TIMING_INPUT, GateRun
 from gate.run.validate import ValidationSetup
@@ -74,13 +76,13 @@ class StagedRun(GateRun):
     # -- build -----------------------------------------------------------------
 
     def build(self) -> None:
-        self.timed = False
+        self.scores.timed = False
         self.prepare()
-        original = self._judge_original()
-        built = self._search()
+        original = self.judge_original()
+        built = self.search()
         candidates = [original, *built]
-        self.entries[ORIGINAL].status = "pending"
-        self.report.candidates = [self.entries[c.name] for c in candidates]
+        self.scores.entries[ORIGINAL].status = "pending"
+        self.report.candidates = [self.scores.entries[c.name] for c in candidates]
         going_on = self._write_bundle(candidates)
         self.report.update(
             verdict="pending",
@@ -102,17 +104,17 @@ class StagedRun(GateRun):
         copy_model(self.model.path, bundle / ORIGINAL_FILE)
         items, going_on = [], []
         for candidate in candidates[1:]:
-            entry = self.entries[candidate.name]
+            entry = self.scores.entries[candidate.name]
             status = "failed"
             if candidate.skipped:
                 status = "skipped"
             elif not candidate.failed:
-                passed = self._outcome_so_far(candidate) == "passed"
+                passed = self.scores.outcome_so_far(candidate) == "passed"
                 status = "pending" if passed else "rejected"
                 if not passed:
                     entry.reasons = [
                         r.explain()
-                        for r in self._evaluate_without_memory(candidate.name)
+                        for r in self.scores.evaluate_so_far(candidate.name)
                         if r.budget.level == "error" and r.decision != "pass" and not r.waiver
                     ]
             entry.status = status
@@ -144,7 +146,7 @@ class StagedRun(GateRun):
             "build": self.report.get("build"),
             "search": self.report.get("search"),
             "candidates": items,
-            "entries": {name: entry.to_json() for name, entry in self.entries.items()},
+            "entries": {name: entry.to_json() for name, entry in self.scores.entries.items()},
         }
         write_atomic(bundle / BUILD_FILE, json.dumps(json_safe(build), indent=1) + "\n")
         return going_on
@@ -168,7 +170,7 @@ class StagedRun(GateRun):
         self.report.model = build["model"]
         self.report.build_stage = {"from": str(self.source), "testbed": build["testbed"]}
         self.report.build, self.report.search = build["build"], build["search"]
-        original = self._judge_original()
+        original = self.judge_original()
         candidates = [original]
         for item in build["candidates"]:
             candidate = Candidate(item["name"], item["recipe"], None, item["session"])
@@ -182,7 +184,7 @@ class StagedRun(GateRun):
                         f"{str(item['file'])[:80]!r} {why}; refused"
                     )
                 self.say(f"validating and measuring {candidate.name}")
-                entry = self._judge(candidate)
+                entry = self.judge.judge(candidate)
             else:
                 entry = CandidateEntry.from_json(build["entries"][item["name"]])
                 if item["status"] == "skipped":
@@ -195,9 +197,9 @@ class StagedRun(GateRun):
                     candidate.fail(item["stage"] or "build", item["error"] or "failed")
                 entry.update(stage=candidate.stage, error=candidate.error)
             entry.search = build["entries"].get(item["name"], {}).get("search")
-            self.entries[candidate.name] = entry
+            self.scores.entries[candidate.name] = entry
             candidates.append(candidate)
-        self._finish(candidates)
+        self.finish(candidates)
         # The next stage (decide) needs the models, whichever it chooses.
         if bundle.resolve() != (self.output_dir / BUNDLE).resolve():
             shutil.rmtree(self.output_dir / BUNDLE, ignore_errors=True)
@@ -235,20 +237,21 @@ class StagedRun(GateRun):
                 copy_regular(timing_input, self.output_dir / TIMING_INPUT)
             except OSError as exc:
                 raise UsageError(f"cannot copy {timing_input}: {exc.strerror or exc}") from None
+        self.recorded_final = measured.get("final")
         validation = measured.get("validation") or {}
         task = (validation.get("task") or {}).get("task") or "tensor"
         self.validators = active_validators(self.policy, self.host, task)
         self.judged = validation.get("output") or ""
         self.synthetic = bool(validation.get("synthetic_inputs"))
         self.setup = ValidationSetup(task, {}, [self.judged], [], None, self.synthetic)
-        self.budgets = list(self.policy.budgets)
+        self.scores.budgets = list(self.policy.budgets)
         bundle = self.source / BUNDLE
         candidates = []
         for old in measured["candidates"]:
             entry = CandidateEntry.from_json(
                 {**old, "chosen": False, "budgets": [], "reasons": [], "outcome": None}
             )
-            self.entries[entry.name] = entry
+            self.scores.entries[entry.name] = entry
             candidate = Candidate(entry.name, entry.recipe, None, entry.session)
             if old.get("error"):
                 candidate.fail(old.get("stage") or "build", old["error"])
@@ -259,19 +262,39 @@ class StagedRun(GateRun):
                     if candidate.name == ORIGINAL
                     else f"candidates/{candidate.name}.onnx"
                 )
-                self.estimates[candidate.name] = _estimates(entry, measured)
+                self.scores.estimates[candidate.name] = _estimates(entry, measured)
             candidates.append(candidate)
-        if ORIGINAL not in self.entries or ORIGINAL not in self.estimates:
+        if ORIGINAL not in self.scores.entries or ORIGINAL not in self.scores.estimates:
             raise UsageError(f"{self.source}: the report has no measured original")
-        self._default_accuracy_budget()
-        self.report.candidates = [self.entries[c.name] for c in candidates]
+        self.default_accuracy_budget()
+        self.report.candidates = [self.scores.entries[c.name] for c in candidates]
         try:
-            self._decide(candidates)
+            self.choose(candidates)
         except FileNotFoundError as exc:
             raise UsageError(
                 f"{self.source} does not hold the chosen model ({Path(str(exc.filename)).name}): "
                 "decide from the output folder of --stage measure"
             ) from None
+
+    def _final(self, candidates: list[Candidate]) -> Callable[[str, list[str]], Final | None]:
+        """The decide stage cannot time: it takes the measure stage's final when the same
+        candidates lead, and otherwise chooses by speedup over the original alone."""
+        if self.stage != "decide":
+            return super()._final(candidates)
+        recorded = self.recorded_final
+
+        def replay(leader: str, contenders: list[str]) -> Final | None:
+            if recorded and recorded["leader"] == leader and recorded["contenders"] == contenders:
+                return Final.from_json(recorded)
+            if recorded:
+                self.report.warnings.append(
+                    "the measure stage's head-to-head final had other contenders than these "
+                    "budgets leave: the decide stage cannot time, so it chose by speedup over "
+                    "the original alone"
+                )
+            return None
+
+        return replay
 
 
 def _estimates(entry: CandidateEntry, measured: dict[str, Any]) -> dict[str, Estimate]:

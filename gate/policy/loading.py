@@ -271,6 +271,8 @@ class Policy:
     """The keys its ``models[i]`` entry sets for it (inputs, data, budgets)."""
     regressions: tuple[Regression, ...] = DEFAULT_REGRESSIONS
     lines: dict[tuple[Any, ...], int] = field(default_factory=dict)
+    final_contenders: int = 3
+    """selection.final: candidates timed head to head against the leader before choosing."""
     task: str = "auto"
     """validation.task: what the outputs mean (see gate.run.task)."""
     task_options: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -781,6 +783,7 @@ def _build(path: Path, doc: dict[str, Any], lines: dict[tuple[Any, ...], int]) -
             session_noise=float(measure.get("session_noise", 0.02)),
         ),
         min_gain=float(doc.get("selection", {}).get("min_gain", 0.05)),
+        final_contenders=int(doc.get("selection", {}).get("final", 3)),
         build=BuildSettings(
             isolate=doc.get("build", {}).get("isolate", True),
             timeout_s=float(doc.get("build", {}).get("timeout_s", 600)),

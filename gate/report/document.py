@@ -186,6 +186,11 @@ def render_console(report: Mapping[str, Any]) -> str:
             f"{search.get('seconds', 0):.1f} s, stopped: {search['stopped_by']}"
             + (f"; not tried: {listed(untried)}" if untried else "")
         )
+    final = report.get("final") or {}
+    for bout in final.get("bouts") or []:
+        lines.append(
+            f"final: {bout['challenger']} against {bout['holder']}: {bout['winner']}, {bout['why']}"
+        )
     if report.get("recommendation"):
         lines.append(f"recommendation: {report['recommendation']}")
     for warning in report.get("warnings") or []:

@@ -142,6 +142,8 @@ class ModelReport(_Record):
     search: dict[str, Any] = UNSET
     """The search's order, log, fallbacks and wall time."""
     counts: dict[str, int] = UNSET
+    final: dict[str, Any] | None = UNSET
+    """The head-to-head final among the leading candidates; None when none ran."""
     recommendation: str | None = UNSET
     partial: bool = UNSET
     """True when a signal cut the run short."""

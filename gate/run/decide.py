@@ -197,11 +197,19 @@ def _explained(results: Sequence[BudgetResult], shown: int = 5) -> str:
 
 
 def outcome(
-    standing: Standing, chosen: str | None, standings: Sequence[Standing], min_gain: float
+    standing: Standing,
+    chosen: str | None,
+    standings: Sequence[Standing],
+    min_gain: float,
+    final: Final | None = None,
 ) -> str:
     """Why this measured candidate won or lost, in one sentence for the decision log."""
     if standing.name == chosen:
         return "chosen"
+    lost = [b for b in final.bouts if standing.name in (b.holder, b.challenger)] if final else []
+    if lost and lost[-1].winner != standing.name:
+        bout = lost[-1]
+        return f"passes, but lost the head-to-head final to {bout.winner}: {bout.why}"
     if standing.status == "rejected":
         return "rejected: " + _explained(standing.blocking())
     if standing.status == "inconclusive":
@@ -400,9 +408,13 @@ def decide_run(
     speedups: Mapping[str, Estimate],
     synthetic: bool,
     today: date,
+    final: Callable[[str, list[str]], Final | None] | None = None,
 ) -> Decision:
     """Hold every candidate to the budgets (``results_of``), choose, and explain each
-    outcome: fills each entry's status, budgets, reasons and outcome (the decision log)."""
+    outcome: fills each entry's status, budgets, reasons and outcome (the decision log).
+
+    ``final(leader, contenders)`` runs the head-to-head final (``run_final``) when a
+    candidate leads: its choice stands. None: no final (nothing can be timed here)."""
     on_inconclusive = policy.measure.on_inconclusive
     standings = []
     for candidate in candidates:
@@ -418,7 +430,25 @@ def decide_run(
         standings.append(standing)
 
     chosen, reason = choose(standings, policy.min_gain)
+    settled = None
+    if final is not None and chosen not in (None, ORIGINAL) and policy.final_contenders:
+        leader = next(s for s in standings if s.name == chosen)
+        contenders = final_contenders(standings, chosen, policy.min_gain, policy.final_contenders)
+        settled = final(chosen, [s.name for s in contenders])
+        if settled is not None and settled.chosen != chosen:
+            chosen, reason = (
+                settled.chosen,
+                (
+                    f"{settled.why} (the head-to-head final of the fastest passing candidates; "
+                    f"{leader.name} led against the original: {_interval(leader.speedup)})"
+                ),
+            )
+        elif settled is not None and settled.contenders:
+            reason += (
+                f"; it kept its place in a head-to-head final against {listed(settled.contenders)}"
+            )
     report: dict[str, Any] = {"chosen": chosen, "decision": reason}
+    report["final"] = settled.to_json() if settled is not None else None
     subject = next(
         (s for s in standings if s.name == (chosen or ORIGINAL)),
         standings[0] if standings else None,
@@ -430,7 +460,7 @@ def decide_run(
         entry = entries[candidate.name]
         standing = next((s for s in standings if s.name == candidate.name), None)
         if standing is not None:
-            entry.outcome = outcome(standing, chosen, standings, policy.min_gain)
+            entry.outcome = outcome(standing, chosen, standings, policy.min_gain, settled)
         else:
             what = "skipped" if candidate.skipped else f"failed to {candidate.stage}"
             entry.outcome = f"{what}: {candidate.error}"
@@ -536,3 +566,180 @@ def require_budget_metrics(policy: Policy, produced: Mapping[str, float], output
         raise PolicyError(
             f"{policy.path.name}: budgets name metrics this model does not produce", problems
         )
+
+
+# -- the head-to-head final -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TieBreak:
+    """What separates two candidates neither of which is surely faster, in order: the
+    accuracy metric (the first error-level accuracy budget's, oriented by its operator),
+    then fewer quantised operators, then the smaller file."""
+
+    metric: str | None
+    higher_is_better: bool
+    accuracy: Mapping[str, float | None]
+    quantised_ops: Mapping[str, int]
+    size_mb: Mapping[str, float | None]
+
+    def settle(self, holder: str, challenger: str) -> tuple[str, str]:
+        """The winner of a tie and why, in words; the holder keeps its place on a full tie."""
+        if self.metric is not None:
+            held, challenging = self.accuracy.get(holder), self.accuracy.get(challenger)
+            if held is not None and challenging is not None and held != challenging:
+                challenger_better = (challenging > held) == self.higher_is_better
+                winner, loser = (challenger, holder) if challenger_better else (holder, challenger)
+                words = "higher" if self.higher_is_better else "lower"
+                return winner, (
+                    f"{words} {self.metric} ({self.accuracy[winner]:.6g} against "
+                    f"{self.accuracy[loser]:.6g})"
+                )
+        held_ops, challenging_ops = self.quantised_ops[holder], self.quantised_ops[challenger]
+        if held_ops != challenging_ops:
+            winner, loser = (
+                (challenger, holder) if challenging_ops < held_ops else (holder, challenger)
+            )
+            return winner, (
+                f"fewer quantised operators ({self.quantised_ops[winner]} against "
+                f"{self.quantised_ops[loser]})"
+            )
+        held_size, challenging_size = self.size_mb.get(holder), self.size_mb.get(challenger)
+        if held_size is not None and challenging_size is not None and held_size != challenging_size:
+            winner, loser = (
+                (challenger, holder) if challenging_size < held_size else (holder, challenger)
+            )
+            return winner, (
+                f"smaller ({self.size_mb[winner]:.4g} MB against {self.size_mb[loser]:.4g} MB)"
+            )
+        return holder, "equal on every count of the tie order, so it keeps its place"
+
+
+@dataclass(frozen=True)
+class Bout:
+    """One paired block of the final: ``challenger`` timed against ``holder``."""
+
+    holder: str
+    challenger: str
+    speedup: Estimate | None
+    """The challenger's speedup over the holder; None when the block could not be run."""
+    winner: str
+    why: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "holder": self.holder,
+            "challenger": self.challenger,
+            "speedup": self.speedup.point if self.speedup else None,
+            "interval": [self.speedup.low, self.speedup.high] if self.speedup else None,
+            "rounds": self.speedup.samples if self.speedup else None,
+            "winner": self.winner,
+            "why": self.why,
+        }
+
+
+@dataclass(frozen=True)
+class Final:
+    """The head-to-head final: the leader by speedup over the original against the next
+    fastest passing candidates, each timed against whoever holds the place."""
+
+    leader: str
+    contenders: list[str]
+    bouts: list[Bout]
+    chosen: str
+
+    @property
+    def why(self) -> str:
+        if not self.contenders:
+            return "no other passing candidate may replace the original"
+        if self.chosen == self.leader:
+            held = "; ".join(f"against {b.challenger}, {b.why}" for b in self.bouts)
+            return f"{self.leader} kept its place: {held}"
+        path = [
+            f"{b.challenger} took the place of {b.holder}: {b.why}"
+            for b in self.bouts
+            if b.winner == b.challenger
+        ]
+        return "; then ".join(path)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Final:
+        """A final a measure stage recorded, for the decide stage, which cannot time."""
+        bouts = []
+        for bout in data["bouts"]:
+            low, high = bout["interval"] or (None, None)
+            speedup = (
+                None
+                if bout["speedup"] is None
+                else Estimate(bout["speedup"], low, high, int(bout.get("rounds") or 0))
+            )
+            bouts.append(
+                Bout(bout["holder"], bout["challenger"], speedup, bout["winner"], bout["why"])
+            )
+        return cls(data["leader"], list(data["contenders"]), bouts, data["chosen"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "leader": self.leader,
+            "contenders": self.contenders,
+            "bouts": [bout.to_json() for bout in self.bouts],
+            "chosen": self.chosen,
+            "why": self.why,
+        }
+
+
+def may_replace(standings: Sequence[Standing], min_gain: float) -> Callable[[Standing], bool]:
+    """The test ``choose`` holds a replacement of the original to, as one predicate."""
+    original = next((s for s in standings if s.name == ORIGINAL), None)
+    if original is not None and original.eligible:
+        return lambda s: s.eligible and s.speedup.point >= 1.0 + min_gain and s.speedup.low > 1.0
+    if original is not None and original.status == "inconclusive":
+        return lambda s: s.eligible and s.speedup.low > 1.0
+    return lambda s: s.eligible
+
+
+def final_contenders(
+    standings: Sequence[Standing], leader: str, min_gain: float, limit: int
+) -> list[Standing]:
+    """The next ``limit`` fastest candidates that may replace the original as the leader
+    does. Not only those whose intervals overlap the leader's: each was timed against the
+    original in a block of its own, and blocks drift apart by more than their intervals
+    say (the same model timed twice in one run: 1.14x and 1.07x, bench/RESULTS.md). A
+    bout the leader wins clearly stops after ``measure.min_runs``, so asking costs little."""
+    qualifies = may_replace(standings, min_gain)
+    others = [s for s in standings if s.name not in (leader, ORIGINAL) and qualifies(s)]
+    return sorted(others, key=lambda s: -s.speedup.point)[:limit]
+
+
+def settle_bout(
+    holder: str, challenger: str, speedup: Estimate | None, ties: TieBreak, error: str = ""
+) -> Bout:
+    """Who holds the place after ``challenger`` was timed against ``holder``: the one
+    surely faster, else the tie order."""
+    if speedup is None:
+        return Bout(holder, challenger, None, holder, f"the block could not be run ({error})")
+    shown = _interval(speedup)
+    if speedup.low > 1.0:
+        return Bout(holder, challenger, speedup, challenger, f"surely faster ({shown})")
+    if speedup.high < 1.0:
+        return Bout(holder, challenger, speedup, holder, f"{challenger} is surely slower ({shown})")
+    winner, why = ties.settle(holder, challenger)
+    return Bout(holder, challenger, speedup, winner, f"tied ({shown}); {why}")
+
+
+def run_final(
+    leader: str,
+    contenders: Sequence[str],
+    time_against: Callable[[str, str], tuple[Estimate | None, str]],
+    ties: TieBreak,
+) -> Final:
+    """King of the hill: each contender, fastest first, timed against whoever holds the
+    place. ``time_against(holder, challenger)`` gives the challenger's speedup over the
+    holder from one paired block (or None and why it failed)."""
+    holder, bouts = leader, []
+    for challenger in contenders:
+        speedup, error = time_against(holder, challenger)
+        bout = settle_bout(holder, challenger, speedup, ties, error)
+        bouts.append(bout)
+        holder = bout.winner
+    return Final(leader, list(contenders), bouts, holder)

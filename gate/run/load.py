@@ -83,6 +83,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def quantised_operators(path: Path | None) -> int:
+    """How many of the model's nodes compute on quantised data (gate.graph)."""
+    import onnx
+
+    from gate.graph import quantised_compute_nodes
+
+    if path is None:
+        return 0
+    return quantised_compute_nodes(onnx.load(str(path), load_external_data=False).graph)
+
+
 def model_size_bytes(path: Path) -> int:
     """The model file plus the external-data files it references."""
     import onnx

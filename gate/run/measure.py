@@ -333,3 +333,16 @@ class Estimator:
             return speedup.low > 1.0 or speedup.high < 1.0 + min_gain
 
         return is_decided
+
+    def head_to_head_rule(self, min_gain: float) -> Callable[[Timing], bool]:
+        """When a block between two candidates may stop: one is surely faster, or they
+        surely differ by less than ``min_gain`` either way (a tie, settled by the tie order)."""
+        stricter = 1.0 - (1.0 - self.measure.confidence) / EARLY_STOP_STRICTNESS
+
+        def is_decided(timing: Timing) -> bool:
+            turns = (timing.original_turns, timing.candidate_turns)
+            speedup = self(timing.candidate_ms, turns, stricter)["speedup"]
+            tied = speedup.low > 1.0 / (1.0 + min_gain) and speedup.high < 1.0 + min_gain
+            return speedup.low > 1.0 or speedup.high < 1.0 or tied
+
+        return is_decided

@@ -1,0 +1,194 @@
+"""Step 2 as a loop: propose, build, judge and learn, one trial at a time.
+
+``SearchLoop.run`` asks the search (gate.run.search) for its next trial, builds it
+(in a child process unless the policy says otherwise), has the ``Judge`` validate and
+time it, tells the search what came of it and, when it missed accuracy only, queues
+it again with the nodes that lost most left in float. It stops when the search says
+so (``search.max_trials``, ``max_seconds``, nothing left worth trying).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gate.errors import first_line, listed
+from gate.host.manager import Host
+from gate.policy.loading import Policy, Recipe
+from gate.progress import RESULT_PREFIX, Progress
+from gate.report.model import ModelReport
+from gate.run.candidates import ORIGINAL, Candidate, build_candidate
+from gate.run.data import FeedSet
+from gate.run.isolation import Isolation, build_isolated, save_feeds
+from gate.run.load import LoadedModel
+from gate.run.runtime import Target
+from gate.run.scoring import Judge
+from gate.run.search import Search, Trial, fallback_trial, propose, search_context
+from gate.run.sensitivity import rank_sources
+from gate.stats import PASS
+
+
+class SearchLoop:
+    """The candidates of one run, built and judged most promising first."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        host: Host,
+        model: LoadedModel,
+        target: Target,
+        calibration: FeedSet,
+        judge: Judge,
+        work: Path,
+        report: ModelReport,
+        say: Progress,
+    ) -> None:
+        self.policy, self.host, self.model, self.target = policy, host, model, target
+        self.calibration, self.judge, self.scores = calibration, judge, judge.scores
+        self.work, self.report, self.say = work, report, say
+        self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
+        self.calibration_file = work / "calibration.npz"
+        self.isolate = self._isolation()
+
+    def run(self) -> list[Candidate]:
+        """Every candidate built, in the order tried; the report follows as they come."""
+        if self.isolate:
+            save_feeds(self.calibration.feeds, self.calibration_file)
+        search = self._new_search()
+        built: list[Candidate] = []
+        while (trial := search.next_trial()) is not None:
+            self.say(f"trial {trial.order}: building {trial.name}")
+            candidate = self._build(trial.recipe, search)
+            if not candidate.failed:
+                self.say(f"trial {trial.order}: validating and measuring {trial.name}")
+            entry = self.judge.judge(candidate)
+            entry.search = trial.describe()
+            built.append(candidate)
+            outcome = self.scores.outcome_so_far(candidate)
+            search.observe(trial, outcome, entry.metrics.get("speedup"))
+            self.say(RESULT_PREFIX + self._progress_line(candidate))
+            if outcome == "accuracy":
+                self._fallback(search, trial, candidate)
+            entries = self.scores.entries
+            self.report.candidates = [entries[ORIGINAL], *(entries[c.name] for c in built)]
+            self.report.search = search.describe()
+        self.report.search = search.describe()
+        return built
+
+    def _isolation(self) -> bool:
+        """Whether candidates are built in a child process, as the report's build section says."""
+        isolate = self.policy.build.isolate
+        registered = [info.name for info in self.host.infos if info.source == "registered"]
+        if isolate and registered:
+            isolate = False
+            self.report.warnings.append(
+                f"plugins registered in this process ({listed(registered)}) cannot be seen by a child "
+                "process: candidates were built in-process, without crash isolation"
+            )
+        self.report.build = {
+            "isolate": isolate,
+            "timeout_s": self.policy.build.timeout_s if isolate else None,
+            "memory_mb": self.policy.build.memory_mb if isolate else None,
+        }
+        return isolate
+
+    def _new_search(self) -> Search:
+        policy = self.policy
+        if policy.recipes is not None:
+            return Search(
+                [Trial(recipe, "policy") for recipe in policy.recipes], policy.search, False
+            )
+        context = search_context(
+            self.model.path,
+            self.report.testbed,
+            self.target.provider,
+            policy.calibration_path is not None,
+            policy.baseline_graph["level"],
+        )
+        trials, declined = propose(self.host, context, policy.search)
+        return Search(
+            trials, policy.search, True,
+            declined=declined, context=context, to_beat=1.0 + policy.min_gain,
+        )  # fmt: skip
+
+    def _build(self, recipe: Recipe, search: Search) -> Candidate:
+        if not self.isolate:
+            return build_candidate(
+                recipe, self.model.path, self.model.input_shapes, self.host,
+                self.work / "candidates", self.target.provider,
+                lambda: iter(self.calibration.feeds), self.calibration.source,
+            )  # fmt: skip
+        timeout, limited_by = search.build_timeout(self.policy.build.timeout_s)
+        return build_isolated(
+            recipe, self.model.path, self.model.input_shapes, self.work / "candidates",
+            self.target.provider, self.calibration_file, self.calibration.source,
+            Isolation(timeout, self.policy.build.memory_mb, limited_by),
+            self.target.provider_options,
+        )  # fmt: skip
+
+    def _progress_line(self, candidate: Candidate) -> str:
+        """One result line, with the best candidate so far that meets every budget measured yet."""
+        entry = self.scores.entries[candidate.name]
+        if candidate.failed:
+            return f"{candidate.name}: {'skipped' if candidate.skipped else 'failed'}: {candidate.error}"
+        speedup = entry.metrics.get("speedup")
+        if speedup is None:  # the build stage: validated, timed later on the target
+            passing = self.scores.outcome_so_far(candidate) == "passed"
+            return f"{candidate.name}: {'meets' if passing else 'misses'} the accuracy budgets"
+        passing = all(
+            r.decision == PASS
+            for r in self.scores.evaluate_so_far(candidate.name)
+            if r.budget.level == "error"
+        )
+        estimate = self.scores.estimates.get(candidate.name, {}).get("speedup")
+        surely_faster = (
+            estimate is not None
+            and estimate.low > 1.0
+            and estimate.point >= 1.0 + self.policy.min_gain
+        )
+        if passing and surely_faster and estimate.point > self.best_so_far[1]:
+            self.best_so_far = (candidate.name, estimate.point)
+        best, best_speedup = self.best_so_far
+        return (
+            f"{candidate.name}: {speedup:.2f}x, {'meets' if passing else 'misses'} the budgets so far; "
+            f"best so far: {best} ({best_speedup:.2f}x)"
+        )
+
+    def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
+        """Queue the candidate again with the nodes that lost the most accuracy left in float."""
+        name, quantize = candidate.name, trial.recipe.quantize
+        if not self.policy.search.fallback or quantize is None or candidate.path is None:
+            return
+        quantizer = self.host.records["quantizer"].get(quantize["plugin"])
+        speedup = self.scores.estimates.get(name, {}).get("speedup")
+        refused = search.why_no_fallback(trial, quantizer, speedup)
+        if refused is not None:
+            search.log.append(refused)
+            return
+        self.say(f"ranking the nodes of {name} by the error they add")
+        rewritten = candidate.path.parent / "rewritten.onnx"
+        reference = rewritten if trial.recipe.rewrite and rewritten.is_file() else self.model.path
+        try:
+            ranking = rank_sources(
+                reference, candidate.path, self.calibration.feeds, self.work / "sensitivity" / name
+            )
+        except Exception as exc:
+            search.log.append(
+                f"{name}: no accuracy fallback: ranking its nodes failed: {first_line(exc)}"
+            )
+            return
+        self.scores.entries[name].sensitivity = [source.describe() for source in ranking[:10]]
+        child = fallback_trial(
+            trial,
+            [(source.nodes, source.added) for source in ranking],
+            speedup.point if speedup is not None else trial.expected_speedup or 1.0,
+        )
+        if child is None:
+            search.log.append(
+                f"{name}: no accuracy fallback: nothing it still quantises adds measurable error"
+            )
+            return
+        refused = search.add_fallback(child)
+        if refused:
+            search.log.append(f"{name}: no accuracy fallback: {refused}")
+            return
+        search.log.append(f"{child.reason}; retrying as {child.name}")
