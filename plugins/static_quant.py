@@ -22,6 +22,7 @@ FORMATS = {"qdq": "QDQ", "qoperator": "QOperator"}
 CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 COMPUTE_OPS = ["MatMul", "Conv", "Gemm"]
 HISTOGRAM_MAX_PARAMETERS = 10_000_000
+FULL_CORRECTION_MAX_LAYERS = 60  # a calibration pass per layer
 
 
 def _quantize(
@@ -47,6 +48,7 @@ def _quantize(
             "calibrated on synthetic inputs: give data.calibration for a meaningful calibration"
         )
     source = prepare(source, options, context)
+    variant = options.get("bias_correction", "off")
     quantize_static(
         str(source),
         str(destination),
@@ -62,6 +64,25 @@ def _quantize(
         op_types_to_quantize=options.get("op_types_to_quantize"),
         nodes_to_exclude=options.get("nodes_to_exclude"),
         extra_options=extra_options(options),
+    )
+    if variant != "off":
+        _correct_biases(source, destination, options, context, variant)
+
+
+def _correct_biases(
+    source: Path, destination: Path, options: Mapping[str, Any], context: BuildContext, variant: str
+) -> None:
+    from gate_plugins._bias_correction import correct_biases
+
+    if options.get("format", "qdq") != "qdq":
+        raise ValueError("bias_correction needs format: qdq (QOperator biases are fused)")
+    corrected, unbiased, largest = correct_biases(
+        source, destination, context.calibration_samples(), variant
+    )
+    context.note(
+        f"bias correction ({variant}): corrected {corrected} layer(s) on the calibration data, "
+        f"largest shift {largest:.3g}"
+        + (f"; {unbiased} layer(s) without a bias left as they are" if unbiased else "")
     )
 
 
@@ -126,6 +147,24 @@ def _propose(context: SearchContext) -> list[Proposal]:
             0.5, "static",
         ),
     ]  # fmt: skip
+    proposals.append(
+        Proposal(
+            "static-qdq-bc", {**base, "bias_correction": "fast"}, expected * 0.99,
+            "static QDQ with bias correction: each layer's int8 mean shift, measured on the "
+            "calibration data, folded into its bias (the int8 kernels are unchanged)",
+            0.35, "static",
+        )
+    )  # fmt: skip
+    layers = sum(context.op_counts.get(op, 0) for op in ("Conv", "Gemm", "MatMul"))
+    if layers <= FULL_CORRECTION_MAX_LAYERS and context.parameters <= HISTOGRAM_MAX_PARAMETERS:
+        proposals.append(
+            Proposal(
+                "static-qdq-bcf", {**base, "bias_correction": "full"}, expected * 0.985,
+                "static QDQ with full bias correction: layer by layer, each shift measured "
+                "after the layers before it were corrected (a calibration pass per layer)",
+                0.3, "static",
+            )
+        )  # fmt: skip
     # Histogram calibration holds every activation of every sample: bounded to small models.
     if context.parameters <= HISTOGRAM_MAX_PARAMETERS:
         proposals.append(
@@ -154,6 +193,13 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                     "activation_type": {"enum": list(QUANT_TYPES), "default": "uint8"},
                     "weight_type": {"enum": list(QUANT_TYPES), "default": "int8"},
                     "calibration_method": {"enum": list(CALIBRATION), "default": "minmax"},
+                    "bias_correction": {
+                        "enum": ["off", "fast", "full"],
+                        "default": "off",
+                        "description": "fold the per-channel output mean shift int8 adds to each "
+                        "layer (measured on the calibration data) into its bias; fast: from one "
+                        "pass, full: layer by layer, each after the ones before it (QDQ only)",
+                    },
                     **COMMON_OPTIONS,
                 },
             },
