@@ -13,6 +13,7 @@ from gate.errors import GateError, InterruptedAfterReport, UsageError, bounded
 from gate.exitcodes import ExitCode
 from gate.identity import __version__
 from gate.progress import progress
+from gate.report import watchdog
 
 EXIT_CODES_HELP = "Exit codes: " + ", ".join(f"{int(code)} {code.description}" for code in ExitCode)
 
@@ -381,6 +382,7 @@ def _terminate(signum: int, frame: object) -> None:
     """The job's timeout sends SIGTERM, a user Ctrl-C: unwind once, so the run writes a
     partial report. Later signals (CI runners send several) are ignored: a second
     KeyboardInterrupt would cut that report short, or kill the process outside 0-4."""
+    watchdog.signal_taken()  # the main thread is alive and writes the report itself
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, signal.SIG_IGN)
     raise KeyboardInterrupt(f"signal {signum}")
@@ -389,6 +391,7 @@ def _terminate(signum: int, frame: object) -> None:
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, _terminate)
+    watchdog.start()  # a hang in native code never lets _terminate run
     try:
         code = cli.main(prog_name="onnx-gate", standalone_mode=False)
     except GateError as error:  # safety net: expected failures never show a traceback

@@ -61,6 +61,35 @@ def quantised_compute_nodes(graph: Any) -> int:
     return total
 
 
+_DECODE_OPS = frozenset({"Sigmoid", "Concat"})
+
+
+def decode_tail(graph: Any, least: int = 3) -> tuple[str, ...]:
+    """The nodes after the last compute operator (Conv, MatMul, Gemm) when they look like a
+    detector's decoding (a Sigmoid or Concat among at least ``least`` of them): int8 there
+    rounds box coordinates and scores for little speed. Constant nodes are left out (the
+    quantisers fold them into initializers).
+    Named as ``nodes_to_exclude`` knows them (``node_key``); empty otherwise."""
+    compute = set(CONV_OPS) | {"MatMul", "Gemm"}
+    producers = {output: node for node in graph.node for output in node.output}
+    feeds_compute: set[int] = set()
+    for node in reversed(list(graph.node)):  # graph order is topological: consumers come later
+        if node.op_type in compute:
+            feeds_compute.add(id(node))
+        if id(node) in feeds_compute:
+            for name in node.input:
+                producer = producers.get(name)
+                if producer is not None:
+                    feeds_compute.add(id(producer))
+    tail = [
+        node for node in graph.node
+        if id(node) not in feeds_compute and node.op_type != "Constant"
+    ]  # fmt: skip
+    if len(tail) < least or not any(node.op_type in _DECODE_OPS for node in tail):
+        return ()
+    return tuple(node_key(node) for node in tail)
+
+
 def weight_share(graph: Any) -> dict[str, float]:
     """Operator type -> share of all weight elements it reads (through a Transpose or Cast too).
 

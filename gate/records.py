@@ -109,6 +109,9 @@ class SearchContext:
     """The policy gives ``data.calibration`` (real data, not synthetic inputs)."""
     baseline_level: str
     """The graph optimisation level the original runs at."""
+    decode_tail: tuple[str, ...] = ()
+    """The nodes after the last Conv / MatMul / Gemm when they decode (a detector's
+    Sigmoid / Concat / Mul tail), by the names ``nodes_to_exclude`` takes; empty otherwise."""
 
     def share(self, *op_types: str) -> float:
         return sum(self.weight_share.get(op_type, 0.0) for op_type in op_types)

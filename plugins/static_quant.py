@@ -48,6 +48,8 @@ def _quantize(
             "calibrated on synthetic inputs: give data.calibration for a meaningful calibration"
         )
     source = prepare(source, options, context)
+    if options.get("equalize", False):
+        source = _equalize(source, context)
     variant = options.get("bias_correction", "off")
     quantize_static(
         str(source),
@@ -67,6 +69,19 @@ def _quantize(
     )
     if variant != "off":
         _correct_biases(source, destination, options, context, variant)
+
+
+def _equalize(source: Path, context: BuildContext) -> Path:
+    from gate_plugins._equalization import equalize
+
+    destination = context.work_dir / "equalized.onnx"
+    pairs = equalize(source, destination)
+    context.note(
+        f"cross-layer equalisation: {pairs} Conv pair(s) rescaled before quantising"
+        if pairs
+        else "cross-layer equalisation: no Conv pair to rescale (quantised as it was)"
+    )
+    return destination
 
 
 def _correct_biases(
@@ -155,6 +170,15 @@ def _propose(context: SearchContext) -> list[Proposal]:
             0.35, "static",
         )
     )  # fmt: skip
+    if context.op_counts.get("Conv", 0) >= 2:
+        proposals.append(
+            Proposal(
+                "static-qdq-cle", {**base, "equalize": True}, expected * 0.99,
+                "static QDQ after cross-layer equalisation of the Conv chains: channels of "
+                "very different weight ranges share one int8 scale better",
+                0.35, "static",
+            )
+        )  # fmt: skip
     layers = sum(context.op_counts.get(op, 0) for op in ("Conv", "Gemm", "MatMul"))
     if layers <= FULL_CORRECTION_MAX_LAYERS and context.parameters <= HISTOGRAM_MAX_PARAMETERS:
         proposals.append(
@@ -163,6 +187,16 @@ def _propose(context: SearchContext) -> list[Proposal]:
                 "static QDQ with full bias correction: layer by layer, each shift measured "
                 "after the layers before it were corrected (a calibration pass per layer)",
                 0.3, "static",
+            )
+        )  # fmt: skip
+    if context.decode_tail:
+        proposals.append(
+            Proposal(
+                "static-qdq-tail", {**base, "nodes_to_exclude": list(context.decode_tail)},
+                expected * 0.98,
+                f"static QDQ with the {len(context.decode_tail)} decoding nodes after the last "
+                "compute operator (Sigmoid, Concat, Mul: boxes and scores) left in float",
+                0.35, "static",
             )
         )  # fmt: skip
     # Histogram calibration holds every activation of every sample: bounded to small models.
@@ -193,6 +227,13 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                     "activation_type": {"enum": list(QUANT_TYPES), "default": "uint8"},
                     "weight_type": {"enum": list(QUANT_TYPES), "default": "int8"},
                     "calibration_method": {"enum": list(CALIBRATION), "default": "minmax"},
+                    "equalize": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "cross-layer equalisation first: rescale the channels of "
+                        "each Conv -> (ReLU) -> Conv pair so both weights have the same range per "
+                        "channel (the float model computes the same)",
+                    },
                     "bias_correction": {
                         "enum": ["off", "fast", "full"],
                         "default": "off",

@@ -938,3 +938,98 @@ def test_a_signal_while_a_finished_runs_reports_are_written_keeps_its_verdict(tm
     assert report["verdict"] == "pass" and not report.get("partial")
     assert done.returncode == 0, done.stderr
     assert "interrupted after report.json was complete" in done.stderr
+
+
+HANGING_VALIDATOR = '''
+import os
+from pathlib import Path
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from gate import Validator, hookimpl
+
+
+def _endless_loop():
+    """A Loop of 2**62 additions: ONNX Runtime runs it natively, with Python's lock released."""
+    scalar = lambda name, kind: helper.make_tensor_value_info(name, kind, [])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["v_in", "one"], ["v_out"])],
+        "body",
+        [scalar("i", TensorProto.INT64), scalar("cond_in", TensorProto.BOOL),
+         scalar("v_in", TensorProto.FLOAT)],
+        [scalar("cond_out", TensorProto.BOOL), scalar("v_out", TensorProto.FLOAT)],
+        [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["n", "c", "v"], ["out"], body=body)], "hang",
+        [scalar("n", TensorProto.INT64), scalar("c", TensorProto.BOOL),
+         scalar("v", TensorProto.FLOAT)],
+        [scalar("out", TensorProto.FLOAT)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def validate(context):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(_endless_loop(), providers=["CPUExecutionProvider"])
+    Path(os.environ["HANG_MARKER"]).write_text("hanging")
+    session.run(None, {"n": np.array(2**62), "c": np.array(True), "v": np.array(0.0, np.float32)})
+    return {"never": 1.0}
+
+
+@hookimpl
+def onnx_gate_validators():
+    return [Validator("hang", {"never": "never returned"}, validate)]
+'''
+
+
+def test_a_native_hang_still_ends_in_a_partial_report_when_ci_sends_sigterm(tmp_path):
+    """ONNX Runtime stuck in native code never lets Python's signal handler run; the
+    watchdog writes the report and exits 3 before the runner's SIGKILL would lose it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "repo"
+    _add_model(folder)
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hanging_validator.py").write_text(HANGING_VALIDATOR)
+    marker = tmp_path / "hanging"
+    env = {
+        **os.environ,
+        "ONNX_GATE_PLUGINS": "hanging_validator",
+        "PYTHONPATH": str(plugins),
+        "HANG_MARKER": str(marker),
+    }
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gate", "run", str(_policy(folder)), "-o", str(out), "-q"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), process.communicate(timeout=5)
+        time.sleep(0.5)  # inside session.run now
+        process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    assert process.returncode == 3, stderr
+    assert time.monotonic() - sent < 10  # inside GitLab's and GitHub's 10 s before SIGKILL
+    report = load_report(out)
+    assert report["partial"] is True and report["verdict"] == "error" and report["exit_code"] == 3
+    assert report["message"] == (
+        "SIGTERM arrived while the gate was stuck in native code (ONNX Runtime did not return "
+        "within 3 s); this report is partial"
+    )
+    assert report["testbed"] and report["model"]  # what was known before the hang is kept

@@ -36,11 +36,11 @@ def shifted_mlp(folder: Path) -> Path:
     return model
 
 
-def _policy(folder: Path, candidates: list[dict]) -> Path:
+def _policy(folder: Path, candidates: list[dict], shape: list[int] | None = None) -> Path:
     policy = {
         "version": 1,
         "model": {"path": "model.onnx"},
-        "inputs": {"x": {"shape": [1, 64]}},
+        "inputs": {"x": {"shape": shape or [1, 64]}},
         "data": {"calibration": "calibration.npz", "validation": "validation.npz"},
         "candidates": candidates,
         "budgets": [{"metric": "cosine_similarity", "min": 0.99}],
@@ -123,3 +123,197 @@ def test_bias_correction_on_a_qoperator_model_fails_that_candidate_with_a_reason
     failed = candidate(load_report(out), "qop-bc")
     assert failed["status"] == "failed"
     assert "bias_correction needs format: qdq" in failed["error"]
+
+
+def tiny_detector(folder: Path) -> Path:
+    """Two Convs, then a YOLO-style decoding tail: Sigmoid scores, boxes scaled by a Mul,
+    both joined by a Concat."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    weights = [
+        numpy_helper.from_array(rng.normal(scale=0.3, size=(8, 3, 3, 3)).astype(np.float32), "w0"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "b0"),
+        numpy_helper.from_array(rng.normal(scale=0.3, size=(6, 8, 1, 1)).astype(np.float32), "w1"),
+        numpy_helper.from_array(np.zeros(6, np.float32), "b1"),
+        numpy_helper.from_array(np.array([1, 6, -1], np.int64), "flat"),
+        numpy_helper.from_array(np.array([2, 4], np.int64), "split"),
+        numpy_helper.from_array(np.array(16.0, np.float32), "stride"),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="conv1"),
+        helper.make_node("Reshape", ["c1", "flat"], ["flat1"], name="head_reshape"),
+        helper.make_node("Split", ["flat1", "split"], ["scores_raw", "boxes_raw"], name="head_split", axis=1),
+        helper.make_node("Sigmoid", ["scores_raw"], ["scores"], name="head_sigmoid"),
+        helper.make_node("Mul", ["boxes_raw", "stride"], ["boxes"], name="head_mul"),
+        helper.make_node("Concat", ["boxes", "scores"], ["y"], name="head_concat", axis=1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "detector",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 256])],
+        weights,
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(folder / "model.onnx"))
+    for name, count in (("calibration", 16), ("validation", 16)):
+        x = rng.normal(size=(count, 3, 16, 16)).astype(np.float32)
+        np.savez(folder / f"{name}.npz", x=x)
+    return folder / "model.onnx"
+
+
+def test_a_detectors_decoding_tail_is_proposed_left_in_float(tmp_path, gate_cli):
+    from gate.host.manager import get_host
+    from gate.policy.loading import SearchSettings
+    from gate.run.search import propose, search_context
+
+    folder = tmp_path / "det"
+    model = tiny_detector(folder)
+    context = search_context(
+        model, {"cpu": {"arch": "x86_64"}}, "CPUExecutionProvider", True, "all"
+    )
+    tail = ("head_reshape", "head_split", "head_sigmoid", "head_mul", "head_concat")
+    assert context.decode_tail == tail
+    trials, _ = propose(get_host(), context, SearchSettings())
+    [placed] = [t for t in trials if t.name == "static-qdq-tail"]
+    assert placed.recipe.quantize["nodes_to_exclude"] == list(tail)
+    # An MLP has no decoding tail, and is not offered the variant.
+    mlp = search_context(shifted_mlp(tmp_path / "mlp"), {}, "CPUExecutionProvider", True, "all")
+    assert mlp.decode_tail == ()
+    assert "static-qdq-tail" not in {t.name for t in propose(get_host(), mlp, SearchSettings())[0]}
+
+    # Built, the tail really runs in float: nothing it computes is quantised (only the last
+    # Conv's own output is, where the tail begins).
+    recipe = {"name": "tail", "quantize": {"plugin": "static", **placed.recipe.quantize}}
+    policy = _policy(folder, [recipe], [1, 3, 16, 16])
+    out = tmp_path / "out"
+    gate_cli("run", policy, "-o", out, "-q", "--keep-candidates")
+    built = onnx.load(str(out / "candidates" / "tail.onnx")).graph
+    quantised = {n.input[0] for n in built.node if n.op_type == "QuantizeLinear"}
+    heads = [n for n in built.node if n.name in tail]
+    assert len(heads) == len(tail)
+    assert not quantised & {output for n in heads for output in n.output}, quantised
+    assert any(n.op_type == "QuantizeLinear" for n in built.node)  # the Convs are int8
+
+
+def conv_chain(folder: Path) -> Path:
+    """Conv -> ReLU -> depthwise Conv -> ReLU -> 1x1 Conv, where the first Conv's channel 0
+    is 40 times wider than the rest and the depthwise Conv scales it back: the float model
+    is ordinary, but one int8 scale per weight tensor rounds the narrow channels away."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(11)
+    w0 = rng.normal(scale=0.3, size=(8, 3, 3, 3))
+    w0[0] *= 40.0
+    b0 = rng.normal(scale=0.1, size=8)
+    b0[0] *= 40.0
+    dw = rng.normal(scale=0.5, size=(8, 1, 3, 3))
+    dw[0] /= 40.0
+    pw = rng.normal(scale=0.3, size=(4, 8, 1, 1))
+    tensors = {"w0": w0, "b0": b0, "dw": dw, "dwb": np.zeros(8), "pw": pw, "pwb": np.zeros(4)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "dw", "dwb"], ["c1"], name="dw", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "pw", "pwb"], ["y"], name="pw"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()],
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(folder / "model.onnx"))
+    for name, count in (("calibration", 16), ("validation", 16)):
+        np.savez(folder / f"{name}.npz", x=rng.normal(size=(count, 3, 16, 16)).astype(np.float32))
+    return folder / "model.onnx"
+
+
+def test_cross_layer_equalisation_lets_a_conv_chain_keep_its_accuracy(tmp_path, gate_cli):
+    import onnxruntime as ort
+    from gate_plugins._equalization import equalize
+
+    folder = tmp_path / "chain"
+    model = conv_chain(folder)
+    # The rewrite itself: the same function, channel ranges made equal.
+    equalized = tmp_path / "equalized.onnx"
+    assert equalize(model, equalized) == 2  # conv0 -> dw, dw -> pw
+    x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
+    before, after = (
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for path in (model, equalized)
+    )
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
+    w0 = onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(str(equalized)).graph.initializer if t.name == "w0")
+    )
+    ranges = np.abs(w0).reshape(8, -1).max(axis=1)
+    assert ranges.max() / ranges.min() < 10  # was over 40
+
+    static = {
+        "plugin": "static",
+        "format": "qdq",
+        "activation_type": "uint8",
+        "weight_type": "int8",
+    }
+    recipes = [
+        {"name": "plain", "quantize": static},
+        {"name": "cle", "quantize": {**static, "equalize": True}},
+    ]
+    out = tmp_path / "out"
+    gate_cli("run", _policy(folder, recipes, [1, 3, 16, 16]), "-o", out, "-q")
+    report = load_report(out)
+    plain, cle = candidate(report, "plain"), candidate(report, "cle")
+    assert plain["metrics"]["cosine_similarity"] < 0.99 <= cle["metrics"]["cosine_similarity"], (
+        plain["metrics"],
+        cle["metrics"],
+    )
+    assert "cross-layer equalisation: 2 Conv pair(s) rescaled before quantising" in cle["notes"]
+
+
+def test_the_fallback_ranks_on_the_calibration_samples_that_lost_most(tmp_path):
+    """A candidate that is exact on most inputs and wrong on a few (here it clips large
+    outputs) is ranked on those few, not on an average the many dilute."""
+    from onnx import TensorProto, helper
+
+    from gate.run.sensitivity import SAMPLES, _exposed, worst_samples
+
+    def model(path: Path, clip: bool) -> Path:
+        nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu")]
+        nodes.append(
+            helper.make_node("Clip", ["r", "", "one"], ["y"], name="clip")
+            if clip
+            else helper.make_node("Identity", ["r"], ["y"], name="same")
+        )
+        graph = helper.make_graph(
+            nodes, "m",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+            [helper.make_tensor("one", TensorProto.FLOAT, [], [1.0])],
+        )  # fmt: skip
+        built = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        built.ir_version = 8
+        onnx.save_model(built, str(path))
+        return path
+
+    original, clipped = model(tmp_path / "o.onnx", False), model(tmp_path / "c.onnx", True)
+    rng = np.random.default_rng(0)
+    feeds = [{"x": rng.uniform(0.0, 0.5, size=(1, 4)).astype(np.float32)} for _ in range(32)]
+    lossy = [3, 9, 17, 30]
+    for index in lossy:
+        feeds[index] = {"x": np.full((1, 4), 5.0 + index, np.float32)}
+    reference, _ = _exposed(original, tmp_path, "original")
+    candidate_session, _ = _exposed(clipped, tmp_path, "candidate")
+    chosen = worst_samples(original, reference, candidate_session, feeds)
+    assert len(chosen) == SAMPLES
+    picked = [next(i for i, feed in enumerate(feeds) if feed is sample) for sample in chosen]
+    assert set(lossy) <= set(picked), picked
+    assert picked == sorted(picked)  # in calibration order

@@ -24,6 +24,7 @@ from gate.policy.settings import DEFAULT_OUTPUT_DIR, RunOptions
 from gate.progress import Progress
 from gate.report.document import REPORT_FILE, SUITE, environment
 from gate.report.model import SuiteReport
+from gate.report.watchdog import watched
 from gate.run.pipeline import (
     GateResult,
     GateRun,
@@ -184,54 +185,55 @@ def run_suite(
     suite.policy_sha256 = policy_digest(Path(policy_path))
     suite.testbed = None
     reports: list[tuple[str, dict[str, Any]]] = []
-    interrupted: BaseException | None = None
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        remove_previous_output(output_dir)  # a single-model run's model.onnx is not this one's
-        host = host or get_host()
-        if policies is None:  # unreadable policy: load it again for the error to report
-            load_policies(policy_path, options.allowed_paths)
-            raise GateError(f"cannot read the policy {policy_path}")
-        chosen = set(shard_of(everything, shard))
-        share = [policy for policy in policies if policy.name in chosen]
-        for number, policy in enumerate(share, 1):
-            say(f"model {number}/{len(share)}: {policy.name}")
-            result = run_model(
-                policy_path, options.for_model(policy.name, MODELS_DIR), policy=policy,
-                host=host, progress=progress, runner=runner_for(options),
-            )  # fmt: skip
-            reports.append((policy.name, result.report))
-        if not share and shard is not None:
-            suite.warnings.append(
-                f"shard {shard[0]}/{shard[1]} holds no model: the policy names {len(everything)}"
-            )
-    except KeyboardInterrupt as exc:
-        interrupted = exc
-        suite.partial = True
-        suite.errors.append("interrupted before every model was gated; this report is partial")
-    except GateError as exc:
-        suite.errors.extend(exc.lines())
-        suite.update(message=exc.message, exit_code=int(exc.exit_code))
-    failed_early = int(suite.exit_code) if suite.errors and not reports else None
-    summarise(suite, reports)
-    if stage is not None:
-        suite.stage = stage
-        if stage == "build" and suite.exit_code == 0:
-            suite.verdict = "pending"
-    if suite.get("partial") or failed_early is not None:
-        code = ExitCode.combined([suite.exit_code, failed_early or int(ExitCode.RUNTIME_ERROR)])
-        suite.update(verdict=code.verdict, exit_code=int(code))
-    suite.testbed = suite.testbed or fingerprint()
-    suite.environment = environment()
-    suite.duration_s = round(time.perf_counter() - started, 3)
-    if output_dir.is_dir():
+    with watched(suite, output_dir):  # a native hang still leaves this report
+        interrupted: BaseException | None = None
         try:
-            write_reports(suite, output_dir, host)
-        except OSError as exc:
-            suite.errors.append(f"cannot write the report into {output_dir}: {exc}")
-            suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
-    if interrupted is not None:  # the suite is partial, whatever one model's report says
-        raise KeyboardInterrupt(str(interrupted)) from interrupted
+            output_dir.mkdir(parents=True, exist_ok=True)
+            remove_previous_output(output_dir)  # a single-model run's model.onnx is not this one's
+            host = host or get_host()
+            if policies is None:  # unreadable policy: load it again for the error to report
+                load_policies(policy_path, options.allowed_paths)
+                raise GateError(f"cannot read the policy {policy_path}")
+            chosen = set(shard_of(everything, shard))
+            share = [policy for policy in policies if policy.name in chosen]
+            for number, policy in enumerate(share, 1):
+                say(f"model {number}/{len(share)}: {policy.name}")
+                result = run_model(
+                    policy_path, options.for_model(policy.name, MODELS_DIR), policy=policy,
+                    host=host, progress=progress, runner=runner_for(options),
+                )  # fmt: skip
+                reports.append((policy.name, result.report))
+            if not share and shard is not None:
+                suite.warnings.append(
+                    f"shard {shard[0]}/{shard[1]} holds no model: the policy names {len(everything)}"
+                )
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            suite.partial = True
+            suite.errors.append("interrupted before every model was gated; this report is partial")
+        except GateError as exc:
+            suite.errors.extend(exc.lines())
+            suite.update(message=exc.message, exit_code=int(exc.exit_code))
+        failed_early = int(suite.exit_code) if suite.errors and not reports else None
+        summarise(suite, reports)
+        if stage is not None:
+            suite.stage = stage
+            if stage == "build" and suite.exit_code == 0:
+                suite.verdict = "pending"
+        if suite.get("partial") or failed_early is not None:
+            code = ExitCode.combined([suite.exit_code, failed_early or int(ExitCode.RUNTIME_ERROR)])
+            suite.update(verdict=code.verdict, exit_code=int(code))
+        suite.testbed = suite.testbed or fingerprint()
+        suite.environment = environment()
+        suite.duration_s = round(time.perf_counter() - started, 3)
+        if output_dir.is_dir():
+            try:
+                write_reports(suite, output_dir, host)
+            except OSError as exc:
+                suite.errors.append(f"cannot write the report into {output_dir}: {exc}")
+                suite.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR))
+        if interrupted is not None:  # the suite is partial, whatever one model's report says
+            raise KeyboardInterrupt(str(interrupted)) from interrupted
     return GateResult(suite.to_json(), ExitCode(suite.exit_code), output_dir)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from gate.errors import bounded, listed
 from gate.files import REPORT_MAX_BYTES, read_json, write_atomic
+from gate.report import watchdog
 from gate.report.model import ModelReport
 
 REPORT_FILE = "report.json"
@@ -80,6 +81,7 @@ def signals_held() -> Iterator[None]:
     received: list[int] = []
 
     def hold(number: int, frame: object) -> None:
+        watchdog.signal_taken()  # the main thread has it: the watchdog must not write too
         received.append(number)
 
     previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, signal.SIGTERM)}

@@ -37,6 +37,7 @@ from gate.report.document import (
     write_report_json,
 )
 from gate.report.model import CandidateEntry, ModelReport, SuiteReport
+from gate.report.watchdog import watched
 from gate.run.candidates import ORIGINAL, Candidate, original_candidate
 from gate.run.check import active_validators, check_policy
 from gate.run.data import calibration_feeds, validation_feeds
@@ -127,54 +128,62 @@ def run_model(
     policy_path, output_dir = Path(policy_path), options.output_dir
     report = new_report(Path(cwd_relative(policy_path)), policy.name if policy else None)
     say = progress or (lambda message: None)
-    interrupted: BaseException | None = None
-    try:
-        report.testbed = fingerprint()  # in every report, failed runs included
-        _prepare_output_dir(output_dir)
-        remove_previous_output(output_dir)
-        host = host or get_host()
-        policy = policy or load_policy(policy_path, options.allowed_paths)
-        report.name = policy.name
-        report.regressions = [regression.to_json() for regression in policy.regressions]
-        check_policy(policy, host)
-        if (output_dir / MODEL_FILE).resolve() == policy.model_path:
-            raise UsageError(
-                f"--output-dir {output_dir} holds the policy's model as {MODEL_FILE}; "
-                "the chosen model would overwrite it: choose another output directory"
-            )
-        with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
-            settings = RunSettings(policy, options)
-            (runner or GateRun)(settings, host, Path(work), report, say).execute()
-    except GateError as exc:
-        report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
-        report.errors.extend(exc.lines())
-    except KeyboardInterrupt as exc:  # Ctrl-C or the CLI's SIGTERM handler: report what is known
-        interrupted = exc
-        message = "interrupted before the run finished; this report is partial"
-        report.update(
-            verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message, partial=True
-        )
-        report.errors.append(message)
-    except Exception as exc:  # a bug in the gate: still report, and say where
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        message = f"internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
-        report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
-        report.errors.append(message)
-    report.environment = environment()
-    report.duration_s = round(time.perf_counter() - started, 3)
-    with contextlib.suppress(OSError):  # a run that failed before it made the folder
-        output_dir.mkdir(parents=True, exist_ok=True)
-    if output_dir.is_dir():
+    with watched(report, output_dir):  # a native hang still leaves this report
+        interrupted: BaseException | None = None
         try:
-            write_reports(report, output_dir, host)
-        except OSError as exc:  # a pass nobody can read is no pass
-            message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
+            report.testbed = fingerprint()  # in every report, failed runs included
+            _prepare_output_dir(output_dir)
+            remove_previous_output(output_dir)
+            host = host or get_host()
+            policy = policy or load_policy(policy_path, options.allowed_paths)
+            report.name = policy.name
+            report.regressions = [regression.to_json() for regression in policy.regressions]
+            check_policy(policy, host)
+            if (output_dir / MODEL_FILE).resolve() == policy.model_path:
+                raise UsageError(
+                    f"--output-dir {output_dir} holds the policy's model as {MODEL_FILE}; "
+                    "the chosen model would overwrite it: choose another output directory"
+                )
+            with tempfile.TemporaryDirectory(prefix="onnx-gate-") as work:
+                settings = RunSettings(policy, options)
+                (runner or GateRun)(settings, host, Path(work), report, say).execute()
+        except GateError as exc:
+            report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
+            report.errors.extend(exc.lines())
+        except (
+            KeyboardInterrupt
+        ) as exc:  # Ctrl-C or the CLI's SIGTERM handler: report what is known
+            interrupted = exc
+            message = "interrupted before the run finished; this report is partial"
+            report.update(
+                verdict="error",
+                exit_code=int(ExitCode.RUNTIME_ERROR),
+                message=message,
+                partial=True,
+            )
+            report.errors.append(message)
+        except Exception as exc:  # a bug in the gate: still report, and say where
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            message = f"internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
             report.update(verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message)
             report.errors.append(message)
-        except KeyboardInterrupt:  # held while the files were written; they are whole
-            interrupted = interrupted or InterruptedAfterReport(report.exit_code)
-    if interrupted is not None:
-        raise interrupted
+        report.environment = environment()
+        report.duration_s = round(time.perf_counter() - started, 3)
+        with contextlib.suppress(OSError):  # a run that failed before it made the folder
+            output_dir.mkdir(parents=True, exist_ok=True)
+        if output_dir.is_dir():
+            try:
+                write_reports(report, output_dir, host)
+            except OSError as exc:  # a pass nobody can read is no pass
+                message = f"cannot write the report into {output_dir}: {exc.strerror or exc}"
+                report.update(
+                    verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message
+                )
+                report.errors.append(message)
+            except KeyboardInterrupt:  # held while the files were written; they are whole
+                interrupted = interrupted or InterruptedAfterReport(report.exit_code)
+        if interrupted is not None:
+            raise interrupted
     return GateResult(report.to_json(), ExitCode(report.exit_code), output_dir)
 
 

@@ -23,7 +23,7 @@ from statistics import NormalDist
 from typing import Any
 
 from gate.errors import listed
-from gate.graph import QUANTIZED_OPS, graphs, model_kind, op_counts, weight_share
+from gate.graph import QUANTIZED_OPS, decode_tail, graphs, model_kind, op_counts, weight_share
 from gate.host.manager import Host, call_plugin
 from gate.policy.loading import DEFAULT_GRAPH_PLUGIN, Recipe, SearchSettings
 from gate.records import Proposal, SearchContext
@@ -65,6 +65,7 @@ def search_context(
         quantized_ops=tuple(sorted(set(counts) & QUANTIZED_OPS)),
         has_calibration=has_calibration,
         baseline_level=baseline_level,
+        decode_tail=decode_tail(graph),
     )
 
 
@@ -79,6 +80,7 @@ def describe_context(context: SearchContext) -> dict[str, Any]:
         "parameters": context.parameters,
         "weight_share": {op: round(value, 3) for op, value in top},
         "quantized_ops": list(context.quantized_ops),
+        "decode_tail": len(context.decode_tail),
         "calibration_data": context.has_calibration,
     }
 

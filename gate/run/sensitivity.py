@@ -4,7 +4,9 @@ Every float tensor of the original and of the candidate is exposed as an output,
 both run on the calibration samples, and each tensor's error is its
 noise-to-signal power ratio (the inverse of the SQNR that
 ``onnxruntime.quantization.qdq_loss_debug`` reports), per channel: that module
-flattens every tensor, which hides a channel lost next to an outlier one. What a tensor's producer added is its error
+flattens every tensor, which hides a channel lost next to an outlier one. It is
+measured on the calibration samples whose outputs lost most, as NNCF ranks its
+quantizer groups. What a tensor's producer added is its error
 less the worst error of the tensors feeding it; excluding the nodes that
 produce and consume it keeps that tensor in float. Tuning on calibration data
 keeps the validation data an honest acceptance test.
@@ -23,6 +25,7 @@ from gate.graph import node_key
 from gate.records import Sample
 
 SAMPLES = 8
+POOL = 32  # calibration samples whose output error picks the SAMPLES ranked on
 FLOAT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)", "tensor(bfloat16)"}
 DEQUANTIZED_SUFFIX = "_DequantizeLinear_Output"  # ORT's QDQ name for a tensor as consumers see it
 REGION_DEPTH = 6
@@ -87,6 +90,40 @@ def _channels(value: np.ndarray) -> np.ndarray:
     return np.moveaxis(value, axis, -1).reshape(-1, value.shape[axis]).sum(axis=0)
 
 
+def worst_samples(
+    original: Path, reference: Any, quantized: Any, feeds: Sequence[Sample]
+) -> list[Sample]:
+    """The ``SAMPLES`` calibration samples on which the candidate's outputs lost most (of at
+    most ``POOL``): an error that ruins a few inputs is ranked where it shows, not averaged
+    away over the many it leaves alone."""
+    import onnx
+
+    pool = list(feeds[:POOL])
+    if len(pool) <= SAMPLES:
+        return pool
+    names = [
+        output.name for output in onnx.load(str(original), load_external_data=False).graph.output
+    ]
+    theirs = {output.name for output in quantized.get_outputs()}
+    names = [name for name in names if name in theirs]
+    if not names:
+        return pool[:SAMPLES]
+    lost = []
+    for feed in pool:
+        ours = reference.run(names, feed)
+        other = quantized.run(names, feed)
+        error = 0.0
+        for mine, their in zip(ours, other, strict=True):
+            mine, their = np.asarray(mine), np.asarray(their)
+            if mine.shape != their.shape or mine.dtype.kind != "f":
+                continue
+            a, b = mine.astype(np.float64), their.astype(np.float64)
+            error += float(np.sum((a - b) ** 2) / max(float(np.sum(a**2)), 1e-30))
+        lost.append(error)
+    order = np.argsort(lost, kind="stable")[::-1][:SAMPLES]
+    return [pool[index] for index in sorted(order)]
+
+
 def tensor_errors(
     original: Path, candidate: Path, feeds: Sequence[Sample], work: Path
 ) -> tuple[dict[str, float], set[str]]:
@@ -103,7 +140,7 @@ def tensor_errors(
     signal: dict[str, np.ndarray] = {}
     noise: dict[str, np.ndarray] = {}
     uneven: set[str] = set()
-    for feed in feeds[:SAMPLES]:
+    for feed in worst_samples(original, reference, quantized, feeds):
         ours = _tensors(reference, floats, feed)
         theirs = _tensors(quantized, theirs_floats, feed)
         for name, value in ours.items():
