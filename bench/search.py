@@ -70,8 +70,11 @@ def policy_for(name: str, entry: dict[str, Any], out: Path, max_seconds: float) 
             *([{"metric": "top1_agreement", "min": 0.9}] if entry["kind"] == "classifier" else []),
         ],
     }
+    # Synthetic inputs: the task's own metrics would judge nothing (an OCR model reads empty
+    # strings off noise, and the gate refuses such data), so raw outputs are compared.
+    policy["validation"] = {"task": "tensor"}
     if name in JUDGED_OUTPUT:
-        policy["validation"] = {"output": JUDGED_OUTPUT[name]}
+        policy["validation"]["output"] = JUDGED_OUTPUT[name]
     return policy
 
 

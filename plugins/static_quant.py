@@ -208,6 +208,14 @@ def _propose(context: SearchContext) -> list[Proposal]:
                 0.35, "static",
             )
         )  # fmt: skip
+        proposals.append(
+            Proposal(
+                "static-qdq-ent", {**base, "calibration_method": "entropy"}, expected * 0.96,
+                "entropy (KL) calibration picks the clipping range that keeps the activation "
+                "distribution closest to float",
+                0.35, "static",
+            )
+        )  # fmt: skip
     return proposals
 
 

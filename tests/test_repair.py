@@ -105,6 +105,12 @@ def test_candidates_auto_proposes_bias_correction_beside_plain_static(tmp_path, 
     report = load_report(out)
     names = {c["name"]: c for c in report["candidates"]}
     assert {"static-qdq", "static-qdq-bc", "static-qdq-bcf"} <= set(names), sorted(names)
+    # The calibration grid: minmax, percentile and entropy, on a model this small.
+    methods = {
+        (c["recipe"]["quantize"] or {}).get("calibration_method")
+        for c in report["candidates"] if c["name"].startswith("static-qdq")
+    }  # fmt: skip
+    assert {None, "percentile", "entropy"} <= methods, methods
     assert names["static-qdq-bc"]["recipe"]["quantize"]["bias_correction"] == "fast"
     assert names["static-qdq-bcf"]["recipe"]["quantize"]["bias_correction"] == "full"
     # Plain static loses the model; the repaired one keeps it.
@@ -123,6 +129,19 @@ def test_bias_correction_on_a_qoperator_model_fails_that_candidate_with_a_reason
     failed = candidate(load_report(out), "qop-bc")
     assert failed["status"] == "failed"
     assert "bias_correction needs format: qdq" in failed["error"]
+
+
+def _save_image_model(graph: object, folder: Path, rng: np.random.Generator) -> Path:
+    """The graph as model.onnx, with 16 calibration and 16 validation images [3, 16, 16]."""
+    from onnx import helper
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save_model(model, str(folder / "model.onnx"))
+    for name in ("calibration", "validation"):
+        np.savez(folder / f"{name}.npz", x=rng.normal(size=(16, 3, 16, 16)).astype(np.float32))
+    return folder / "model.onnx"
 
 
 def tiny_detector(folder: Path) -> Path:
@@ -156,14 +175,7 @@ def tiny_detector(folder: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 256])],
         weights,
     )  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(folder / "model.onnx"))
-    for name, count in (("calibration", 16), ("validation", 16)):
-        x = rng.normal(size=(count, 3, 16, 16)).astype(np.float32)
-        np.savez(folder / f"{name}.npz", x=x)
-    return folder / "model.onnx"
+    return _save_image_model(graph, folder, rng)
 
 
 def test_a_detectors_decoding_tail_is_proposed_left_in_float(tmp_path, gate_cli):
@@ -228,13 +240,7 @@ def conv_chain(folder: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 16, 16])],
         [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()],
     )  # fmt: skip
-    folder.mkdir(parents=True, exist_ok=True)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save_model(model, str(folder / "model.onnx"))
-    for name, count in (("calibration", 16), ("validation", 16)):
-        np.savez(folder / f"{name}.npz", x=rng.normal(size=(count, 3, 16, 16)).astype(np.float32))
-    return folder / "model.onnx"
+    return _save_image_model(graph, folder, rng)
 
 
 def test_cross_layer_equalisation_lets_a_conv_chain_keep_its_accuracy(tmp_path, gate_cli):

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gate.exitcodes import ExitCode
 from gate.identity import __version__
 
 
@@ -198,3 +199,11 @@ class SuiteReport(_Record):
 
     def to_json(self) -> dict[str, Any]:
         return _json_fields(self)
+
+
+def mark_partial(report: ModelReport | SuiteReport, message: str) -> None:
+    """A run a signal cut short: an error (exit 3), partial, and ``message`` saying so."""
+    report.update(
+        verdict="error", exit_code=int(ExitCode.RUNTIME_ERROR), message=message, partial=True
+    )
+    report.errors.append(message)

@@ -79,6 +79,7 @@ def _watch(read: int) -> None:
 def write_partial(signal_name: str) -> None:
     """Every live report as report.json, partial, saying why."""
     from gate.report.document import write_report_json
+    from gate.report.model import mark_partial
 
     message = (
         f"{signal_name} arrived while the gate was stuck in native code (ONNX Runtime did not "
@@ -88,11 +89,5 @@ def write_partial(signal_name: str) -> None:
         live = list(reversed(_live))  # the model's own report first, then its suite's
     for report, output_dir in live:
         with contextlib.suppress(Exception):  # one that cannot be written must not stop the rest
-            report.update(
-                verdict="error",
-                exit_code=int(ExitCode.RUNTIME_ERROR),
-                message=message,
-                partial=True,
-            )
-            report.errors.append(message)
+            mark_partial(report, message)
             write_report_json(report.to_json(), output_dir)

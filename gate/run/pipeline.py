@@ -36,7 +36,7 @@ from gate.report.document import (
     signals_held,
     write_report_json,
 )
-from gate.report.model import CandidateEntry, ModelReport, SuiteReport
+from gate.report.model import CandidateEntry, ModelReport, SuiteReport, mark_partial
 from gate.report.watchdog import watched
 from gate.run.candidates import ORIGINAL, Candidate, original_candidate
 from gate.run.check import active_validators, check_policy
@@ -150,18 +150,10 @@ def run_model(
         except GateError as exc:
             report.update(verdict="error", exit_code=int(exc.exit_code), message=exc.message)
             report.errors.extend(exc.lines())
-        except (
-            KeyboardInterrupt
-        ) as exc:  # Ctrl-C or the CLI's SIGTERM handler: report what is known
+        # Ctrl-C or the CLI's SIGTERM handler: report what is known.
+        except KeyboardInterrupt as exc:
             interrupted = exc
-            message = "interrupted before the run finished; this report is partial"
-            report.update(
-                verdict="error",
-                exit_code=int(ExitCode.RUNTIME_ERROR),
-                message=message,
-                partial=True,
-            )
-            report.errors.append(message)
+            mark_partial(report, "interrupted before the run finished; this report is partial")
         except Exception as exc:  # a bug in the gate: still report, and say where
             where = traceback.extract_tb(exc.__traceback__)[-1]
             message = f"internal error: {type(exc).__name__}: {exc} (at {Path(where.filename).name}:{where.lineno})"
