@@ -325,3 +325,40 @@ def test_the_fallback_ranks_on_the_calibration_samples_that_lost_most(tmp_path):
     picked = [next(i for i, feed in enumerate(feeds) if feed is sample) for sample in chosen]
     assert set(lossy) <= set(picked), picked
     assert picked == sorted(picked)  # in calibration order
+
+
+def test_a_fallback_that_made_it_worse_steps_back_to_its_parent():
+    """Group fallback: a revert that lost accuracy (errors that cancelled no longer do)
+    is undone, and the next try starts from the parent with the next groups instead."""
+    from gate.policy.loading import Budget, Recipe
+    from gate.report.model import CandidateEntry
+    from gate.run.scoring import Scoreboard
+    from gate.run.search import Trial, fallback_trial, step_back
+
+    root = Trial(Recipe("int8", {}, {"plugin": "dynamic"}), "proposed", 1.5)
+    ranking = [(("a", "a_next"), 0.4), (("b",), 0.3), (("c",), 0.2), (("d",), 0.1)]
+    first = fallback_trial(root, ranking, 1.5)
+    assert first is not None and first.excluded_nodes == ("a", "a_next", "b")  # half the error
+    assert first.name == "int8-x3" and first.derived_from == "int8" and first.parent == "int8"
+
+    # int8-x3 turned out less accurate than int8: back to int8, without a's and b's groups.
+    again = fallback_trial(root, step_back(ranking, {"a", "a_next", "b"}), 1.5, {"int8-x3"})
+    assert again is not None and again.excluded_nodes == ("c",)  # the worst group left
+    assert again.derived_from == "int8"
+    # Two nodes excluded, like a earlier child would be: names never collide.
+    taken = {"int8-x2"}
+    assert fallback_trial(root, [(("c", "d"), 1.0)], 1.5, taken).name == "int8-x2b"
+
+    # "Less accurate" is the first error-level accuracy budget's metric, either way round.
+    policy = None
+    for op, better, worse in ((">=", 0.99, 0.97), ("<=", 0.001, 0.01)):
+        budget = Budget(
+            "cosine_similarity" if op == ">=" else "max_abs_diff", op, 0.5, "error", "b"
+        )
+        scores = Scoreboard(policy, [Budget("size_mb", "<=", 5, "error", "s"), budget])  # type: ignore[arg-type]
+        for name, value in (("parent", better), ("child", worse)):
+            entry = CandidateEntry(name=name, recipe={}, session={}, notes=[])
+            entry.metrics[budget.metric] = value
+            scores.entries[name] = entry
+        assert scores.less_accurate("child", "parent")
+        assert not scores.less_accurate("parent", "child")

@@ -22,7 +22,6 @@ from gate.errors import GateError, InterruptedAfterReport, ModelError, UsageErro
 from gate.exitcodes import ExitCode
 from gate.files import REPORT_MAX_BYTES, read_json, temp_beside
 from gate.host.manager import Host, call_plugin, get_host
-from gate.metrics import MEASURED_METRICS
 from gate.policy.guards import cwd_relative
 from gate.policy.loading import Policy, load_policy
 from gate.policy.settings import RunOptions, RunSettings
@@ -446,10 +445,7 @@ class GateRun:
 def tie_break(scores: Scoreboard, names: list[str], candidates: dict[str, Candidate]) -> TieBreak:
     """The tie order's figures for ``names``: the first error-level accuracy budget's metric,
     the quantised operators in each graph, and each file's size."""
-    accuracy = next(
-        (b for b in scores.budgets if b.level == "error" and b.metric not in MEASURED_METRICS),
-        None,
-    )
+    accuracy = scores.accuracy_budget()
     metric = accuracy.metric if accuracy is not None else None
     return TieBreak(
         metric,

@@ -83,6 +83,25 @@ class Scoreboard:
             entry.metrics[name] = estimate.point
             entry.intervals[name] = [estimate.low, estimate.high]
 
+    def accuracy_budget(self) -> Budget | None:
+        """The first error-level accuracy budget: what the tie order and the fallback's
+        step back compare candidates by."""
+        return next(
+            (b for b in self.budgets if b.level == "error" and b.metric not in MEASURED_METRICS),
+            None,
+        )
+
+    def less_accurate(self, name: str, than: str) -> bool:
+        """``name`` is surely worse than ``than`` on the accuracy budget's metric."""
+        budget = self.accuracy_budget()
+        if budget is None:
+            return False
+        mine = self.entries[name].metrics.get(budget.metric)
+        theirs = self.entries[than].metrics.get(budget.metric)
+        if mine is None or theirs is None:
+            return False
+        return mine < theirs if budget.op == ">=" else mine > theirs
+
     def speedups(self) -> dict[str, Estimate]:
         return {name: e["speedup"] for name, e in self.estimates.items() if "speedup" in e}
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -104,6 +104,8 @@ class Trial:
     """Position in which it was tried (1-based); None while waiting."""
     counted: bool = True
     """False for a trial a plugin skipped: it cost next to nothing, so search.max_trials ignores it."""
+    derived_from: str | None = None
+    """A fallback's own parent (``parent`` is the root of its chain)."""
 
     @property
     def name(self) -> str:
@@ -422,8 +424,21 @@ class Search:
         return described
 
 
+def step_back(
+    parent_ranking: Sequence[tuple[tuple[str, ...], float]], made_worse: Collection[str]
+) -> list[tuple[tuple[str, ...], float]]:
+    """The parent's ranking without the groups that touch ``made_worse``: for a fallback
+    that lost more accuracy than its parent (errors that cancelled no longer do), the next
+    try starts from the parent again and reverts the next groups instead."""
+    worse = set(made_worse)
+    return [(nodes, added) for nodes, added in parent_ranking if not worse & set(nodes)]
+
+
 def fallback_trial(
-    parent: Trial, ranking: Sequence[tuple[tuple[str, ...], float]], measured_speedup: float
+    parent: Trial,
+    ranking: Sequence[tuple[tuple[str, ...], float]],
+    measured_speedup: float,
+    taken: Collection[str] = (),
 ) -> Trial | None:
     """The parent's recipe with more nodes excluded, or None when nothing is left to exclude.
 
@@ -447,7 +462,11 @@ def fallback_trial(
     excluded = (*parent.excluded_nodes, *chosen)
     root = parent.parent or parent.name
     quantize = {**parent.recipe.quantize, "nodes_to_exclude": list(excluded)}
-    name = f"{root}-x{len(excluded)}"
+    name = base = f"{root}-x{len(excluded)}"
+    for letter in "bcdefghijklmnopqrstuvwxyz":  # a step back can exclude as many, other nodes
+        if name not in taken:
+            break
+        name = f"{base}{letter}"
     shown = listed(chosen, shown=5)
     return Trial(
         Recipe(name, dict(parent.recipe.graph), quantize, rewrite=parent.recipe.rewrite),
@@ -460,4 +479,5 @@ def fallback_trial(
         parent=root,
         excluded_nodes=excluded,
         prior_speedup=measured_speedup * 0.95,
+        derived_from=parent.name,
     )

@@ -22,7 +22,7 @@ from gate.run.isolation import Isolation, build_isolated, save_feeds
 from gate.run.load import LoadedModel
 from gate.run.runtime import Target
 from gate.run.scoring import Judge
-from gate.run.search import Search, Trial, fallback_trial, propose, search_context
+from gate.run.search import Search, Trial, fallback_trial, propose, search_context, step_back
 from gate.run.sensitivity import rank_sources
 from gate.stats import PASS
 
@@ -46,6 +46,11 @@ class SearchLoop:
         self.calibration, self.judge, self.scores = calibration, judge, judge.scores
         self.work, self.report, self.say = work, report, say
         self.best_so_far: tuple[str, float] = (ORIGINAL, 1.0)
+        self.trials: dict[str, Trial] = {}
+        """Every trial built so far, by name (a fallback's parent is looked up here)."""
+        self.rankings: dict[str, list[tuple[tuple[str, ...], float]]] = {}
+        self.made_worse: dict[str, set[str]] = {}
+        """Per fallback parent, the nodes whose revert lost accuracy: never reverted again."""
         self.calibration_file = work / "calibration.npz"
         self.isolate = self._isolation()
 
@@ -62,6 +67,7 @@ class SearchLoop:
                 self.say(f"trial {trial.order}: validating and measuring {trial.name}")
             entry = self.judge.judge(candidate)
             entry.search = trial.describe()
+            self.trials[trial.name] = trial
             built.append(candidate)
             outcome = self.scores.outcome_so_far(candidate)
             search.observe(trial, outcome, entry.metrics.get("speedup"))
@@ -153,17 +159,13 @@ class SearchLoop:
             f"best so far: {best} ({best_speedup:.2f}x)"
         )
 
-    def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
-        """Queue the candidate again with the nodes that lost the most accuracy left in float."""
-        name, quantize = candidate.name, trial.recipe.quantize
-        if not self.policy.search.fallback or quantize is None or candidate.path is None:
-            return
-        quantizer = self.host.records["quantizer"].get(quantize["plugin"])
-        speedup = self.scores.estimates.get(name, {}).get("speedup")
-        refused = search.why_no_fallback(trial, quantizer, speedup)
-        if refused is not None:
-            search.log.append(refused)
-            return
+    def _rank(
+        self, search: Search, trial: Trial, candidate: Candidate
+    ) -> list[tuple[tuple[str, ...], float]] | None:
+        """The candidate's node groups by the error they add, worst first (kept for a later
+        step back); None, with the reason in the log, when ranking failed."""
+        name = candidate.name
+        assert candidate.path is not None
         self.say(f"ranking the nodes of {name} by the error they add")
         rewritten = candidate.path.parent / "rewritten.onnx"
         reference = rewritten if trial.recipe.rewrite and rewritten.is_file() else self.model.path
@@ -175,12 +177,43 @@ class SearchLoop:
             search.log.append(
                 f"{name}: no accuracy fallback: ranking its nodes failed: {first_line(exc)}"
             )
-            return
+            return None
         self.scores.entries[name].sensitivity = [source.describe() for source in ranking[:10]]
+        self.rankings[name] = [(source.nodes, source.added) for source in ranking]
+        return self.rankings[name]
+
+    def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
+        """Queue the candidate again with the nodes that lost the most accuracy left in float."""
+        name, quantize = candidate.name, trial.recipe.quantize
+        if not self.policy.search.fallback or quantize is None or candidate.path is None:
+            return
+        quantizer = self.host.records["quantizer"].get(quantize["plugin"])
+        speedup = self.scores.estimates.get(name, {}).get("speedup")
+        refused = search.why_no_fallback(trial, quantizer, speedup)
+        if refused is not None:
+            search.log.append(refused)
+            return
+        base, groups = trial, None
+        parent = self.trials.get(trial.derived_from or "")
+        ranked = self.rankings.get(parent.name) if parent is not None else None
+        if parent is not None and ranked and self.scores.less_accurate(name, parent.name):
+            worse = self.made_worse.setdefault(parent.name, set())
+            worse |= set(trial.excluded_nodes) - set(parent.excluded_nodes)
+            base, groups = parent, step_back(ranked, worse)
+            search.log.append(
+                f"{name} lost more accuracy than {parent.name}: stepping back to {parent.name}, "
+                f"the {len(worse)} node(s) that made it worse quantised again"
+            )
+        if groups is None:
+            groups = self._rank(search, trial, candidate)
+            if groups is None:
+                return
+        measured = self.scores.estimates.get(base.name, {}).get("speedup")
         child = fallback_trial(
-            trial,
-            [(source.nodes, source.added) for source in ranking],
-            speedup.point if speedup is not None else trial.expected_speedup or 1.0,
+            base,
+            groups,
+            measured.point if measured is not None else base.expected_speedup or 1.0,
+            set(self.trials),
         )
         if child is None:
             search.log.append(
