@@ -201,3 +201,20 @@ def test_the_final_separates_two_fast_candidates_and_the_reports_show_it(tmp_pat
     report = load_report(off)
     assert report["final"] is None
     assert "head-to-head" not in report["decision"]
+
+
+def test_the_decide_stage_takes_the_measure_stages_final(tmp_path, gate_cli):
+    """The decide stage cannot time: it keeps the final the measure stage ran."""
+    folder = _demo(tmp_path)
+    policy = _policy(folder, 3)
+    built, measured, decided = tmp_path / "built", tmp_path / "measured", tmp_path / "decided"
+    assert gate_cli("run", policy, "--stage", "build", "-o", built, "-q").exit_code == 0
+    stage = ("run", policy, "--stage", "measure", "--from", built, "-o", measured, "-q")
+    assert gate_cli(*stage).exit_code == 0
+    final = load_report(measured)["final"]
+    assert final is not None and final["leader"] in ("int8", "int8-but-middle"), final
+    stage = ("run", policy, "--stage", "decide", "--from", measured, "-o", decided, "-q")
+    assert gate_cli(*stage).exit_code == 0
+    report = load_report(decided)
+    assert report["final"] == final
+    assert report["chosen"] == final["chosen"] == load_report(measured)["chosen"]
