@@ -59,11 +59,20 @@ def _layers(graph: Any) -> tuple[list[_Layer], int]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+
     def bias_of(name: str) -> tuple[Any, np.ndarray | None] | None:
+        if readers.get(name, 0) != 1:  # a bias two layers share cannot take both shifts
+            return None
         if name in inits:
             return inits[name], None
         node = producer.get(name)
         if node is None or node.op_type != "DequantizeLinear" or node.input[0] not in inits:
+            return None
+        if readers.get(node.input[0], 0) != 1:
             return None
         scale = inits.get(node.input[1])
         if scale is None or inits[node.input[0]].data_type != 6:  # TensorProto.INT32
@@ -153,9 +162,11 @@ def _local_means(
 ) -> list[np.ndarray | None]:
     """Each quantised layer's output mean when it reads the float model's input to it: its
     own error alone, so that correcting every layer from one pass does not compound."""
-    from onnx.utils import Extractor
-
-    sources = sorted({layer.source for layer in layers})
+    known = {name for node in reference.graph.node for name in node.output}
+    known |= {tensor.name for tensor in reference.graph.input}
+    # A graph output's producer is renamed in the quantised model: read it by its float name.
+    floats = {layer.source: _float_name(layer.source, known) for layer in layers}
+    sources = sorted({name for name in floats.values() if name is not None})
     session = _exposed_session(reference, sources)
     wanted = {i.name for i in session.get_inputs()}
     inputs = [
@@ -168,18 +179,51 @@ def _local_means(
         )
         for s in samples
     ]
-    extractor = Extractor(quantised)
     means: list[np.ndarray | None] = []
     for layer in layers:
+        name = floats[layer.source]
         try:
-            part = extractor.extract_model([layer.source], [layer.output])
-            [mean] = _channel_means(
-                part, [layer], [{layer.source: feed[layer.source]} for feed in inputs]
-            )
-        except Exception:  # a layer whose input is not one tensor: corrected by neither variant
+            if name is None:
+                raise KeyError(layer.source)
+            part = _between(quantised, layer.source, layer.output, inputs[0][name])
+            [mean] = _channel_means(part, [layer], [{layer.source: feed[name]} for feed in inputs])
+        except Exception:  # a layer whose input is not one tensor: left as it is
             mean = None
         means.append(mean)
     return means
+
+
+def _between(model: Any, source: str, output: str, example: np.ndarray) -> Any:
+    """The part of ``model`` that computes ``output`` from ``source`` (a float tensor like
+    ``example``). Written here: onnx.utils.Extractor wants shapes for the tensors ORT's
+    quantiser renames, which shape inference does not give."""
+    import onnx
+    from onnx import helper
+
+    producer = {name: node for node in model.graph.node for name in node.output}
+    needed: set[int] = set()
+    stack, seen = [output], set()
+    while stack:
+        name = stack.pop()
+        if name == source or name in seen:
+            continue
+        seen.add(name)
+        node = producer.get(name)
+        if node is not None:
+            needed.add(id(node))
+            stack.extend(node.input)
+    nodes = [node for node in model.graph.node if id(node) in needed]
+    read = {name for node in nodes for name in node.input}
+    graph = helper.make_graph(
+        nodes,
+        "layer",
+        [helper.make_tensor_value_info(source, onnx.TensorProto.FLOAT, list(example.shape))],
+        [onnx.ValueInfoProto(name=output)],
+        [tensor for tensor in model.graph.initializer if tensor.name in read],
+    )
+    part = helper.make_model(graph, opset_imports=list(model.opset_import))
+    part.ir_version = model.ir_version
+    return part
 
 
 def _apply(layer: _Layer, shift: np.ndarray) -> float:
@@ -231,18 +275,17 @@ def correct_biases(
         reference, [_Layer(name, None, None, layer.channel_axis) for layer, name in pairs], feeds
     )
     largest = 0.0
-    if variant == "fast":
+    if variant == "fast" or len(layers) > MAX_FULL_LAYERS:
         currents = _local_means(reference, quantised, layers, feeds)
         for layer, target, current in zip(layers, targets, currents, strict=True):
             if current is not None:
                 largest = max(largest, _apply(layer, target - current))
-    elif len(layers) <= MAX_FULL_LAYERS:
+        layers = [
+            layer for layer, current in zip(layers, currents, strict=True) if current is not None
+        ]
+    else:
         for layer, target in zip(layers, targets, strict=True):
             [current] = _channel_means(quantised, [layer], feeds)
-            largest = max(largest, _apply(layer, target - current))
-    else:
-        currents = _channel_means(quantised, layers, feeds)
-        for layer, target, current in zip(layers, targets, currents, strict=True):
             largest = max(largest, _apply(layer, target - current))
     onnx.save_model(quantised, str(quantised_model))
     return len(layers), unbiased, largest

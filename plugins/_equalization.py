@@ -45,8 +45,9 @@ def _pairs(graph: Any, inits: dict[str, Any], uses: dict[str, int]) -> list[tupl
             continue
         if first.input[1] not in inits or uses[first.input[1]] != 1:
             continue
-        if len(first.input) > 2 and first.input[2] and uses.get(first.input[2], 0) != 1:
-            continue
+        bias = first.input[2] if len(first.input) > 2 else ""
+        if bias and (bias not in inits or uses.get(bias, 0) != 1):
+            continue  # a bias that cannot be divided by s would change what the pair computes
         following, activation = only(first.output[0]), None
         if following is not None and following.op_type in HOMOGENEOUS:
             if following.op_type == "PRelu":

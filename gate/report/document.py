@@ -86,7 +86,8 @@ def signals_held() -> Iterator[None]:
 
     previous = {number: signal.signal(number, hold) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with watchdog.writing():
+            yield
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

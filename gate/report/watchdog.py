@@ -29,6 +29,7 @@ CI runners wait 10 s (GitLab, GitHub's cancel) between SIGTERM and SIGKILL."""
 _live: list[tuple[Any, Path]] = []
 _lock = threading.Lock()
 _taken = threading.Event()
+_writing = threading.Event()
 _started = False
 
 
@@ -51,6 +52,18 @@ def signal_taken() -> None:
     _taken.set()
 
 
+@contextlib.contextmanager
+def writing() -> Iterator[None]:
+    """The main thread is writing the report files, with signals held until they are whole:
+    a signal then is the main thread's to act on once they are (a slow fsync is no hang)."""
+    with _lock:  # not while the watchdog writes: it ends the process when it is done
+        _writing.set()
+    try:
+        yield
+    finally:
+        _writing.clear()
+
+
 def start() -> bool:
     """Start the watchdog for SIGTERM and SIGINT (POSIX, main thread only); once."""
     global _started
@@ -70,14 +83,17 @@ def _watch(read: int) -> None:
         numbers = [n for n in data if n in (signal.SIGTERM, signal.SIGINT)]
         if not numbers:
             continue
-        if _taken.wait(GRACE_S):
-            return  # the main thread is unwinding and writes its own report
-        write_partial(signal.Signals(numbers[0]).name)
-        os._exit(int(ExitCode.RUNTIME_ERROR))  # nothing else can run in a stuck process
+        if _taken.wait(GRACE_S) or _writing.is_set():
+            return  # the main thread is unwinding, or writing, and acts on the signal itself
+        with _lock:  # the main thread cannot start writing its own report past this point
+            if _taken.is_set() or _writing.is_set():
+                return
+            _write_partial(signal.Signals(numbers[0]).name)
+            os._exit(int(ExitCode.RUNTIME_ERROR))  # nothing else can run in a stuck process
 
 
-def write_partial(signal_name: str) -> None:
-    """Every live report as report.json, partial, saying why."""
+def _write_partial(signal_name: str) -> None:
+    """Every live report as report.json, partial, saying why (``_lock`` held)."""
     from gate.report.document import write_report_json
     from gate.report.model import mark_partial
 
@@ -85,9 +101,7 @@ def write_partial(signal_name: str) -> None:
         f"{signal_name} arrived while the gate was stuck in native code (ONNX Runtime did not "
         f"return within {GRACE_S:g} s); this report is partial"
     )
-    with _lock:
-        live = list(reversed(_live))  # the model's own report first, then its suite's
-    for report, output_dir in live:
+    for report, output_dir in reversed(_live):  # the model's own report first, then its suite's
         with contextlib.suppress(Exception):  # one that cannot be written must not stop the rest
             mark_partial(report, message)
             write_report_json(report.to_json(), output_dir)

@@ -209,6 +209,11 @@ def outcome(
     lost = [b for b in final.bouts if standing.name in (b.holder, b.challenger)] if final else []
     if lost and lost[-1].winner != standing.name:
         bout = lost[-1]
+        if bout.speedup is None:
+            return (
+                f"passes, but its head-to-head block against {bout.winner} could not be run "
+                f"({bout.why}), so {bout.winner} kept its place"
+            )
         return f"passes, but lost the head-to-head final to {bout.winner}: {bout.why}"
     if standing.status == "rejected":
         return "rejected: " + _explained(standing.blocking())

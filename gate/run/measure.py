@@ -338,11 +338,13 @@ class Estimator:
         """When a block between two candidates may stop: one is surely faster, or they
         surely differ by less than ``min_gain`` either way (a tie, settled by the tie order)."""
         stricter = 1.0 - (1.0 - self.measure.confidence) / EARLY_STOP_STRICTNESS
+        # Intervals are widened by measure.session_noise: a narrower band could never hold one.
+        band = max(min_gain, 2 * self.measure.session_noise)
 
         def is_decided(timing: Timing) -> bool:
             turns = (timing.original_turns, timing.candidate_turns)
             speedup = self(timing.candidate_ms, turns, stricter)["speedup"]
-            tied = speedup.low > 1.0 / (1.0 + min_gain) and speedup.high < 1.0 + min_gain
+            tied = speedup.low > 1.0 / (1.0 + band) and speedup.high < 1.0 + band
             return speedup.low > 1.0 or speedup.high < 1.0 or tied
 
         return is_decided

@@ -167,8 +167,14 @@ class SearchLoop:
         name = candidate.name
         assert candidate.path is not None
         self.say(f"ranking the nodes of {name} by the error they add")
-        rewritten = candidate.path.parent / "rewritten.onnx"
-        reference = rewritten if trial.recipe.rewrite and rewritten.is_file() else self.model.path
+        # The float graph the quantiser was given: rewritten (fused) or equalised first.
+        reference = self.model.path
+        for step, file in (
+            (trial.recipe.rewrite, "rewritten.onnx"),
+            ((trial.recipe.quantize or {}).get("equalize"), "equalized.onnx"),
+        ):
+            if step and (candidate.path.parent / file).is_file():
+                reference = candidate.path.parent / file
         try:
             ranking = rank_sources(
                 reference, candidate.path, self.calibration.feeds, self.work / "sensitivity" / name
