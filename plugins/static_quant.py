@@ -251,6 +251,9 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                     },
                     **COMMON_OPTIONS,
                 },
+                # QOperator fuses each bias into its kernel: nothing left to correct.
+                "if": {"properties": {"format": {"const": "qoperator"}}, "required": ["format"]},
+                "then": {"properties": {"bias_correction": {"const": "off"}}},
             },
             propose=_propose,
         )

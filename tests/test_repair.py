@@ -120,17 +120,17 @@ def test_candidates_auto_proposes_bias_correction_beside_plain_static(tmp_path):
     assert not {"static-qdq-cle", "static-qdq-tail"} & set(trials)
 
 
-def test_bias_correction_on_a_qoperator_model_fails_that_candidate_with_a_reason(
-    tmp_path, gate_cli
-):
+def test_bias_correction_on_a_qoperator_model_is_refused_before_anything_runs(tmp_path, gate_cli):
     folder = tmp_path / "m"
     shifted_mlp(folder)
     recipe = {"plugin": "static", "format": "qoperator", "bias_correction": "fast"}
     out = tmp_path / "out"
-    gate_cli("run", _policy(folder, [{"name": "qop-bc", "quantize": recipe}]), "-o", out, "-q")
-    failed = candidate(load_report(out), "qop-bc")
-    assert failed["status"] == "failed"
-    assert "bias_correction needs format: qdq" in failed["error"]
+    policy = _policy(folder, [{"name": "qop-bc", "quantize": recipe}])
+    result = gate_cli("run", policy, "-o", out, "-q")
+    assert result.exit_code == 2, result.stdout
+    report = load_report(out)
+    assert report["candidates"] == [] and len(report["errors"]) == 1
+    assert "bias_correction" in report["errors"][0] and "candidates[0]" in report["errors"][0]
 
 
 def _save_image_model(graph: object, folder: Path, rng: np.random.Generator) -> Path:
