@@ -125,10 +125,13 @@ def run(
     """Run the gate for POLICY (JSON or YAML) and write the reports.
 
     A policy naming several models (`models:`) gates each into OUTPUT_DIR/models/NAME/
-    and writes one verdict over all of them on top."""
+    and writes one verdict over all of them on top. POLICY may instead be a model file
+    (model.onnx, or one an exporter reads): it is gated with the defaults `onnx-gate init`
+    writes, and that policy is left in OUTPUT_DIR/policy.yaml to edit."""
     from gate.ci.suite import parse_shard
 
     try:
+        policy, allowed_paths = _policy_for(policy, output_dir, trust_model, allowed_paths)
         share = parse_shard(shard) if shard is not None else None
         if (source is not None) != (stage in ("measure", "decide")):
             raise UsageError(
@@ -145,6 +148,111 @@ def run(
         policy, output_dir, quiet, keep_candidates, share, stage, source, trust_model,
         allowed_paths,
     )  # fmt: skip
+
+
+def _policy_for(
+    named: Path, output_dir: Path, trust_model: bool, allowed_paths: tuple[Path, ...]
+) -> tuple[Path, tuple[Path, ...]]:
+    """`run MODEL` without a policy: the default policy, written where the user finds it;
+    the model's folder is allowed, since the person running the gate named it."""
+    from gate.ci.starter import default_policy, is_model_file
+
+    if not is_model_file(named):
+        return named, allowed_paths
+    policy = default_policy(named, output_dir, trust_model)
+    click.echo(
+        f"no policy given: gating {named} with the defaults `onnx-gate init` writes, saved as "
+        f"{policy}; `onnx-gate init {named} -o policy.yaml` measures the model and writes a "
+        "policy with budgets to edit and pass to `onnx-gate run`",
+        err=True,
+    )
+    return policy, (*allowed_paths, named.resolve().parent)
+
+
+def _example_inputs(values: tuple[str, ...]) -> dict[str, dict[str, object]] | None:
+    """`--example-input NAME=1x3x224x224[:dtype]` as the torch exporter's example_inputs."""
+    if not values:
+        return None
+    parsed: dict[str, dict[str, object]] = {}
+    for value in values:
+        name, _, spec = value.partition("=")
+        shape_text, _, dtype = spec.partition(":")
+        try:
+            shape = [int(dim) for dim in shape_text.lower().split("x")]
+        except ValueError:
+            shape = []
+        if not name or not shape or min(shape) < 1:
+            raise UsageError(
+                f"--example-input {value}: expected NAME=DIMxDIM[:dtype], e.g. x=1x3x224x224"
+            )
+        parsed[name] = {"shape": shape, **({"dtype": dtype} if dtype else {})}
+    return parsed
+
+
+@cli.command(epilog=EXIT_CODES_HELP)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("policy.yaml"),
+    show_default=True,
+    help="Where the policy is written.",
+)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="A folder holding calibration.npz, validation.npz and labels.npy (any of them).",
+)
+@click.option(
+    "--usd-per-hour",
+    type=click.FloatRange(min=0, min_open=True),
+    help="The serving instance's price: a cost budget in USD per million inferences.",
+)
+@click.option(
+    "--example-input",
+    "example_inputs",
+    multiple=True,
+    metavar="NAME=SHAPE[:DTYPE]",
+    help="For a PyTorch .py factory: an input to trace with, e.g. x=1x3x224x224 (repeatable).",
+)
+@click.option(
+    "--trust-model",
+    is_flag=True,
+    help="The model is a framework file whose loading runs code (pickle, joblib, .py, .pt2, "
+    "Keras): allowed, and written as model.trusted: true. Only for files you made.",
+)
+@click.option("--force", is_flag=True, help="Replace an existing policy file.")
+@quiet_option
+@allow_path_option
+def init(
+    model: Path,
+    output: Path,
+    data_dir: Path | None,
+    usd_per_hour: float | None,
+    example_inputs: tuple[str, ...],
+    trust_model: bool,
+    force: bool,
+    quiet: bool,
+    allowed_paths: tuple[Path, ...],
+) -> None:
+    """Measure MODEL once and write a commented policy for it: its shapes, its data files,
+    the task it was judged by, and latency, memory and cost budgets drawn from what was
+    measured here, for you to tighten. The policy passes `onnx-gate check` and runs."""
+    from gate.ci.starter import Start, init_policy, measured_lines
+
+    try:
+        start = Start(model, data_dir, usd_per_hour, trust_model, _example_inputs(example_inputs))
+        with progress(quiet) as say:
+            written = init_policy(
+                start, output, force=force, allowed_paths=allowed_paths, progress=say
+            )
+    except GateError as error:
+        _fail(error)
+    for line in measured_lines(written.report):
+        click.echo(line)
+    click.echo(f"written: {written.path} (next: onnx-gate run {written.path})")
 
 
 @cli.command(epilog=EXIT_CODES_HELP)

@@ -18,7 +18,6 @@ from gate import Exporter, OptionError, hookimpl
 OPTIONS_SCHEMA = {
     "type": "object",
     "additionalProperties": False,
-    "required": ["example_inputs"],
     "properties": {
         "factory": {
             "type": "string",
@@ -29,7 +28,8 @@ OPTIONS_SCHEMA = {
         "example_inputs": {
             "type": "object",
             "minProperties": 1,
-            "description": "Input name -> {shape, dtype}: the inputs the model is traced with.",
+            "description": "Input name -> {shape, dtype}: the inputs the model is traced with "
+            "(needed for a .py factory; a .pt2 program's own example inputs by default).",
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
@@ -69,9 +69,19 @@ def _module(source: Path, options: Mapping[str, Any]) -> Any:
     return factory().eval()
 
 
-def _examples(options: Mapping[str, Any]) -> tuple[list[str], tuple[Any, ...]]:
+def _examples(source: Path, options: Mapping[str, Any]) -> tuple[list[str], tuple[Any, ...]]:
+    """Input names and example tensors: the options', else a .pt2 program's own."""
     import torch
 
+    if "example_inputs" not in options:
+        if source.suffix != ".pt2":
+            raise OptionError(
+                f"{source.name}: a .py factory needs model.options.example_inputs "
+                "(input name -> {shape, dtype}) to trace the module with"
+            )
+        program = torch.export.load(str(source))
+        args, _ = program.example_inputs
+        return list(program.graph_signature.user_inputs)[: len(args)], tuple(args)
     names = list(options["example_inputs"])
     tensors = []
     for name in names:
@@ -101,7 +111,7 @@ def export(source: Path, out_dir: Path, options: Mapping[str, Any]) -> Path:
     import torch
 
     module = _module(source, options)
-    names, examples = _examples(options)
+    names, examples = _examples(source, options)
     with torch.no_grad():
         count = len(_as_tuple(module(*examples)))
     path = out_dir / f"{source.stem}.onnx"
@@ -136,7 +146,7 @@ def reference(
     import torch
 
     module = _module(source, options)
-    names = list(options["example_inputs"])
+    names, _ = _examples(source, options)
     outputs = []
     with torch.no_grad():
         for feed in feeds:

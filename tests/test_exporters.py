@@ -148,12 +148,13 @@ def test_a_torch_module_is_exported_by_either_path_and_held_to_the_framework(
     untrusted["model"]["trusted"] = False
     policy.write_text(json.dumps(untrusted))
     assert gate_cli("run", policy, "-o", tmp_path / "refused", "-q").exit_code == 2
-    # torch needs example inputs: a policy error with its line, before anything runs
+    # a .py factory needs example inputs to trace with: a usage error naming the option
+    untrusted["model"]["trusted"] = True
     del untrusted["model"]["options"]["example_inputs"]
     policy.write_text(json.dumps(untrusted))
-    result = gate_cli("check", policy)
+    result = gate_cli("run", policy, "-o", tmp_path / "no-examples", "-q")
     assert result.exit_code == 2
-    assert "model.options: 'example_inputs' is a required property" in result.stderr
+    assert "needs model.options.example_inputs" in result.stderr
 
 
 def test_quantising_never_imports_torch_even_when_it_is_installed(tmp_path):
