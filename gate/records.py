@@ -165,6 +165,11 @@ class Exporter:
     validation feeds, keyed by the exported model's output names. When given, the report
     compares the framework model with the exported one (``export``), apart from the
     exported-vs-optimised comparison of every candidate."""
+    timer: Callable[[Path, Mapping[str, Any], Sample, int], Callable[[], Any]] | None = None
+    """``timer(source, options, feed, threads) -> run``: the framework model loaded once,
+    and a function of no arguments that runs it on ``feed`` with ``threads`` intra-op
+    threads (0: the framework's default). When given, the gate times it against the
+    exported original in paired blocks and reports ``runtime_speedup``."""
 
 
 @dataclass(frozen=True)

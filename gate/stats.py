@@ -79,6 +79,17 @@ class Estimate:
             self.confidence,
         )
 
+    def times(self, other: Estimate) -> Estimate:
+        """The product of two positive ratios, each from its own paired block: bound times
+        bound, so the interval holds whenever both do (at least as wide as either's)."""
+        return Estimate(
+            self.point * other.point,
+            self.low * other.low,
+            self.high * other.high,
+            min(self.samples, other.samples),
+            self.confidence,
+        )
+
     def to_json(self) -> dict[str, float]:
         return {
             "point": self.point,

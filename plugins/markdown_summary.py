@@ -22,6 +22,26 @@ COLUMNS = [
 ICONS = {"pass": "✅", "fail": "❌", "error": "💥", "inconclusive": "❔"}
 
 
+def runtime_lines(report: Mapping[str, Any]) -> list[str]:
+    """The first lever: how much ONNX Runtime buys over the framework, original and chosen."""
+    runtime = (report.get("export") or {}).get("runtime") or {}
+    if "runtime_speedup" not in runtime:
+        return []
+    low, high = runtime["interval"]
+    text = (
+        f"Runtime: ONNX Runtime runs the export {runtime['runtime_speedup']:.2f}x as fast as "
+        f"`{runtime['framework']}` (95% interval {low:.2f}-{high:.2f}; "
+        f"{runtime['framework_p50_ms']:.3g} ms against {runtime['onnxruntime_p50_ms']:.3g} ms, "
+        f"same input and threads)"
+    )
+    chosen = next((c for c in report.get("candidates") or [] if c.get("chosen")), None)
+    figure = ((chosen or {}).get("metrics") or {}).get("runtime_speedup")
+    if chosen is not None and chosen.get("name") != "original" and figure is not None:
+        low, high = (chosen.get("intervals") or {}).get("runtime_speedup", [figure, figure])
+        text += f"; the chosen `{chosen['name']}` {figure:.2f}x ({low:.2f}-{high:.2f})"
+    return [text + "."]
+
+
 def render(report: Mapping[str, Any]) -> str:
     verdict = report.get("verdict", "error")
     lines = [f"## {ICONS.get(verdict, '')} onnx-gate: {verdict.upper()}", ""]
@@ -37,6 +57,7 @@ def render(report: Mapping[str, Any]) -> str:
             f"Exported with `{export['exporter']}`; the export against the framework model: "
             f"{agreement}. Candidates below are judged against the export."
         )
+    lines.extend(runtime_lines(report))
     chosen = report.get("chosen")
     lines.append(
         f"**Chosen:** `{chosen}` - {report.get('decision', '')}"

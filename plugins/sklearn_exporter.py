@@ -71,6 +71,25 @@ def reference(
     return outputs
 
 
+def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], threads: int) -> Any:
+    """What a service would call on one feed: predict_proba where it exists, else predict,
+    with BLAS/OpenMP pools held to ``threads``."""
+    import joblib
+    import numpy as np
+    from threadpoolctl import threadpool_limits
+
+    if threads:
+        threadpool_limits(limits=threads)
+    estimator = joblib.load(source)
+    features = np.asarray(feed[options.get("input_name", "input")])
+    predict = getattr(estimator, "predict_proba", None) or estimator.predict
+
+    def run() -> Any:
+        return predict(features)
+
+    return run
+
+
 @hookimpl
 def onnx_gate_exporters() -> list[Exporter]:
     return [
@@ -82,5 +101,6 @@ def onnx_gate_exporters() -> list[Exporter]:
             OPTIONS_SCHEMA,
             runs_code=True,
             reference=reference,
+            timer=timer,
         )
     ]

@@ -158,6 +158,23 @@ def reference(
     return outputs
 
 
+def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], threads: int) -> Any:
+    """The module on one feed, in inference mode, on ``threads`` intra-op threads."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    module = _module(source, options)
+    names, _ = _examples(source, options)
+    tensors = [torch.from_numpy(feed[name]) for name in names]
+
+    @torch.inference_mode()
+    def run() -> Any:
+        return module(*tensors)
+
+    return run
+
+
 @hookimpl
 def onnx_gate_exporters() -> list[Exporter]:
     return [
@@ -169,5 +186,6 @@ def onnx_gate_exporters() -> list[Exporter]:
             OPTIONS_SCHEMA,
             runs_code=True,
             reference=reference,
+            timer=timer,
         )
     ]

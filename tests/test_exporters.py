@@ -42,7 +42,10 @@ def _policy(folder: Path, **model: object) -> Path:
                 "data": {"validation": "validation.npz", "labels": "labels.npy"},
                 "validation": {"output": "probabilities"},
                 "candidates": [{"name": "basic", "graph": {"level": "basic"}}],
-                "budgets": [{"metric": "accuracy_drop", "max": 0.0}],
+                "budgets": [
+                    {"metric": "accuracy_drop", "max": 0.0},
+                    {"metric": "runtime_speedup", "min": 0.001, "level": "warn"},
+                ],
                 "measure": {"max_seconds": 1, "min_runs": 40, "max_runs": 40, "memory": False},
             }
         )
@@ -85,10 +88,23 @@ def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate
     assert export["framework_vs_onnx"]["top1_agreement"] == 1.0
     assert export["framework_vs_onnx"]["cosine_similarity"] > 0.9999
     assert export["framework_vs_onnx"]["accuracy_drop"] == 0.0
-    assert (
-        "Exported with `sklearn`; the export against the framework model"
-        in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Exported with `sklearn`; the export against the framework model" in summary
+    # The first lever, measured: scikit-learn itself against ONNX Runtime in paired blocks.
+    runtime = export["runtime"]
+    assert runtime["framework"] == "sklearn" and runtime["rounds"] >= 5
+    low, high = runtime["interval"]
+    assert 0 < low <= runtime["runtime_speedup"] <= high
+    assert runtime["framework_p50_ms"] > 0 and runtime["onnxruntime_p50_ms"] > 0
+    assert runtime["threads"] == report["target"]["intra_op_threads"]
+    assert original["metrics"]["runtime_speedup"] == pytest.approx(runtime["runtime_speedup"])
+    basic = next(c for c in report["candidates"] if c["name"] == "basic")
+    assert basic["metrics"]["runtime_speedup"] == pytest.approx(
+        runtime["runtime_speedup"] * basic["metrics"]["speedup"]
     )
+    row = next(b for b in report["budgets"] if b["metric"] == "runtime_speedup")
+    assert row["status"] == "pass" and row["actual"] > 0
+    assert f"ONNX Runtime runs the export {runtime['runtime_speedup']:.2f}x as fast as" in summary
 
 
 TORCH_MODEL = """
@@ -143,6 +159,8 @@ def test_a_torch_module_is_exported_by_either_path_and_held_to_the_framework(
     assert export["cosine_similarity"] > 0.9999 and export["top1_agreement"] == 1.0
     dyn = next(c for c in report["candidates"] if c["name"] == "dyn")
     assert dyn["status"] in ("passed", "rejected")  # judged against the export
+    runtime = report["export"]["runtime"]
+    assert runtime["framework"] == "torch" and "runtime_speedup" in dyn["metrics"]
     # Importing the file runs its code: refused without model.trusted.
     untrusted = json.loads(policy.read_text())
     untrusted["model"]["trusted"] = False
@@ -154,7 +172,7 @@ def test_a_torch_module_is_exported_by_either_path_and_held_to_the_framework(
     policy.write_text(json.dumps(untrusted))
     result = gate_cli("run", policy, "-o", tmp_path / "no-examples", "-q")
     assert result.exit_code == 2
-    assert "needs model.options.example_inputs" in result.stderr
+    assert "needs model.options.example_inputs" in result.stdout
 
 
 def test_quantising_never_imports_torch_even_when_it_is_installed(tmp_path):
@@ -282,6 +300,8 @@ def test_a_tensorflow_model_is_exported_and_held_to_the_framework(
     assert result.exit_code == 0, result.stdout + result.stderr
     report = load_report(out)
     assert report["model"]["exporter"] == "tensorflow"
+    runtime = report["export"]["runtime"]  # the Keras model itself, timed against ONNX Runtime
+    assert runtime["framework"] == "tensorflow" and runtime["runtime_speedup"] > 0
     # Keras names its output after the layer; a SavedModel signature after its own key.
     output = "output_0" if path.endswith(".pb") else "probs"
     assert [o["name"] for o in report["model"]["outputs"]] == [output]

@@ -147,3 +147,17 @@ def test_a_torch_export_program_goes_from_init_to_a_passing_run(in_folder, gate_
     assert run.exit_code == 0, run.stdout + run.stderr
     report = json.loads((in_folder / "out" / "report.json").read_text())
     assert report["model"]["exporter"] == "torch" and report["verdict"] == "pass"
+
+
+def test_a_runtime_speedup_budget_on_an_onnx_model_is_a_located_policy_error(
+    bare_model, in_folder, gate_cli
+):
+    (in_folder / "p.yaml").write_text(
+        "version: 1\nmodel: {path: bare.onnx}\nbudgets:\n  - {metric: runtime_speedup, min: 2}\n"
+    )
+    result = gate_cli("run", "p.yaml", "-o", "out", "-q")
+    assert result.exit_code == 2
+    assert (
+        "p.yaml:4: budgets[0].metric: runtime_speedup: it is measured only for a model the "
+        "gate exports from a framework" in result.stdout
+    )

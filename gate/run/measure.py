@@ -131,6 +131,25 @@ class BoundRunner:
         return elapsed
 
 
+class CallRunner:
+    """A framework model's run (a function of no arguments) timed like a session, so it
+    takes the original's place in a paired block (``runtime_speedup``)."""
+
+    rebind = False
+
+    def __init__(self, run: Callable[[], Any]) -> None:
+        self.run = run
+
+    def timed_run(self) -> float:
+        start = time.perf_counter_ns()
+        self.run()
+        return (time.perf_counter_ns() - start) / 1e6
+
+
+def _runner(model: Any, feed: Sample) -> BoundRunner | CallRunner:
+    return model if isinstance(model, CallRunner) else BoundRunner(model, feed)
+
+
 def shape_fits(declared: Sequence[Any] | None, returned: Sequence[int]) -> bool:
     """Whether a returned shape fits a declared one: same rank, and each fixed dimension
     equal (symbolic and unknown dimensions fit any size; ORT reports an output declared
@@ -176,8 +195,9 @@ def time_pair(
     settings: MeasureSettings,
     is_decided: Callable[[Timing], bool] | None = None,
 ) -> Timing:
-    """Alternate turns of original and candidate until decided, or until a cap."""
-    base, cand = BoundRunner(original, feed), BoundRunner(candidate, feed)
+    """Alternate turns of original and candidate until decided, or until a cap. Either may be
+    a ``CallRunner`` (a framework model) instead of a session."""
+    base, cand = _runner(original, feed), _runner(candidate, feed)
     warm = []
     for _ in range(max(settings.warmup_runs, 1)):
         warm.append(base.timed_run())

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gate.errors import GateError, InterruptedAfterReport, ModelError, UsageError, first_line
+import numpy as np
+
+from gate.errors import (
+    GateError,
+    InterruptedAfterReport,
+    ModelError,
+    PolicyError,
+    UsageError,
+    first_line,
+)
 from gate.exitcodes import ExitCode
 from gate.files import REPORT_MAX_BYTES, read_json, temp_beside
 from gate.host.manager import Host, call_plugin, get_host
@@ -314,6 +323,7 @@ class GateRun:
             policy, self.target, self.validation.feeds, session, reference, self.setup,
             self.validators, choice, self.estimator, self.scores,
         )  # fmt: skip
+        self._time_framework()
         if choice.task == "stream":
             try:
                 self.judge.reference = self.judge.outputs(session)
@@ -423,6 +433,27 @@ class GateRun:
         self.report.export = described
         self.report.warnings.extend(warnings)
 
+    def _time_framework(self) -> None:
+        """When the gate exported the model: the framework model against the exported original,
+        same input, same threads, in a paired block (``runtime_speedup``, the first lever)."""
+        exporter = self.host.records["exporter"].get(self.model.exporter)
+        timed = exporter is not None and exporter.timer is not None and self.scores.timed
+        if timed:
+            assert exporter is not None and exporter.timer is not None
+            self.say(f"timing the {exporter.name} model against ONNX Runtime")
+            described = time_framework(
+                exporter, self.policy, self.validation.feeds[0], self.target.threads, self.judge
+            )
+            self.report.export = {**(self.report.export or {}), "runtime": described}
+            if "error" in described:
+                self.report.warnings.append(
+                    f"the {exporter.name} model could not be timed: {described['error']}"
+                )
+            else:
+                self.scores.runtime = Estimate(**described.pop("estimate"))
+        if self.scores.runtime is None:
+            require_runtime_budgets(self.policy, timed)
+
     def _probe_original(self, original: Candidate) -> None:
         """Open and run the original once in a child process first: a model that crashes
         ONNX Runtime, hangs it or asks it for all memory must not take the gate down."""
@@ -440,6 +471,51 @@ class GateRun:
                     self.model.path, detail.replace("the load process", "its process")
                 )
             )
+
+
+def time_framework(
+    exporter: Any, policy: Policy, feed: Sample, threads: int, judge: Judge
+) -> dict[str, Any]:
+    """report.json's ``export.runtime``: the framework model timed against the original."""
+    try:
+        run = call_plugin(
+            exporter, "load the framework model for timing", exporter.timer,
+            policy.model_path, policy.exporter_options, feed, threads,
+        )  # fmt: skip
+        run()  # a failure here is the framework's, not a timing's
+        estimate, timing = judge.time_framework(run)
+    except GateError as exc:
+        return {"error": exc.message}
+    except Exception as exc:  # the framework raised while running: say so, time nothing
+        return {"error": f"{type(exc).__name__}: {first_line(exc)}"}
+    return {
+        "framework": exporter.name,
+        "runtime_speedup": estimate.point,
+        "interval": [estimate.low, estimate.high],
+        "confidence": estimate.confidence,
+        "framework_p50_ms": float(np.median(timing.original_ms)),
+        "onnxruntime_p50_ms": float(np.median(timing.candidate_ms)),
+        "rounds": timing.rounds,
+        "stopped_by": timing.stopped_by,
+        "threads": threads or "framework default",
+        "estimate": estimate.to_json(),
+    }
+
+
+def require_runtime_budgets(policy: Policy, timed: bool) -> None:
+    """A runtime_speedup budget with no framework timing can never be met: a policy error."""
+    why = (
+        "the framework model could not be timed (see the warnings)"
+        if timed
+        else "it is measured only for a model the gate exports from a framework"
+    )
+    problems = [
+        policy.problem(("budgets", index, "metric"), f"runtime_speedup: {why}")
+        for index, budget in enumerate(policy.budgets)
+        if budget.metric == "runtime_speedup" and budget.level != "off"
+    ]
+    if problems:
+        raise PolicyError(problems[0], problems)
 
 
 def tie_break(scores: Scoreboard, names: list[str], candidates: dict[str, Candidate]) -> TieBreak:

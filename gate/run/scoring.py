@@ -23,7 +23,7 @@ from gate.run.candidates import ORIGINAL, Candidate
 from gate.run.decide import BudgetResult, evaluate, utc_today
 from gate.run.judging import judge_accuracy
 from gate.run.load import file_sha256, model_size_bytes
-from gate.run.measure import Estimator, Timing, time_pair
+from gate.run.measure import CallRunner, Estimator, Timing, time_pair
 from gate.run.memory import measure_memory
 from gate.run.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
 from gate.run.task import TaskChoice
@@ -45,6 +45,8 @@ class Scoreboard:
     entries: dict[str, CandidateEntry] = field(default_factory=dict)
     timings: dict[str, Timing] = field(default_factory=dict)
     estimates: dict[str, dict[str, Estimate]] = field(default_factory=dict)
+    runtime: Estimate | None = None
+    """Framework latency / the original's in ONNX Runtime, when the gate exported the model."""
 
     def evaluate(self, name: str, budgets: list[Budget] | None = None) -> list[BudgetResult]:
         """``name``'s results on ``budgets`` (all of them by default)."""
@@ -78,6 +80,10 @@ class Scoreboard:
         return "rejected"
 
     def record_timing(self, entry: CandidateEntry, estimates: dict[str, Estimate]) -> None:
+        if self.runtime is not None and "speedup" in estimates:
+            # Both ratios are paired within their own blocks, so drift between the blocks
+            # (which moves latencies, not ratios) does not enter the product.
+            estimates["runtime_speedup"] = self.runtime.times(estimates["speedup"])
         self.estimates[entry.name] = estimates
         for name, estimate in estimates.items():
             entry.metrics[name] = estimate.point
@@ -212,6 +218,16 @@ class Judge:
             **timing.describe(),
             "note": "the original against a second session of itself",
         }
+
+    def time_framework(self, run: Callable[[], Any]) -> tuple[Estimate, Timing]:
+        """The framework model (``run``, one inference) against the original session in a
+        paired block on the first sample: framework latency / ONNX Runtime latency."""
+        timing = time_pair(
+            CallRunner(run), self.original_session, self.feeds[0], self.policy.measure,
+            self.estimator.head_to_head_rule(self.policy.min_gain),
+        )  # fmt: skip
+        turns = (timing.original_turns, timing.candidate_turns)
+        return self.estimator(timing.candidate_ms, turns)["speedup"], timing
 
     def head_to_head(self, holder: Candidate, challenger: Candidate) -> Estimate:
         """The challenger's speedup over the holder, from one paired block of their own on
