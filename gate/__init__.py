@@ -12,6 +12,7 @@ from gate.exitcodes import ExitCode
 from gate.files import open_regular, read_regular
 from gate.graph import QUANTIZED_OPS, node_key, op_counts
 from gate.identity import PROJECT_NAME, __version__, hookimpl
+from gate.metrics import MEASURED_METRICS
 from gate.records import (
     BuildContext,
     ExecutionProvider,
@@ -29,6 +30,7 @@ from gate.report.document import explain_budget, model_reports, write_atomic
 from gate.run.load import copy_model
 
 __all__ = [
+    "MEASURED_METRICS",
     "PROJECT_NAME",
     "QUANTIZED_OPS",
     "BuildContext",

@@ -245,6 +245,15 @@ def time_pair(
     return timing
 
 
+LATENCY_QUANTILES = tuple(q / 20 for q in range(21))
+
+
+def latency_quantiles(runs: Sequence[float]) -> list[float]:
+    """Every 5th percentile of a block's timed runs, min and max included: the latency
+    distribution in 21 numbers (report.html draws it)."""
+    return [float(v) for v in np.quantile(np.asarray(runs, dtype=np.float64), LATENCY_QUANTILES)]
+
+
 def _mean_estimate(samples: list[float], confidence: float) -> Estimate:
     from statistics import NormalDist
 

@@ -23,7 +23,7 @@ from gate.run.candidates import ORIGINAL, Candidate
 from gate.run.decide import BudgetResult, evaluate, utc_today
 from gate.run.judging import judge_accuracy
 from gate.run.load import file_sha256, model_size_bytes
-from gate.run.measure import CallRunner, Estimator, Timing, time_pair
+from gate.run.measure import CallRunner, Estimator, Timing, latency_quantiles, time_pair
 from gate.run.memory import measure_memory
 from gate.run.runtime import Target, make_session, onnxruntime_errors, run_all, run_stream
 from gate.run.task import TaskChoice
@@ -189,7 +189,10 @@ class Judge:
             timing.candidate_ms, (timing.original_turns, timing.candidate_turns)
         )
         self.scores.record_timing(entry, estimates)
-        entry.timing = timing.describe()
+        entry.timing = {
+            **timing.describe(),
+            "latency_quantiles_ms": latency_quantiles(timing.candidate_ms),
+        }
 
     def time_original(self, model_path: Path, session_options: dict[str, Any]) -> None:
         """Time the original in a block of its own, against a second session of itself.
@@ -216,6 +219,7 @@ class Judge:
         self.scores.record_timing(original, self.estimator(timing.original_ms, None))
         original.timing = {
             **timing.describe(),
+            "latency_quantiles_ms": latency_quantiles(timing.original_ms),
             "note": "the original against a second session of itself",
         }
 
