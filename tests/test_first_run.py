@@ -139,6 +139,7 @@ def test_a_torch_export_program_goes_from_init_to_a_passing_run(in_folder, gate_
     torch.export.save(program, str(in_folder / "net.pt2"))
     result = gate_cli("init", "net.pt2", "--trust-model", "-o", "net.yaml", "-q")
     assert result.exit_code == 0, result.stderr
+    assert "runtime: ONNX Runtime runs it " in result.stdout and "as fast as torch" in result.stdout
     policy = yaml.safe_load((in_folder / "net.yaml").read_text())
     assert policy["model"] == {"path": "net.pt2", "trusted": True}
     (name,) = policy["inputs"]

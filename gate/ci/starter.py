@@ -236,8 +236,16 @@ def measured_lines(report: Mapping[str, Any]) -> list[str]:
         )
         if key in metrics
     ]
+    lines = [f"original: {', '.join(parts)}"]
+    runtime = (report.get("export") or {}).get("runtime") or {}
+    if "runtime_speedup" in runtime:
+        low, high = runtime["interval"]
+        lines.append(
+            f"runtime: ONNX Runtime runs it {runtime['runtime_speedup']:.2f}x as fast as "
+            f"{runtime['framework']} (95% interval {low:.2f}-{high:.2f})"
+        )
     task = ((report.get("validation") or {}).get("task") or {}).get("task")
-    return [f"original: {', '.join(parts)}", f"task: {task}"] if task else [", ".join(parts)]
+    return [*lines, f"task: {task}"] if task else lines
 
 
 def _refuse_untrusted(start: Start, host: Host) -> None:
