@@ -162,3 +162,37 @@ def test_a_runtime_speedup_budget_on_an_onnx_model_is_a_located_policy_error(
         "p.yaml:4: budgets[0].metric: runtime_speedup: it is measured only for a model the "
         "gate exports from a framework" in result.stdout
     )
+
+
+def test_init_falls_back_to_raw_outputs_when_the_data_gives_the_task_nothing_to_decide(
+    in_folder, gate_cli
+):
+    """A voice-activity model on random inputs never says 'speech': judged as a stream it
+    could judge nothing, so init writes task tensor and says how to go back."""
+    f = np.float32
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["drive"]),
+        helper.make_node("Mul", ["state", "decay"], ["kept"]),
+        helper.make_node("Add", ["kept", "drive"], ["stateN"]),
+        helper.make_node("ReduceSum", ["stateN", "axes"], ["total"], keepdims=1),
+        helper.make_node("Add", ["total", "silence"], ["biased"]),
+        helper.make_node("Sigmoid", ["biased"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "vad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1]),
+         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 8])],
+        [numpy_helper.from_array(np.full((4, 8), 0.25, f), "w"),
+         numpy_helper.from_array(np.array(0.5, f), "decay"),
+         numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         numpy_helper.from_array(np.array(-60.0, f), "silence")],
+    )  # fmt: skip
+    save_graph(in_folder / "vad.onnx", graph)
+    result = gate_cli("init", "vad.onnx", "-q")
+    assert result.exit_code == 0, result.stderr
+    text = (in_folder / "policy.yaml").read_text()
+    assert yaml.safe_load(text)["validation"] == {"task": "tensor"}
+    assert "task stream was inferred, but on this data the original decides nothing" in text
+    assert gate_cli("run", "policy.yaml", "-o", "out", "-q").exit_code == 0

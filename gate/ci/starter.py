@@ -10,8 +10,10 @@ the output folder and gates with it.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
+import re
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ from gate.policy.writing import Line, PolicyText, format_number, round_up
 from gate.progress import Progress
 from gate.run.candidates import Candidate
 from gate.run.check import check_policy
+from gate.run.judging import TENSOR_INSTEAD
 from gate.run.pipeline import GateRun, run_model
 
 POLICY_SUFFIXES = (".yaml", ".yml", ".json")
@@ -59,6 +62,9 @@ class Start:
     usd_per_hour: float | None = None
     trusted: bool = False
     example_inputs: Mapping[str, Mapping[str, Any]] | None = None
+    task: str | None = None
+    """A task written instead of the inferred one, and why (the baseline chose it)."""
+    task_why: str = ""
 
 
 @dataclass
@@ -152,7 +158,11 @@ def policy_text(start: Start, folder: Path, report: Mapping[str, Any] | None) ->
     else:
         text.hint(1, "usd_per_hour", 0.1, "the serving instance's price: enables usd_per_million")
     task = ((report or {}).get("validation") or {}).get("task") or {}
-    if task.get("task"):
+    if start.task is not None:
+        text.add(0, "validation", None)
+        text.note(1, start.task_why)
+        text.add(1, "task", start.task)
+    elif task.get("task"):
         text.add(0, "validation", None)
         text.add(1, "task", task["task"], f"inferred from {task.get('source', 'the model')}")
     text.add(0, "candidates", "auto", "the gate proposes recipes for this model and CPU")
@@ -282,19 +292,22 @@ def init_policy(
     host = host or get_host()
     _refuse_untrusted(start, host)
     folder.mkdir(parents=True, exist_ok=True)
-    # The draft lives where the policy will, so its paths and their confinement are the same.
-    draft = Path(tempfile.mkstemp(prefix=".onnx-gate-init-", suffix=".yaml", dir=folder)[1])
-    try:
-        write_atomic(draft, policy_text(start, folder, None))
-        with tempfile.TemporaryDirectory(prefix="onnx-gate-init-") as scratch:
-            options = RunOptions(
-                output_dir=Path(scratch), trust_model=start.trusted,
-                allowed_paths=tuple(allowed_paths),
-            )  # fmt: skip
-            result = run_model(draft, options, host=host, progress=progress, runner=BaselineRun)
-    finally:
-        draft.unlink(missing_ok=True)
+    draft, result = _baseline(start, folder, allowed_paths, host, progress)
     report = result.report
+    vacuous = next((e for e in report.get("errors") or [] if TENSOR_INSTEAD in e), None)
+    if vacuous is not None and start.task is None:
+        # The data gives the inferred task nothing to decide (random audio for a VAD, say):
+        # a first policy still has to run, so it judges raw outputs and says how to go back.
+        inferred = re.search(r"\(task (\w+);", vacuous)
+        name = inferred.group(1) if inferred else "the inferred task"
+        why = (
+            f"task {name} was inferred, but on this data the original decides nothing; raw "
+            f"outputs are judged until data.validation holds inputs it decides on, then "
+            f"write task: {name}"
+        )
+        start = dataclasses.replace(start, task="tensor", task_why=why)
+        draft, result = _baseline(start, folder, allowed_paths, host, progress)
+        report = result.report
     if result.exit_code not in (ExitCode.PASS, ExitCode.BUDGET_FAILED):
         errors = [line.replace(draft.name, destination.name) for line in report.get("errors") or []]
         message = (report.get("message") or "the original could not be measured").replace(
@@ -306,6 +319,29 @@ def init_policy(
     write_atomic(destination, policy_text(start, folder, report))
     _check(destination, allowed_paths, host)
     return Written(destination, report)
+
+
+def _baseline(
+    start: Start,
+    folder: Path,
+    allowed_paths: Sequence[Path],
+    host: Host,
+    progress: Progress | None,
+) -> tuple[Path, Any]:
+    """The original gated alone from a draft of the policy, written where the policy will be
+    (so its paths and their confinement are the same) and removed afterwards."""
+    draft = Path(tempfile.mkstemp(prefix=".onnx-gate-init-", suffix=".yaml", dir=folder)[1])
+    try:
+        write_atomic(draft, policy_text(start, folder, None))
+        with tempfile.TemporaryDirectory(prefix="onnx-gate-init-") as scratch:
+            options = RunOptions(
+                output_dir=Path(scratch), trust_model=start.trusted,
+                allowed_paths=tuple(allowed_paths),
+            )  # fmt: skip
+            result = run_model(draft, options, host=host, progress=progress, runner=BaselineRun)
+    finally:
+        draft.unlink(missing_ok=True)
+    return draft, result
 
 
 def default_policy(model: Path, output_dir: Path, trusted: bool, host: Host | None = None) -> Path:

@@ -46,7 +46,11 @@ class PolicyText:
         self.lines.append(Line(depth, key, value, comment, commented=True))
 
     def note(self, depth: int, text: str) -> None:
-        self.lines.append(Line(depth, None, None, text))
+        """A comment on lines of its own, wrapped to the width a reader sees at once."""
+        import textwrap
+
+        for part in textwrap.wrap(text, width=88 - 2 * depth) or [""]:
+            self.lines.append(Line(depth, None, None, part))
 
     def item(self, depth: int, value: Any, comment: str = "") -> None:
         self.lines.append(Line(depth, None, value, comment, item=True))

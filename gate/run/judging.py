@@ -30,6 +30,9 @@ from gate.run.task import (
 )
 from gate.run.validate import ValidationSetup, applies, validate_outputs
 
+TENSOR_INSTEAD = "validation.task: tensor judges raw outputs instead"
+"""How a task's vacuous-data error ends: ``onnx-gate init`` recognises it and falls back."""
+
 
 def judged_outputs(policy: Policy, model: LoadedModel) -> list[str]:
     """validation.output first (by default the first float output: exporters often pass
@@ -204,7 +207,7 @@ def judge_accuracy(
         )
         raise PolicyError(
             policy.problem(("data", "validation"), f"{exc}; {fix}")
-            + f" (task {setup.task}; validation.task: tensor judges raw outputs instead)"
+            + f" (task {setup.task}; {TENSOR_INSTEAD})"
         ) from None
     except GateError as exc:
         candidate.fail("validate", exc.message)
