@@ -169,7 +169,10 @@ class Exporter:
     """``timer(source, options, feed, threads) -> run``: the framework model loaded once,
     and a function of no arguments that runs it on ``feed`` with ``threads`` intra-op
     threads (0: the framework's default). When given, the gate times it against the
-    exported original in paired blocks and reports ``runtime_speedup``."""
+    exported original in paired blocks and reports ``runtime_speedup``. ``run.threads``,
+    when set, is the intra-op threads the framework really runs on (when it could not take
+    ``threads``); ``run.close()``, when present, is called after timing (to restore the
+    process's thread settings)."""
 
 
 @dataclass(frozen=True)

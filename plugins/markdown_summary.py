@@ -27,19 +27,37 @@ def runtime_lines(report: Mapping[str, Any]) -> list[str]:
     runtime = (report.get("export") or {}).get("runtime") or {}
     if "runtime_speedup" not in runtime:
         return []
-    low, high = runtime["interval"]
+    low, high = _bounds(runtime.get("interval"))
+    threads = runtime.get("threads")
+    ort_threads = runtime.get("onnxruntime_threads", threads)
+    same = (
+        "same input and threads"
+        if threads == ort_threads
+        else (
+            f"same input; {runtime['framework']} on {threads} threads, ONNX Runtime on {ort_threads}"
+        )
+    )
     text = (
         f"Runtime: ONNX Runtime runs the export {runtime['runtime_speedup']:.2f}x as fast as "
-        f"`{runtime['framework']}` (95% interval {low:.2f}-{high:.2f}; "
+        f"`{runtime['framework']}` (95% interval {low}-{high}; "
         f"{runtime['framework_p50_ms']:.3g} ms against {runtime['onnxruntime_p50_ms']:.3g} ms, "
-        f"same input and threads)"
+        f"{same})"
     )
     chosen = next((c for c in report.get("candidates") or [] if c.get("chosen")), None)
     figure = ((chosen or {}).get("metrics") or {}).get("runtime_speedup")
     if chosen is not None and chosen.get("name") != "original" and figure is not None:
-        low, high = (chosen.get("intervals") or {}).get("runtime_speedup", [figure, figure])
-        text += f"; the chosen `{chosen['name']}` {figure:.2f}x ({low:.2f}-{high:.2f})"
+        low, high = _bounds((chosen.get("intervals") or {}).get("runtime_speedup"))
+        text += f"; the chosen `{chosen['name']}` {figure:.2f}x ({low}-{high})"
     return [text + "."]
+
+
+def _bounds(interval: Any) -> tuple[str, str]:
+    """An interval's bounds for a line; one the samples could not give shows as '?'."""
+    bounds = list(interval) if isinstance(interval, list | tuple) and len(interval) == 2 else []
+    return tuple(  # type: ignore[return-value]
+        f"{b:.2f}" if isinstance(b, int | float) and b == b and abs(b) != float("inf") else "?"
+        for b in (bounds or [None, None])
+    )
 
 
 def render(report: Mapping[str, Any]) -> str:

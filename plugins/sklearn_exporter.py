@@ -78,8 +78,7 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    if threads:
-        threadpool_limits(limits=threads)
+    limits = threadpool_limits(limits=threads) if threads else None
     estimator = joblib.load(source)
     features = np.asarray(feed[options.get("input_name", "input")])
     predict = getattr(estimator, "predict_proba", None) or estimator.predict
@@ -87,6 +86,8 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
     def run() -> Any:
         return predict(features)
 
+    if limits is not None:
+        run.close = limits.restore_original_limits  # type: ignore[attr-defined]
     return run
 
 

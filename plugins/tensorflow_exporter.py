@@ -156,7 +156,7 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(1)
             except RuntimeError:
-                pass  # already initialised by the export: its pools stand (the report says so)
+                pass  # already initialised by the export: its pools stand, and run.threads says so
         function, specs = _model(source, options)
         compiled = tf.function(function)
         tensors = [tf.constant(feed[spec.name], dtype=spec.dtype) for spec in specs]
@@ -165,6 +165,8 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
     def run() -> Any:
         return compiled(*tensors)
 
+    # 0 is TensorFlow's default: every logical core.
+    run.threads = tf.config.threading.get_intra_op_parallelism_threads()  # type: ignore[attr-defined]
     return run
 
 

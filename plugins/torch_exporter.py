@@ -162,6 +162,7 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
     """The module on one feed, in inference mode, on ``threads`` intra-op threads."""
     import torch
 
+    previous = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     module = _module(source, options)
@@ -172,6 +173,8 @@ def timer(source: Path, options: Mapping[str, Any], feed: Mapping[str, Any], thr
     def run() -> Any:
         return module(*tensors)
 
+    run.threads = torch.get_num_threads()  # type: ignore[attr-defined]
+    run.close = lambda: torch.set_num_threads(previous)  # type: ignore[attr-defined]
     return run
 
 

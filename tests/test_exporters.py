@@ -96,7 +96,11 @@ def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate
     low, high = runtime["interval"]
     assert 0 < low <= runtime["runtime_speedup"] <= high
     assert runtime["framework_p50_ms"] > 0 and runtime["onnxruntime_p50_ms"] > 0
-    assert runtime["threads"] == report["target"]["intra_op_threads"]
+    assert runtime["threads"] == runtime["onnxruntime_threads"]
+    assert runtime["onnxruntime_threads"] == report["target"]["intra_op_threads"]
+    # framework latency over ONNX Runtime's: the paired ratio agrees with the two medians
+    medians = runtime["framework_p50_ms"] / runtime["onnxruntime_p50_ms"]
+    assert 0.7 < runtime["runtime_speedup"] / medians < 1.4
     assert original["metrics"]["runtime_speedup"] == pytest.approx(runtime["runtime_speedup"])
     basic = next(c for c in report["candidates"] if c["name"] == "basic")
     assert basic["metrics"]["runtime_speedup"] == pytest.approx(
@@ -105,6 +109,13 @@ def test_a_trusted_sklearn_pipeline_is_exported_and_gated(sklearn_pipeline, gate
     row = next(b for b in report["budgets"] if b["metric"] == "runtime_speedup")
     assert row["status"] == "pass" and row["actual"] > 0
     assert f"ONNX Runtime runs the export {runtime['runtime_speedup']:.2f}x as fast as" in summary
+    # A staged run's measure stage times the export without its framework: said up front.
+    staged = gate_cli(
+        "run", _policy(sklearn_pipeline.parent, trusted=True), "--stage", "build",
+        "-o", tmp_path / "build", "-q",
+    )  # fmt: skip
+    assert staged.exit_code == 2
+    assert "runtime_speedup: a staged run (--stage) does not measure it" in staged.stdout
 
 
 TORCH_MODEL = """

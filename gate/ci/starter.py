@@ -10,19 +10,20 @@ the output folder and gates with it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import os
 import re
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gate.errors import GateError, UsageError
 from gate.exitcodes import ExitCode
-from gate.files import write_atomic
+from gate.files import not_regular, write_atomic
 from gate.host.manager import Host, get_host
 from gate.policy.loading import load_policies
 from gate.policy.settings import RunOptions
@@ -84,7 +85,8 @@ def is_model_file(path: Path, host: Host | None = None) -> bool:
 
 
 def _relative(path: Path, folder: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), folder.resolve())).as_posix()
+    # abspath, not resolve: a link (git-annex, a shared models folder) stays the user's name.
+    return Path(os.path.relpath(os.path.abspath(path), os.path.abspath(folder))).as_posix()
 
 
 def _data_files(start: Start) -> dict[str, Path]:
@@ -100,6 +102,9 @@ def _data_files(start: Start) -> dict[str, Path]:
     return present
 
 
+DEFAULTS_HEADER = "the defaults `onnx-gate init` writes."
+
+
 def _header(start: Start, measured: bool) -> list[str]:
     today = datetime.datetime.now(datetime.UTC).date().isoformat()
     lines = [
@@ -107,7 +112,7 @@ def _header(start: Start, measured: bool) -> list[str]:
         "Reference: the README's Policy reference; schema: schemas/policy.schema.json.",
     ]
     if not measured:
-        lines[0] = f"onnx-gate policy for {start.model.name}: the defaults `onnx-gate init` writes."
+        lines[0] = f"onnx-gate policy for {start.model.name}: {DEFAULTS_HEADER}"
         lines.append(
             "No budgets were measured: `onnx-gate init MODEL -o policy.yaml` times the "
             "original and writes budgets drawn from it."
@@ -115,10 +120,13 @@ def _header(start: Start, measured: bool) -> list[str]:
     return lines
 
 
-def policy_text(start: Start, folder: Path, report: Mapping[str, Any] | None) -> str:
+def policy_text(
+    start: Start, folder: Path, report: Mapping[str, Any] | None, measured: bool | None = None
+) -> str:
     """The commented policy for ``start.model``, its paths relative to ``folder`` (where
-    it is written). ``report`` is the baseline run's report: its shapes, task and figures."""
-    text = PolicyText(_header(start, report is not None))
+    it is written). ``report`` is the baseline run's report: its shapes, task and figures.
+    ``measured`` picks the header (by default: whether there is a report)."""
+    text = PolicyText(_header(start, report is not None if measured is None else measured))
     text.add(0, "version", 1)
     text.add(0, "model", None)
     text.add(1, "path", _relative(start.model, folder))
@@ -127,7 +135,11 @@ def policy_text(start: Start, folder: Path, report: Mapping[str, Any] | None) ->
     if start.example_inputs:
         text.add(1, "options", None)
         text.add(2, "example_inputs", dict(start.example_inputs))
-    inputs = ((report or {}).get("model") or {}).get("inputs") or []
+    inputs = [  # a scalar input (a sample rate, say) has no shape to fix
+        spec
+        for spec in ((report or {}).get("model") or {}).get("inputs") or []
+        if spec.get("shape")
+    ]
     if inputs:
         text.add(0, "inputs", None)
         for spec in inputs:
@@ -208,14 +220,18 @@ def _budgets(text: PolicyText, report: Mapping[str, Any] | None) -> None:
         p95 = metrics["latency_ms.p95"]
         text.item(
             1,
-            {"metric": "latency_ms.p95", "max": round_up(p95 * LATENCY_HEADROOM)},
-            f"measured {format_number(p95)} ms here; tighten to your service's target",
+            {"metric": "latency_ms.p95", "max": round_up(p95 * LATENCY_HEADROOM), "level": "warn"},
+            f"measured {format_number(p95)} ms here; set your target, then level: error",
         )
     if "usd_per_million" in metrics:
         cost = metrics["usd_per_million"]
         text.item(
             1,
-            {"metric": "usd_per_million", "max": round_up(cost * LATENCY_HEADROOM)},
+            {
+                "metric": "usd_per_million",
+                "max": round_up(cost * LATENCY_HEADROOM),
+                "level": "warn",
+            },
             f"measured {format_number(cost)} USD per million inferences",
         )
     if "peak_memory_mb" in metrics:
@@ -249,10 +265,13 @@ def measured_lines(report: Mapping[str, Any]) -> list[str]:
     lines = [f"original: {', '.join(parts)}"]
     runtime = (report.get("export") or {}).get("runtime") or {}
     if "runtime_speedup" in runtime:
-        low, high = runtime["interval"]
+        low, high = (
+            format_number(b) if isinstance(b, int | float) else "?"
+            for b in (runtime.get("interval") or [None, None])
+        )
         lines.append(
             f"runtime: ONNX Runtime runs it {runtime['runtime_speedup']:.2f}x as fast as "
-            f"{runtime['framework']} (95% interval {low:.2f}-{high:.2f})"
+            f"{runtime['framework']} (95% interval {low}-{high})"
         )
     task = ((report.get("validation") or {}).get("task") or {}).get("task")
     return [*lines, f"task: {task}"] if task else lines
@@ -292,7 +311,7 @@ def init_policy(
     host = host or get_host()
     _refuse_untrusted(start, host)
     folder.mkdir(parents=True, exist_ok=True)
-    draft, result = _baseline(start, folder, allowed_paths, host, progress)
+    result = _baseline(start, destination, allowed_paths, host, progress)
     report = result.report
     vacuous = next((e for e in report.get("errors") or [] if TENSOR_INSTEAD in e), None)
     if vacuous is not None and start.task is None:
@@ -306,42 +325,60 @@ def init_policy(
             f"write task: {name}"
         )
         start = dataclasses.replace(start, task="tensor", task_why=why)
-        draft, result = _baseline(start, folder, allowed_paths, host, progress)
+        result = _baseline(start, destination, allowed_paths, host, progress)
         report = result.report
     if result.exit_code not in (ExitCode.PASS, ExitCode.BUDGET_FAILED):
-        errors = [line.replace(draft.name, destination.name) for line in report.get("errors") or []]
-        message = (report.get("message") or "the original could not be measured").replace(
-            draft.name, destination.name
-        )
-        error = GateError(message, errors)
+        error = GateError(report.get("message") or "the original could not be measured")
+        error.problems = list(report.get("errors") or [])
         error.exit_code = result.exit_code
         raise error
-    write_atomic(destination, policy_text(start, folder, report))
-    _check(destination, allowed_paths, host)
+    # Written beside the destination and checked there, then moved: a policy that would not
+    # check never replaces anything.
+    with _draft(folder) as written:
+        write_atomic(written, policy_text(start, folder, report))
+        _check(written, allowed_paths, host)
+        os.replace(written, destination)
     return Written(destination, report)
+
+
+@contextlib.contextmanager
+def _draft(folder: Path) -> Iterator[Path]:
+    """A hidden policy file beside the destination (its paths and their confinement are
+    the destination's), removed unless it was moved into place. Messages about it name it
+    as the destination, whose lines it shares."""
+    handle, name = tempfile.mkstemp(prefix=".onnx-gate-init-", suffix=".yaml", dir=folder)
+    os.close(handle)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def _baseline(
     start: Start,
-    folder: Path,
+    destination: Path,
     allowed_paths: Sequence[Path],
     host: Host,
     progress: Progress | None,
-) -> tuple[Path, Any]:
-    """The original gated alone from a draft of the policy, written where the policy will be
-    (so its paths and their confinement are the same) and removed afterwards."""
-    draft = Path(tempfile.mkstemp(prefix=".onnx-gate-init-", suffix=".yaml", dir=folder)[1])
-    try:
-        write_atomic(draft, policy_text(start, folder, None))
-        with tempfile.TemporaryDirectory(prefix="onnx-gate-init-") as scratch:
-            options = RunOptions(
-                output_dir=Path(scratch), trust_model=start.trusted,
-                allowed_paths=tuple(allowed_paths),
-            )  # fmt: skip
-            result = run_model(draft, options, host=host, progress=progress, runner=BaselineRun)
-    finally:
-        draft.unlink(missing_ok=True)
-    return draft, result
+) -> Any:
+    """The original gated alone, from a draft of the policy with the final one's header (so
+    a problem's line number is the written policy's line, and it is named so)."""
+    with (
+        _draft(destination.parent) as draft,
+        tempfile.TemporaryDirectory(prefix="onnx-gate-init-") as out,
+    ):
+        write_atomic(draft, policy_text(start, destination.parent, None, measured=True))
+        options = RunOptions(
+            output_dir=Path(out), trust_model=start.trusted, allowed_paths=tuple(allowed_paths)
+        )
+        result = run_model(draft, options, host=host, progress=progress, runner=BaselineRun)
+    report = result.report
+    for key in ("message", "decision"):
+        if isinstance(report.get(key), str):
+            report[key] = report[key].replace(draft.name, destination.name)
+    report["errors"] = [e.replace(draft.name, destination.name) for e in report.get("errors") or []]
+    return result
 
 
 def default_policy(model: Path, output_dir: Path, trusted: bool, host: Host | None = None) -> Path:
@@ -351,5 +388,20 @@ def default_policy(model: Path, output_dir: Path, trusted: bool, host: Host | No
         raise UsageError(f"{model}: no such model file")
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / "policy.yaml"
+    if path.exists() and not _written_by_run(path):
+        raise UsageError(
+            f"{path} exists and is not the default policy `run MODEL` writes: choose another "
+            "--output-dir, or pass that policy to `onnx-gate run`"
+        )
     write_atomic(path, policy_text(Start(model, trusted=trusted), output_dir, None))
     return path
+
+
+def _written_by_run(path: Path) -> bool:
+    if not_regular(path) or not path.is_file():  # a FIFO must not block the check
+        return False
+    try:
+        with path.open(encoding="utf-8", errors="replace") as handle:
+            return handle.readline().rstrip().endswith(DEFAULTS_HEADER)
+    except OSError:
+        return False

@@ -60,7 +60,7 @@ class PolicyText:
         for line in self.lines:
             indent = "  " * line.depth
             if line.key is None and line.value is None:
-                out.append(f"{indent}# {line.comment}".rstrip())
+                out.append(f"{indent}# {clean(line.comment)}".rstrip())
                 continue
             if line.item:
                 text = f"{indent}- {flow(line.value)}"
@@ -71,13 +71,19 @@ class PolicyText:
             if line.commented:
                 text = f"{indent}# {text.lstrip()}"
             if line.comment:
-                text = f"{text.ljust(COMMENT_COLUMN)} # {line.comment}"
+                text = f"{text.ljust(COMMENT_COLUMN)} # {clean(line.comment)}"
             out.append(text)
         return "\n".join(out) + "\n"
 
 
+def clean(comment: str) -> str:
+    """A comment stays one comment: a model's names may hold line breaks of any kind."""
+    return " ".join(comment.split())
+
+
 def key_text(key: str) -> str:
-    return key if PLAIN_KEY.match(key) else json.dumps(key)
+    plain = PLAIN_KEY.match(key) and key.lower() not in YAML_WORDS
+    return key if plain else json.dumps(key)
 
 
 def flow(value: Any) -> str:
@@ -88,7 +94,7 @@ def flow(value: Any) -> str:
     if isinstance(value, list | tuple):
         return "[" + ", ".join(flow(v) for v in value) + "]"
     if isinstance(value, float):
-        return format_number(value)
+        return repr(value)  # the shortest text that reads back as the same number
     if isinstance(value, str) and PLAIN_STRING.match(value) and value.lower() not in YAML_WORDS:
         return value
     return json.dumps(value)
@@ -111,4 +117,4 @@ def round_up(value: float, digits: int = 2) -> float:
     if value <= 0:
         return value
     scale = 10 ** (math.floor(math.log10(value)) - digits + 1)
-    return math.ceil(value / scale) * scale
+    return float(f"{math.ceil(value / scale) * scale:.{digits}g}")

@@ -30,6 +30,12 @@ def available_metrics(policy: Policy, host: Host) -> dict[str, str]:
     for metric in MEMORY_METRICS:
         if not policy.measure.memory:
             metrics[metric] = "measure.memory: true"
+    suffix = policy.model_path.suffix.lower()
+    exporter = host.records["exporter"].get(policy.exporter or "") or next(
+        (e for e in host.records["exporter"].values() if suffix in e.suffixes), None
+    )
+    if exporter is None or exporter.timer is None:
+        metrics["runtime_speedup"] = "a model the gate exports from a framework (model.path)"
     return metrics
 
 
@@ -180,7 +186,9 @@ def check_policy(policy: Policy, host: Host) -> None:
         elif metrics[budget.metric] and budget.level != "off":
             problems.append(
                 policy.problem(
-                    location, f"'{budget.metric}' needs {metrics[budget.metric]} in the policy"
+                    location,
+                    f"'{budget.metric}' needs {metrics[budget.metric]}"
+                    + ("" if metrics[budget.metric].endswith(")") else " in the policy"),
                 )
             )
         if budget.metric not in TIMING_METRICS and "aggregation" in policy.raw["budgets"][index]:

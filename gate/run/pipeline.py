@@ -435,24 +435,24 @@ class GateRun:
 
     def _time_framework(self) -> None:
         """When the gate exported the model: the framework model against the exported original,
-        same input, same threads, in a paired block (``runtime_speedup``, the first lever)."""
+        same input, same threads, in a paired block (``runtime_speedup``, the first lever).
+        A staged run's measure stage times the build stage's export, without its framework."""
         exporter = self.host.records["exporter"].get(self.model.exporter)
-        timed = exporter is not None and exporter.timer is not None and self.scores.timed
-        if timed:
-            assert exporter is not None and exporter.timer is not None
-            self.say(f"timing the {exporter.name} model against ONNX Runtime")
-            described = time_framework(
-                exporter, self.policy, self.validation.feeds[0], self.target.threads, self.judge
+        if exporter is None or exporter.timer is None or not self.scores.timed:
+            if self.settings.options.stage is not None:
+                require_runtime_budgets(self.policy, "a staged run (--stage) does not measure it")
+            return
+        self.say(f"timing the {exporter.name} model against ONNX Runtime")
+        described = time_framework(
+            exporter, self.policy, self.validation.feeds[0], self.target.threads, self.judge
+        )
+        self.report.export = {**(self.report.export or {}), "runtime": described}
+        if "error" in described:  # a budget on it is then "not measured", like any metric
+            self.report.warnings.append(
+                f"the {exporter.name} model could not be timed: {described['error']}"
             )
-            self.report.export = {**(self.report.export or {}), "runtime": described}
-            if "error" in described:
-                self.report.warnings.append(
-                    f"the {exporter.name} model could not be timed: {described['error']}"
-                )
-            else:
-                self.scores.runtime = Estimate(**described.pop("estimate"))
-        if self.scores.runtime is None:
-            require_runtime_budgets(self.policy, timed)
+        else:
+            self.scores.runtime = Estimate(**described.pop("estimate"))
 
     def _probe_original(self, original: Candidate) -> None:
         """Open and run the original once in a child process first: a model that crashes
@@ -477,6 +477,7 @@ def time_framework(
     exporter: Any, policy: Policy, feed: Sample, threads: int, judge: Judge
 ) -> dict[str, Any]:
     """report.json's ``export.runtime``: the framework model timed against the original."""
+    run: Any = None
     try:
         run = call_plugin(
             exporter, "load the framework model for timing", exporter.timer,
@@ -488,6 +489,12 @@ def time_framework(
         return {"error": exc.message}
     except Exception as exc:  # the framework raised while running: say so, time nothing
         return {"error": f"{type(exc).__name__}: {first_line(exc)}"}
+    finally:
+        close = getattr(run, "close", None)
+        if callable(close):  # thread settings go back to what they were
+            with contextlib.suppress(Exception):
+                close()
+    framework_threads = getattr(run, "threads", threads)
     return {
         "framework": exporter.name,
         "runtime_speedup": estimate.point,
@@ -497,18 +504,14 @@ def time_framework(
         "onnxruntime_p50_ms": float(np.median(timing.candidate_ms)),
         "rounds": timing.rounds,
         "stopped_by": timing.stopped_by,
-        "threads": threads or "framework default",
+        "threads": framework_threads or "framework default",
+        "onnxruntime_threads": threads or "onnxruntime default",
         "estimate": estimate.to_json(),
     }
 
 
-def require_runtime_budgets(policy: Policy, timed: bool) -> None:
-    """A runtime_speedup budget with no framework timing can never be met: a policy error."""
-    why = (
-        "the framework model could not be timed (see the warnings)"
-        if timed
-        else "it is measured only for a model the gate exports from a framework"
-    )
+def require_runtime_budgets(policy: Policy, why: str) -> None:
+    """A runtime_speedup budget this run cannot measure: a policy error naming each."""
     problems = [
         policy.problem(("budgets", index, "metric"), f"runtime_speedup: {why}")
         for index, budget in enumerate(policy.budgets)
