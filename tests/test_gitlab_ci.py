@@ -186,7 +186,7 @@ def test_component_inputs_and_defaults() -> None:
     assert defaults["job-prefix"] == "onnx-gate"
     assert defaults["output-dir"] == "gate-report"
     assert defaults["image"].startswith("python:3.11-slim")
-    assert defaults["version"] == "onnx-gate"
+    assert defaults["version"] == "onnx-gate[html]"
     assert defaults["args"] == ""
     assert "default" not in spec["policy"], "the policy is a required input"
     assert spec["allow-inconclusive"]["type"] == "boolean"
@@ -223,7 +223,7 @@ def test_run_job_runs_the_gate_and_keeps_its_exit_code() -> None:
     assert job["variables"]["ONNX_GATE_POLICY"] == "models/policy.yaml"
     assert job["variables"]["ONNX_GATE_OUTPUT_DIR"] == "gate-report"
     assert job["variables"]["ONNX_GATE_ARGS"] == "--keep-candidates"
-    assert job["variables"]["ONNX_GATE_INSTALL"] == "onnx-gate"
+    assert job["variables"]["ONNX_GATE_INSTALL"] == "onnx-gate[html]"
     script = script_text(job)
     assert (
         'onnx-gate run "$ONNX_GATE_POLICY" --output-dir "$ONNX_GATE_OUTPUT_DIR" $ONNX_GATE_ARGS'
@@ -238,9 +238,9 @@ def test_run_job_runs_the_gate_and_keeps_its_exit_code() -> None:
 @pytest.mark.parametrize(
     ("version", "installed"),
     [
-        ("onnx-gate", "onnx-gate"),
-        ("0.1.0", "onnx-gate==0.1.0"),
-        (">=0.1,<0.2", "onnx-gate>=0.1,<0.2"),
+        ("onnx-gate[html]", "onnx-gate[html]"),
+        ("0.1.0", "onnx-gate[html]==0.1.0"),
+        (">=0.1,<0.2", "onnx-gate[html]>=0.1,<0.2"),
         ("onnx-gate[transformers]==0.1.0", "onnx-gate[transformers]==0.1.0"),
         ("./dist/onnx_gate-0.1.0-py3-none-any.whl", "./dist/onnx_gate-0.1.0-py3-none-any.whl"),
         ("", None),
