@@ -143,10 +143,16 @@ def policy_text(
     if inputs:
         text.add(0, "inputs", None)
         for spec in inputs:
-            declared = spec.get("declared_shape") or []
-            dynamic = [str(dim) for dim in declared if not isinstance(dim, int)]
+            declared = [
+                dim if isinstance(dim, int) else str(dim or "?")
+                for dim in spec.get("declared_shape") or []
+            ]
+            dynamic = [dim for dim in declared if isinstance(dim, str)]
+            named = [dim for dim in dynamic if dim != "?"]
+            what = ", ".join(named) if len(named) == len(dynamic) else f"{len(dynamic)} dims"
+            shown = "[" + ", ".join(str(dim) for dim in declared) + "]"
             why = (
-                f"declared {declared}: dynamic {', '.join(dynamic)} fixed for timing"
+                f"declared {shown}: dynamic {what} fixed for timing"
                 if dynamic
                 else f"{spec.get('dtype')}, as declared"
             )
