@@ -246,3 +246,28 @@ def test_init_falls_back_to_raw_outputs_when_the_data_gives_the_task_nothing_to_
     assert yaml.safe_load(text)["validation"] == {"task": "tensor"}
     assert "task stream was inferred, but on this data the original decides nothing" in text
     assert gate_cli("run", "policy.yaml", "-o", "out", "-q").exit_code == 0
+
+
+def test_a_scikit_learn_file_goes_from_init_to_a_passing_run_with_its_runtime_speedup(
+    in_folder, gate_cli
+):
+    pytest.importorskip("sklearn")
+    import joblib
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(5)
+    features = rng.normal(size=(120, 6)).astype(np.float32)
+    classes = (features[:, 0] + features[:, 1] > 0).astype(int)
+    joblib.dump(LogisticRegression().fit(features, classes), in_folder / "clf.joblib")
+    result = gate_cli("init", "clf.joblib", "--trust-model", "-o", "clf.yaml", "-q")
+    assert result.exit_code == 0, result.stderr
+    assert "as fast as sklearn" in result.stdout  # the first lever, measured by init
+    policy = yaml.safe_load((in_folder / "clf.yaml").read_text())
+    assert policy["model"] == {"path": "clf.joblib", "trusted": True}
+    assert policy["inputs"] == {"input": {"shape": [1, 6]}}
+    run = gate_cli("run", "clf.yaml", "-o", "out", "-q")
+    assert run.exit_code == 0, run.stdout + run.stderr
+    report = json.loads((in_folder / "out" / "report.json").read_text())
+    assert report["export"]["runtime"]["runtime_speedup"] > 0
+    summary = (in_folder / "out" / "summary.md").read_text()
+    assert "Runtime: ONNX Runtime runs the export" in summary
