@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gate_plugins._quantization import exposed_session
 
 SAMPLES = 32
 MAX_FULL_LAYERS = 200  # a pass per layer: beyond this, fall back to the fast variant
@@ -115,30 +116,12 @@ def _layers(graph: Any) -> tuple[list[_Layer], int]:
     return layers, unbiased
 
 
-def _exposed_session(model: Any, names: Sequence[str]) -> Any:
-    import onnx
-    import onnxruntime as ort
-
-    exposed = onnx.ModelProto()
-    exposed.CopyFrom(model)
-    present = {output.name for output in exposed.graph.output}
-    for name in names:
-        if name not in present:
-            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(
-        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def _channel_means(
     model: Any, layers: Sequence[_Layer], samples: Sequence[dict[str, np.ndarray]]
 ) -> list[np.ndarray]:
     """Each layer's output mean per channel over every sample and position."""
     names = [layer.output for layer in layers]
-    session = _exposed_session(model, names)
+    session = exposed_session(model, names)
     wanted = {i.name for i in session.get_inputs()}
     totals: list[np.ndarray | None] = [None] * len(layers)
     counts = [0] * len(layers)
@@ -167,7 +150,7 @@ def _local_means(
     # A graph output's producer is renamed in the quantised model: read it by its float name.
     floats = {layer.source: _float_name(layer.source, known) for layer in layers}
     sources = sorted({name for name in floats.values() if name is not None})
-    session = _exposed_session(reference, sources)
+    session = exposed_session(reference, sources)
     wanted = {i.name for i in session.get_inputs()}
     inputs = [
         dict(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -203,3 +203,23 @@ def already_quantized(context: SearchContext, plugin: str) -> list[Proposal]:
             declined=True,
         )
     ]
+
+
+def exposed_session(model: Any, names: Sequence[str]) -> Any:
+    """A CPU session of ``model`` (a ModelProto) that also returns the tensors ``names``,
+    unoptimised so every intermediate tensor still exists."""
+    import onnx
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    present = {output.name for output in exposed.graph.output}
+    for name in names:
+        if name not in present:
+            exposed.graph.output.append(onnx.ValueInfoProto(name=name))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(
+        exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )

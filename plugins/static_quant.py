@@ -48,6 +48,8 @@ def _quantize(
             "calibrated on synthetic inputs: give data.calibration for a meaningful calibration"
         )
     source = prepare(source, options, context)
+    if options.get("smooth_quant", False):
+        source = _smooth(source, options, context)
     if options.get("equalize", False):
         source = _equalize(source, context)
     variant = options.get("bias_correction", "off")
@@ -69,6 +71,21 @@ def _quantize(
     )
     if variant != "off":
         _correct_biases(source, destination, options, context, variant)
+
+
+def _smooth(source: Path, options: Mapping[str, Any], context: BuildContext) -> Path:
+    from gate_plugins._smoothing import smooth
+
+    alpha = float(options.get("smooth_quant_alpha", 0.5))
+    destination = context.work_dir / "smoothed.onnx"
+    sites, matmuls = smooth(source, destination, context.calibration_samples(), alpha)
+    context.note(
+        f"SmoothQuant (alpha {alpha:g}): {sites} normalisation(s) smoothed into {matmuls} "
+        "MatMul(s) before quantising"
+        if sites
+        else "SmoothQuant: no normalisation feeding only MatMuls to smooth (quantised as it was)"
+    )
+    return destination
 
 
 def _equalize(source: Path, context: BuildContext) -> Path:
@@ -170,6 +187,19 @@ def _propose(context: SearchContext) -> list[Proposal]:
             0.35, "static",
         )
     )  # fmt: skip
+    norms = sum(
+        context.op_counts.get(op, 0) for op in ("LayerNormalization", "SkipLayerNormalization")
+    )
+    if norms and context.op_counts.get("MatMul", 0):
+        proposals.append(
+            Proposal(
+                "static-qdq-sq", {**base, "smooth_quant": True}, expected * 0.99,
+                "static QDQ after SmoothQuant: the activation outlier channels a normalisation "
+                "feeds to its MatMuls are scaled into their weights, so int8 activations keep "
+                "the other channels",
+                0.35, "static",
+            )
+        )  # fmt: skip
     if context.op_counts.get("Conv", 0) >= 2:
         proposals.append(
             Proposal(
@@ -241,6 +271,21 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                         "description": "cross-layer equalisation first: rescale the channels of "
                         "each Conv -> (ReLU) -> Conv pair so both weights have the same range per "
                         "channel (the float model computes the same)",
+                    },
+                    "smooth_quant": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "SmoothQuant first: scale each activation channel a "
+                        "LayerNormalization feeds only to MatMuls by max|X|^alpha / max|W|^(1-alpha) "
+                        "(on the calibration data), folded into the normalisation and the weights "
+                        "(the float model computes the same)",
+                    },
+                    "smooth_quant_alpha": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 1,
+                        "default": 0.5,
+                        "description": "how much of the activation range moves into the weights",
                     },
                     "bias_correction": {
                         "enum": ["off", "fast", "full"],

@@ -214,6 +214,20 @@ def test_a_detectors_decoding_tail_is_proposed_left_in_float(tmp_path, gate_cli)
     assert any(n.op_type == "QuantizeLinear" for n in built.node)  # the Convs are int8
 
 
+def _same_function(model: Path, rewritten: Path, x: np.ndarray, initializer: str) -> np.ndarray:
+    """Assert a rewrite computes what the model did on ``x``; the rewritten initializer."""
+    import onnxruntime as ort
+
+    before, after = (
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        for path in (model, rewritten)
+    )
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
+    return onnx.numpy_helper.to_array(
+        next(t for t in onnx.load(str(rewritten)).graph.initializer if t.name == initializer)
+    )
+
+
 def conv_chain(folder: Path) -> Path:
     """Conv -> ReLU -> depthwise Conv -> ReLU -> 1x1 Conv, where the first Conv's channel 0
     is 40 times wider than the rest and the depthwise Conv scales it back: the float model
@@ -246,7 +260,6 @@ def conv_chain(folder: Path) -> Path:
 
 
 def test_cross_layer_equalisation_lets_a_conv_chain_keep_its_accuracy(tmp_path, gate_cli):
-    import onnxruntime as ort
     from gate_plugins._equalization import equalize
 
     folder = tmp_path / "chain"
@@ -255,14 +268,7 @@ def test_cross_layer_equalisation_lets_a_conv_chain_keep_its_accuracy(tmp_path, 
     equalized = tmp_path / "equalized.onnx"
     assert equalize(model, equalized) == 2  # conv0 -> dw, dw -> pw
     x = np.random.default_rng(0).normal(size=(1, 3, 16, 16)).astype(np.float32)
-    before, after = (
-        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-        for path in (model, equalized)
-    )
-    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
-    w0 = onnx.numpy_helper.to_array(
-        next(t for t in onnx.load(str(equalized)).graph.initializer if t.name == "w0")
-    )
+    w0 = _same_function(model, equalized, x, "w0")
     ranges = np.abs(w0).reshape(8, -1).max(axis=1)
     assert ranges.max() / ranges.min() < 10  # was over 40
 
@@ -403,3 +409,96 @@ def test_bias_correction_copes_with_a_layer_reading_a_graph_output(tmp_path):
     quantize_static(str(model), str(quantised), Reader())
     corrected, unbiased, _ = correct_biases(model, quantised, iter(samples), "fast")
     assert (corrected, unbiased) == (2, 0)
+
+
+def outlier_encoder(folder: Path) -> Path:
+    """LayerNormalization -> two MatMuls (a query and a value projection), where the
+    normalisation's channel 5 is 80 times wider than the rest and the weights read it
+    hardly at all: the float model is ordinary, but one int8 scale for the activation
+    rounds the other channels to a few steps (the outlier channels of real transformers)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(21)
+    hidden = 32
+    gamma = np.ones(hidden)
+    gamma[5] = 80.0
+    wq, wv = (rng.normal(scale=1 / np.sqrt(hidden), size=(hidden, hidden)) for _ in range(2))
+    wq[5] /= 400.0
+    wv[5] /= 400.0
+    tensors = {"gamma": gamma, "beta": rng.normal(scale=0.1, size=hidden), "wq": wq, "wv": wv}
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["ln", "wq"], ["q"], name="q"),
+        helper.make_node("MatMul", ["ln", "wv"], ["v"], name="v"),
+        helper.make_node("Add", ["q", "v"], ["y"], name="mix"),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "encoder",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, hidden])],
+        [numpy_helper.from_array(v.astype(np.float32), k) for k, v in tensors.items()],
+    )  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path)
+    )
+    for name, count in (("calibration", 32), ("validation", 24)):
+        np.savez(
+            folder / f"{name}.npz", x=rng.normal(size=(count, 1, 16, hidden)).astype(np.float32)
+        )
+    return path
+
+
+def test_smooth_quant_moves_an_activation_outlier_into_the_weights(tmp_path, gate_cli):
+    from gate_plugins._smoothing import smooth
+
+    folder = tmp_path / "encoder"
+    model = outlier_encoder(folder)
+    calibration = np.load(folder / "calibration.npz")["x"]
+    smoothed = tmp_path / "smoothed.onnx"
+    samples = [{"x": sample} for sample in calibration]
+    assert smooth(model, smoothed, samples, alpha=0.5) == (1, 2)  # one LayerNorm, both MatMuls
+    # The same function: the division folded into the LayerNorm, the product into the weights.
+    gamma = _same_function(model, smoothed, calibration[0], "gamma")
+    assert gamma.max() / np.median(gamma) < 10  # the outlier channel was 80x the rest
+
+    static = {"plugin": "static", "format": "qdq", "activation_type": "uint8"}
+    recipes = [
+        {"name": "plain", "quantize": static},
+        {"name": "smooth", "quantize": {**static, "smooth_quant": True}},
+    ]
+    out = tmp_path / "out"
+    gate_cli("run", _policy(folder, recipes, [1, 16, 32]), "-o", out, "-q")
+    report = load_report(out)
+    plain, smooth_ = candidate(report, "plain"), candidate(report, "smooth")
+    assert (
+        plain["metrics"]["cosine_similarity"] < 0.99 <= smooth_["metrics"]["cosine_similarity"]
+    ), (
+        plain["metrics"],
+        smooth_["metrics"],
+    )
+    assert (
+        "SmoothQuant (alpha 0.5): 1 normalisation(s) smoothed into 2 MatMul(s) before quantising"
+        in smooth_["notes"]
+    )
+
+
+def test_candidates_auto_proposes_smooth_quant_where_a_normalisation_feeds_matmuls(tmp_path):
+    from gate.host.manager import get_host
+    from gate.policy.loading import SearchSettings
+    from gate.run.search import propose, search_context
+
+    model = outlier_encoder(tmp_path / "m")
+    context = search_context(
+        model, {"cpu": {"arch": "x86_64"}}, "CPUExecutionProvider", True, "all"
+    )
+    trials = {t.name: t for t in propose(get_host(), context, SearchSettings())[0]}
+    assert trials["static-qdq-sq"].recipe.quantize["smooth_quant"] is True
+    plain = shifted_mlp(tmp_path / "mlp")  # no normalisation: nothing to smooth
+    context = search_context(
+        plain, {"cpu": {"arch": "x86_64"}}, "CPUExecutionProvider", True, "all"
+    )
+    assert "static-qdq-sq" not in {
+        t.name for t in propose(get_host(), context, SearchSettings())[0]
+    }
