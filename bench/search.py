@@ -16,7 +16,7 @@ as in run_real_models.py):
    own ABBA harness): how auto's choice compares with the grid's best;
 4. **repairs**: plain static QDQ against each accuracy repair proposed for the
    model (bias correction fast / full, cross-layer equalisation, the decoding
-   tail in float), listed explicitly.
+   tail in float, SmoothQuant), listed explicitly (`--repairs-only`: this step alone).
 
 The grid is "today's recipes", the repairs left out (``REPAIRS``); auto has them all.
 
@@ -43,7 +43,7 @@ DEFAULT_MODELS = [
 ]  # fmt: skip
 # Recipes added by the accuracy-repair work (issue 15): the grid of "today's recipes" leaves
 # them out, so that auto's choice is compared with what the gate could choose before.
-REPAIRS = ("-bc", "-bcf", "-cle", "-tail")
+REPAIRS = ("-bc", "-bcf", "-cle", "-tail", "-sq")
 
 
 def is_repair(recipe: dict[str, Any]) -> bool:
@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="model name from bench/models.json")
     parser.add_argument("--max-trials", type=int, default=8, help="auto's search.max_trials")
     parser.add_argument("--max-seconds", type=float, default=3.0, help="timing per candidate")
+    parser.add_argument(
+        "--repairs-only", action="store_true", help="only step 4: plain static QDQ and its repairs"
+    )
     args = parser.parse_args(argv)
     import onnxruntime
 
@@ -162,8 +165,13 @@ def main(argv: list[str] | None = None) -> int:
         folder = BENCH / "out" / "search" / name
         base = policy_for(name, entry, folder, args.max_seconds)
         (folder / "base.yaml").write_text(yaml.safe_dump(base, sort_keys=False))
-        auto, auto_s = run({**base, "search": {"max_trials": args.max_trials}}, folder, "auto")
         proposed = grid_recipes(folder / "base.yaml")
+        if args.repairs_only:
+            repaired = [r for r in proposed if r["name"] == "static-qdq" or is_repair(r)]
+            plain = {**base, "candidates": repaired, "search": {"fallback": False}}
+            repairs.append((name, run(plain, folder, "repairs")[0]))
+            continue
+        auto, auto_s = run({**base, "search": {"max_trials": args.max_trials}}, folder, "auto")
         recipes = [recipe for recipe in proposed if not is_repair(recipe)]
         repaired = [r for r in proposed if r["name"] == "static-qdq" or is_repair(r)]
         if len(repaired) > 1:

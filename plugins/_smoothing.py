@@ -8,8 +8,9 @@ moves that difficulty from the activation to the weight: ``X_j / s_j`` and ``W_j
 compute the same product. The division is folded into the LayerNormalization (or ORT's
 SkipLayerNormalization) whose output feeds the MatMuls (its scale and bias divided by
 ``s``), and the multiplication into the rows of their weights, so the float model computes
-the same and no operator is added. Only a normalisation whose output reaches nothing but
-MatMuls with weight initializers is smoothed; ``max|X_j|`` comes from the calibration data.
+the same and no operator is added. Where the normalisation's output also reaches something
+else (the residual Add of a post-LN BERT), a per-channel Mul by ``1/s`` in front of the
+MatMuls divides instead. ``max|X_j|`` comes from the calibration data.
 """
 
 from __future__ import annotations
@@ -30,9 +31,12 @@ SCALE_RANGE = (1e-4, 1e4)
 class _Site:
     norm: Any
     output: str
-    gamma: str
+    gamma: str | None
+    """None: the division cannot be folded (the output has other readers, or the scale is
+    shared): a per-channel Mul in front of the MatMuls divides instead."""
     beta: str | None
-    weights: list[str]
+    readers: list[Any]
+    """The MatMuls reading ``output`` as their input A, with a weight initializer as B."""
 
 
 def _sites(graph: Any, inits: dict[str, Any]) -> list[_Site]:
@@ -51,26 +55,48 @@ def _sites(graph: Any, inits: dict[str, Any]) -> list[_Site]:
         axis = next((int(a.i) for a in node.attribute if a.name == "axis"), -1)
         if axis != -1:
             continue  # the channel scale must run along the last axis, as the MatMul's K does
-        gamma = node.input[positions[0]]
-        beta = node.input[positions[1]] if len(node.input) > positions[1] else ""
-        if (
-            gamma not in inits
-            or uses[gamma] != 1
-            or (beta and (beta not in inits or uses[beta] != 1))
-        ):
-            continue
         output = node.output[0]
         readers = consumers.get(output, [])
-        if not readers or output in outputs:
+        matmuls = [
+            r for r in readers
+            if r.op_type == "MatMul" and r.input[0] == output and r.input[1] in inits
+            and uses[r.input[1]] == 1
+        ]  # fmt: skip
+        if not matmuls:
             continue
-        if any(
-            r.op_type != "MatMul" or r.input[0] != output or r.input[1] not in inits
-            or uses[r.input[1]] != 1
-            for r in readers
-        ):  # fmt: skip
-            continue  # a residual Add or a second reader would see the divided values
-        sites.append(_Site(node, output, gamma, beta or None, [r.input[1] for r in readers]))
+        gamma = node.input[positions[0]]
+        beta = node.input[positions[1]] if len(node.input) > positions[1] else ""
+        foldable = (
+            len(matmuls) == len(readers)
+            and output not in outputs
+            and gamma in inits
+            and uses[gamma] == 1
+            and (not beta or (beta in inits and uses[beta] == 1))
+        )
+        if foldable:
+            sites.append(_Site(node, output, gamma, beta or None, matmuls))
+        else:  # a residual Add (post-LN BERT) must keep the undivided values
+            sites.append(_Site(node, output, None, None, matmuls))
     return sites
+
+
+def _divide_before(graph: Any, site: _Site, scale: np.ndarray) -> None:
+    """A Mul by 1/s on the MatMuls' side only, right after the normalisation."""
+    from onnx import helper, numpy_helper
+
+    inverse = f"{site.output}_smooth_inverse"
+    smoothed = f"{site.output}_smoothed"
+    graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
+    nodes = list(graph.node)
+    position = nodes.index(site.norm) + 1
+    graph.node.insert(
+        position,
+        helper.make_node(
+            "Mul", [site.output, inverse], [smoothed], name=f"{site.norm.name}_smooth"
+        ),
+    )
+    for reader in site.readers:
+        reader.input[0] = smoothed
 
 
 def _activation_ranges(
@@ -107,7 +133,8 @@ def smooth(
     changed = matmuls = 0
     for site in sites:
         activation = ranges.get(site.output)
-        weights = [numpy_helper.to_array(inits[name]).astype(np.float64) for name in site.weights]
+        names = [reader.input[1] for reader in site.readers]
+        weights = [numpy_helper.to_array(inits[name]).astype(np.float64) for name in names]
         if activation is None or any(w.ndim != 2 or w.shape[0] != activation.size for w in weights):
             continue
         weight = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
@@ -117,16 +144,18 @@ def smooth(
         scale = np.clip(scale, *SCALE_RANGE)
         if np.allclose(scale, 1.0):
             continue
+        if site.gamma is None:
+            _divide_before(graph, site, scale)
         for name in (site.gamma, site.beta):
             if name is not None:
                 stored = numpy_helper.to_array(inits[name])
                 divided = (stored.astype(np.float64) / scale).astype(stored.dtype)
                 inits[name].CopyFrom(numpy_helper.from_array(divided, name))
-        for name, weight_array in zip(site.weights, weights, strict=True):
+        for name, weight_array in zip(names, weights, strict=True):
             dtype = numpy_helper.to_array(inits[name]).dtype
             scaled = (weight_array * scale[:, None]).astype(dtype)
             inits[name].CopyFrom(numpy_helper.from_array(scaled, name))
         changed += 1
-        matmuls += len(site.weights)
+        matmuls += len(names)
     onnx.save_model(model, str(destination))
     return changed, matmuls

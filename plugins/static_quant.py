@@ -83,7 +83,7 @@ def _smooth(source: Path, options: Mapping[str, Any], context: BuildContext) -> 
         f"SmoothQuant (alpha {alpha:g}): {sites} normalisation(s) smoothed into {matmuls} "
         "MatMul(s) before quantising"
         if sites
-        else "SmoothQuant: no normalisation feeding only MatMuls to smooth (quantised as it was)"
+        else "SmoothQuant: no normalisation feeding MatMuls to smooth (quantised as it was)"
     )
     return destination
 
@@ -276,9 +276,9 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                         "type": "boolean",
                         "default": False,
                         "description": "SmoothQuant first: scale each activation channel a "
-                        "LayerNormalization feeds only to MatMuls by max|X|^alpha / max|W|^(1-alpha) "
-                        "(on the calibration data), folded into the normalisation and the weights "
-                        "(the float model computes the same)",
+                        "LayerNormalization feeds to MatMuls by max|X|^alpha / max|W|^(1-alpha) (on "
+                        "the calibration data), folded into the normalisation (or a Mul where its "
+                        "output has other readers) and the weights; the float model computes the same",
                     },
                     "smooth_quant_alpha": {
                         "type": "number",

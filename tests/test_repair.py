@@ -411,7 +411,7 @@ def test_bias_correction_copes_with_a_layer_reading_a_graph_output(tmp_path):
     assert (corrected, unbiased) == (2, 0)
 
 
-def outlier_encoder(folder: Path) -> Path:
+def outlier_encoder(folder: Path, residual: bool = False) -> Path:
     """LayerNormalization -> two MatMuls (a query and a value projection), where the
     normalisation's channel 5 is 80 times wider than the rest and the weights read it
     hardly at all: the float model is ordinary, but one int8 scale for the activation
@@ -430,8 +430,10 @@ def outlier_encoder(folder: Path) -> Path:
         helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["ln"], name="ln", axis=-1),
         helper.make_node("MatMul", ["ln", "wq"], ["q"], name="q"),
         helper.make_node("MatMul", ["ln", "wv"], ["v"], name="v"),
-        helper.make_node("Add", ["q", "v"], ["y"], name="mix"),
+        helper.make_node("Add", ["q", "v"], ["y" if not residual else "qv"], name="mix"),
     ]  # fmt: skip
+    if residual:  # post-LN BERT: the normalised values also reach the residual Add
+        nodes.append(helper.make_node("Add", ["qv", "ln"], ["y"], name="residual"))
     graph = helper.make_graph(
         nodes, "encoder",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, hidden])],
@@ -462,6 +464,12 @@ def test_smooth_quant_moves_an_activation_outlier_into_the_weights(tmp_path, gat
     # The same function: the division folded into the LayerNorm, the product into the weights.
     gamma = _same_function(model, smoothed, calibration[0], "gamma")
     assert gamma.max() / np.median(gamma) < 10  # the outlier channel was 80x the rest
+    # Post-LN: the residual Add keeps the undivided values; a Mul divides on the MatMuls' side.
+    residual = outlier_encoder(tmp_path / "post-ln", residual=True)
+    assert smooth(residual, tmp_path / "post-ln.onnx", samples, alpha=0.5) == (1, 2)
+    _same_function(residual, tmp_path / "post-ln.onnx", calibration[0], "gamma")
+    added = [n.op_type for n in onnx.load(str(tmp_path / "post-ln.onnx")).graph.node]
+    assert added.count("Mul") == 1 and added.index("Mul") == 1  # right after the LayerNorm
 
     static = {"plugin": "static", "format": "qdq", "activation_type": "uint8"}
     recipes = [
