@@ -351,6 +351,16 @@ def test_a_fallback_that_made_it_worse_steps_back_to_its_parent():
     again = fallback_trial(root, step_back(ranking, {"a", "a_next", "b"}), 1.5, {"int8-x3"})
     assert again is not None and again.excluded_nodes == ("c",)  # the worst group left
     assert again.derived_from == "int8"
+    # What made int8 worse stays quantised in every later descendant of it, and of them.
+    from gate.run.search import known_worse
+
+    trials = {t.name: t for t in (root, first, again)}
+    made_worse = {"int8": {"a", "a_next", "b"}}
+    assert known_worse(trials, made_worse, again.name) == {"a", "a_next", "b"}
+    assert known_worse(trials, {again.name: {"c"}, **made_worse}, again.name) == {
+        "a", "a_next", "b", "c"
+    }  # fmt: skip
+    assert known_worse(trials, {}, again.name) == set()
     # Two nodes excluded, like a earlier child would be: names never collide.
     taken = {"int8-x2"}
     assert fallback_trial(root, [(("c", "d"), 1.0)], 1.5, taken).name == "int8-x2b"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from statistics import NormalDist
@@ -432,6 +432,22 @@ def step_back(
     try starts from the parent again and reverts the next groups instead."""
     worse = set(made_worse)
     return [(nodes, added) for nodes, added in parent_ranking if not worse & set(nodes)]
+
+
+def known_worse(
+    trials: Mapping[str, Trial], made_worse: Mapping[str, Collection[str]], name: str
+) -> set[str]:
+    """The nodes whose revert made an ancestor of ``name`` (or ``name`` itself) less
+    accurate: a descendant ranking afresh must not revert them again."""
+    worse: set[str] = set()
+    seen: set[str] = set()
+    current: str | None = name
+    while current is not None and current not in seen:
+        seen.add(current)
+        worse |= set(made_worse.get(current, ()))
+        trial = trials.get(current)
+        current = trial.derived_from if trial is not None else None
+    return worse
 
 
 def fallback_trial(

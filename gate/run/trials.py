@@ -22,7 +22,15 @@ from gate.run.isolation import Isolation, build_isolated, save_feeds
 from gate.run.load import LoadedModel
 from gate.run.runtime import Target
 from gate.run.scoring import Judge
-from gate.run.search import Search, Trial, fallback_trial, propose, search_context, step_back
+from gate.run.search import (
+    Search,
+    Trial,
+    fallback_trial,
+    known_worse,
+    propose,
+    search_context,
+    step_back,
+)
 from gate.run.sensitivity import rank_sources
 from gate.stats import PASS
 
@@ -214,6 +222,10 @@ class SearchLoop:
             groups = self._rank(search, trial, candidate)
             if groups is None:
                 return
+            # What made an ancestor worse stays quantised in every later descendant too.
+            inherited = known_worse(self.trials, self.made_worse, trial.name)
+            if inherited:
+                groups = step_back(groups, inherited)
         measured = self.scores.estimates.get(base.name, {}).get("speedup")
         child = fallback_trial(
             base,
