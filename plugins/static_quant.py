@@ -71,6 +71,80 @@ def _quantize(
     )
     if variant != "off":
         _correct_biases(source, destination, options, context, variant)
+    if options.get("excluded_weights", "float") == "int8" and options.get("nodes_to_exclude"):
+        _int8_weights(destination, set(options["nodes_to_exclude"]), context)
+
+
+WEIGHT_AXES = {"MatMul": 1, "Conv": 0}
+"""The output-channel axis of each op's weight (input 1); Gemm's depends on transB."""
+
+
+def _int8_weights(path: Path, excluded: set[str], context: BuildContext) -> None:
+    """Reverted layers keep int8 weights: each float weight of an excluded MatMul, Conv or
+    Gemm is stored as int8 per output channel behind a DequantizeLinear. The layer still
+    computes in float (ONNX Runtime folds the constant DequantizeLinear when the session
+    opens), so accuracy stays close to the float fallback and the file shrinks."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        context.note("reverted layers keep float weights: per-channel int8 needs opset 13")
+        return
+    graph = model.graph
+    inits = {tensor.name: tensor for tensor in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    added, kept = [], 0
+    for node in graph.node:
+        if node.name not in excluded or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        if weight not in inits or uses.get(weight) != 1:
+            continue
+        values = numpy_helper.to_array(inits[weight])
+        if values.dtype != np.float32 or values.ndim < 2:
+            continue
+        if node.op_type == "Gemm":
+            trans_b = next((int(a.i) for a in node.attribute if a.name == "transB"), 0)
+            axis = 0 if trans_b else 1
+        elif node.op_type in WEIGHT_AXES:
+            axis = WEIGHT_AXES[node.op_type]
+        else:
+            continue
+        reduce = tuple(i for i in range(values.ndim) if i != axis)
+        scale = np.abs(values).max(axis=reduce) / 127.0
+        scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        quantised = np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8)
+        stored, scales, zeros = f"{weight}_int8", f"{weight}_scale", f"{weight}_zero"
+        graph.initializer.remove(inits[weight])
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(quantised, stored),
+                numpy_helper.from_array(scale, scales),
+                numpy_helper.from_array(np.zeros(scale.shape, np.int8), zeros),
+            ]
+        )
+        added.append(
+            helper.make_node(
+                "DequantizeLinear",
+                [stored, scales, zeros],
+                [weight],
+                name=f"{node.name}_int8_weight",
+                axis=axis,
+            )
+        )
+        kept += 1
+    for index, node in enumerate(added):  # before every reader: constants first
+        graph.node.insert(index, node)
+    onnx.save_model(model, str(path))
+    context.note(f"{kept} reverted layer(s) keep int8 weights (computed in float)")
 
 
 def _smooth(source: Path, options: Mapping[str, Any], context: BuildContext) -> Path:
@@ -286,6 +360,13 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                         "maximum": 1,
                         "default": 0.5,
                         "description": "how much of the activation range moves into the weights",
+                    },
+                    "excluded_weights": {
+                        "enum": ["float", "int8"],
+                        "default": "float",
+                        "description": "what the layers in nodes_to_exclude (and the accuracy "
+                        "fallback's) keep: float weights, or int8 weights per output channel "
+                        "dequantised when the session opens (float compute, a smaller file)",
                     },
                     "bias_correction": {
                         "enum": ["off", "fast", "full"],

@@ -520,3 +520,26 @@ def test_candidates_auto_proposes_smooth_quant_where_a_normalisation_feeds_matmu
     assert "static-qdq-sq" not in {
         t.name for t in propose(get_host(), context, SearchSettings())[0]
     }
+
+
+def test_reverted_layers_can_keep_int8_weights_for_a_smaller_file(tmp_path, gate_cli):
+    """The layers the fallback (or nodes_to_exclude) leaves in float may keep int8 weights:
+    float compute, nearly the float accuracy, a quarter of the weight bytes."""
+    folder = tmp_path / "encoder"
+    outlier_encoder(folder)
+    static = {
+        "plugin": "static", "format": "qdq", "activation_type": "uint8",
+        "nodes_to_exclude": ["ln", "q", "v"],
+    }  # fmt: skip
+    recipes = [
+        {"name": "float-weights", "quantize": static},
+        {"name": "int8-weights", "quantize": {**static, "excluded_weights": "int8"}},
+    ]
+    out = tmp_path / "out"
+    gate_cli("run", _policy(folder, recipes, [1, 16, 32]), "-o", out, "-q")
+    report = load_report(out)
+    floats, int8 = candidate(report, "float-weights"), candidate(report, "int8-weights")
+    assert "2 reverted layer(s) keep int8 weights (computed in float)" in int8["notes"]
+    assert int8["metrics"]["size_mb"] < floats["metrics"]["size_mb"] * 0.7
+    assert int8["metrics"]["cosine_similarity"] >= 0.99, int8["metrics"]  # the budget
+    assert int8["status"] == "passed", int8["outcome"]
