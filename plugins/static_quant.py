@@ -82,8 +82,9 @@ WEIGHT_AXES = {"MatMul": 1, "Conv": 0}
 def _int8_weights(path: Path, excluded: set[str], context: BuildContext) -> None:
     """Reverted layers keep int8 weights: each float weight of an excluded MatMul, Conv or
     Gemm is stored as int8 per output channel behind a DequantizeLinear. The layer still
-    computes in float (ONNX Runtime folds the constant DequantizeLinear when the session
-    opens), so accuracy stays close to the float fallback and the file shrinks."""
+    computes in float, so accuracy stays close to the float fallback and the file shrinks;
+    ONNX Runtime dequantises the weight at every run (bench/int8_weights.py: slower), which
+    the candidate's timing shows.
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
@@ -366,7 +367,7 @@ def onnx_gate_quantizers() -> list[Quantizer]:
                         "default": "float",
                         "description": "what the layers in nodes_to_exclude (and the accuracy "
                         "fallback's) keep: float weights, or int8 weights per output channel "
-                        "dequantised when the session opens (float compute, a smaller file)",
+                        "dequantised at every run (float compute, a smaller file, slower)",
                     },
                     "bias_correction": {
                         "enum": ["off", "fast", "full"],
