@@ -84,7 +84,7 @@ def _int8_weights(path: Path, excluded: set[str], context: BuildContext) -> None
     Gemm is stored as int8 per output channel behind a DequantizeLinear. The layer still
     computes in float, so accuracy stays close to the float fallback and the file shrinks;
     ONNX Runtime dequantises the weight at every run (bench/int8_weights.py: slower), which
-    the candidate's timing shows.
+    the candidate's timing shows."""
     import numpy as np
     import onnx
     from onnx import helper, numpy_helper
