@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gate_plugins._quantization import initializer_uses
 
 PASSES = 4
 HOMOGENEOUS = {"Relu", "LeakyRelu", "PRelu", "Identity"}
@@ -69,11 +70,7 @@ def equalize(source: Path, destination: Path) -> int:
 
     model = onnx.load(str(source))
     graph = model.graph
-    inits = {tensor.name: tensor for tensor in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    inits, uses = initializer_uses(graph)
     pairs = _pairs(graph, inits, uses)
     arrays = {name: numpy_helper.to_array(inits[name]).astype(np.float64) for name in inits}
     changed = set()

@@ -223,3 +223,13 @@ def exposed_session(model: Any, names: Sequence[str]) -> Any:
     return ort.InferenceSession(
         exposed.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
+
+
+def initializer_uses(graph: Any) -> tuple[dict[str, Any], dict[str, int]]:
+    """The graph's initializers by name, and how many node inputs read each tensor: a
+    rewrite may change a weight only where nothing else reads it."""
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    return {tensor.name: tensor for tensor in graph.initializer}, uses

@@ -40,11 +40,12 @@ class _Site:
 
 
 def _sites(graph: Any, inits: dict[str, Any]) -> list[_Site]:
-    uses: dict[str, int] = {}
+    from gate_plugins._quantization import initializer_uses
+
+    _, uses = initializer_uses(graph)
     consumers: dict[str, list[Any]] = {}
     for node in graph.node:
         for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
             consumers.setdefault(name, []).append(node)
     outputs = {output.name for output in graph.output}
     sites = []

@@ -11,6 +11,7 @@ from gate_plugins._quantization import (
     QUANT_TYPES,
     already_quantized,
     extra_options,
+    initializer_uses,
     is_arm,
     is_x86,
     prepare,
@@ -95,11 +96,7 @@ def _int8_weights(path: Path, excluded: set[str], context: BuildContext) -> None
         context.note("reverted layers keep float weights: per-channel int8 needs opset 13")
         return
     graph = model.graph
-    inits = {tensor.name: tensor for tensor in graph.initializer}
-    uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+    inits, uses = initializer_uses(graph)
     added, kept = [], 0
     for node in graph.node:
         if node.name not in excluded or len(node.input) < 2:

@@ -219,27 +219,9 @@ def test_init_falls_back_to_raw_outputs_when_the_data_gives_the_task_nothing_to_
 ):
     """A voice-activity model on random inputs never says 'speech': judged as a stream it
     could judge nothing, so init writes task tensor and says how to go back."""
-    f = np.float32
-    nodes = [
-        helper.make_node("MatMul", ["x", "w"], ["drive"]),
-        helper.make_node("Mul", ["state", "decay"], ["kept"]),
-        helper.make_node("Add", ["kept", "drive"], ["stateN"]),
-        helper.make_node("ReduceSum", ["stateN", "axes"], ["total"], keepdims=1),
-        helper.make_node("Add", ["total", "silence"], ["biased"]),
-        helper.make_node("Sigmoid", ["biased"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "vad",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
-         helper.make_tensor_value_info("state", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1]),
-         helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 8])],
-        [numpy_helper.from_array(np.full((4, 8), 0.25, f), "w"),
-         numpy_helper.from_array(np.array(0.5, f), "decay"),
-         numpy_helper.from_array(np.array([1], np.int64), "axes"),
-         numpy_helper.from_array(np.array(-60.0, f), "silence")],
-    )  # fmt: skip
-    save_graph(in_folder / "vad.onnx", graph)
+    from tests.test_tasks import vad_model
+
+    vad_model(in_folder / "vad.onnx", decay=0.5, silence=-60.0)
     result = gate_cli("init", "vad.onnx", "-q")
     assert result.exit_code == 0, result.stderr
     text = (in_folder / "policy.yaml").read_text()

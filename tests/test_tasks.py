@@ -335,14 +335,16 @@ def test_encoder_task_inferred_from_token_inputs() -> None:
 # -- stream ------------------------------------------------------------------------
 
 
-def _vad(path: Path, decay: float) -> Path:
-    """prob = sigmoid(sum(stateN)), stateN = decay * state + x @ W."""
+def vad_model(path: Path, decay: float, silence: float = 0.0) -> Path:
+    """prob = sigmoid(sum(stateN) + silence), stateN = decay * state + x @ W; a large
+    negative ``silence`` makes a VAD that never hears speech."""
     weights = np.full((4, 8), 0.25, F)
     nodes = [
         helper.make_node("MatMul", ["x", "w"], ["drive"]),
         helper.make_node("Mul", ["state", "decay"], ["kept"]),
         helper.make_node("Add", ["kept", "drive"], ["stateN"]),
-        helper.make_node("ReduceSum", ["stateN", "axes"], ["total"], keepdims=1),
+        helper.make_node("ReduceSum", ["stateN", "axes"], ["summed"], keepdims=1),
+        helper.make_node("Add", ["summed", "silence"], ["total"]),
         helper.make_node("Sigmoid", ["total"], ["output"]),
     ]
     graph = helper.make_graph(
@@ -352,7 +354,8 @@ def _vad(path: Path, decay: float) -> Path:
         [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 1]),
          helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [1, 8])],
         [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(np.array(decay, F), "decay"),
-         numpy_helper.from_array(np.array([1], np.int64), "axes")],
+         numpy_helper.from_array(np.array([1], np.int64), "axes"),
+         numpy_helper.from_array(np.array(silence, F), "silence")],
     )  # fmt: skip
     return save_graph(path, graph)
 
@@ -365,7 +368,7 @@ def _speech(steps: int = 24) -> np.ndarray:
 def test_stream_carries_state_and_sees_a_faster_decay(tmp_path: Path) -> None:
     x = _speech()
     feeds = [{"x": step, "state": np.zeros((1, 8), F)} for step in x]
-    sessions = [ort.InferenceSession(str(_vad(tmp_path / f"{d}.onnx", d))) for d in (0.9, 0.5)]
+    sessions = [ort.InferenceSession(str(vad_model(tmp_path / f"{d}.onnx", d))) for d in (0.9, 0.5)]
     original, faster = (run_stream(s, feeds, {"stateN": "state"}) for s in sessions)
     assert not np.allclose(original[3]["stateN"], run_all(sessions[0], feeds)[3]["stateN"])
     metrics = _judge("stream", "stream", original, faster, threshold=0.5)
@@ -376,7 +379,7 @@ def test_stream_carries_state_and_sees_a_faster_decay(tmp_path: Path) -> None:
 
 
 def test_stream_task_inferred_and_run_end_to_end(tmp_path: Path, gate_cli: Any) -> None:
-    model = _vad(tmp_path / "vad.onnx", 0.9)
+    model = vad_model(tmp_path / "vad.onnx", 0.9)
     x = _speech()
     np.savez(tmp_path / "speech.npz", x=x[:, 0], state=np.zeros((len(x), 8), F))
     policy = _policy(tmp_path, model, data={"validation": "speech.npz"})
@@ -455,7 +458,7 @@ def test_box_labels_out_of_range_name_the_file(tmp_path: Path) -> None:
 def test_a_declared_state_that_does_not_exist_is_refused_by_check(
     tmp_path: Path, gate_cli: Any
 ) -> None:
-    model = _vad(tmp_path / "vad.onnx", 0.9)
+    model = vad_model(tmp_path / "vad.onnx", 0.9)
     policy = _policy(
         tmp_path, model, validation={"task": "stream", "stream": {"state": {"stateN": "hidden"}}}
     )

@@ -222,35 +222,19 @@ def _budgets(text: PolicyText, report: Mapping[str, Any] | None) -> None:
         {"metric": "speedup", "min": SPEEDUP_WANTED, "level": "warn"},
         "warn when nothing is 10% faster; level: error to require it",
     )
-    if "latency_ms.p95" in metrics:
-        p95 = metrics["latency_ms.p95"]
-        text.item(
-            1,
-            {"metric": "latency_ms.p95", "max": round_up(p95 * LATENCY_HEADROOM), "level": "warn"},
-            f"measured {format_number(p95)} ms here; set your target, then level: error",
-        )
-    if "usd_per_million" in metrics:
-        cost = metrics["usd_per_million"]
-        text.item(
-            1,
-            {
-                "metric": "usd_per_million",
-                "max": round_up(cost * LATENCY_HEADROOM),
-                "level": "warn",
-            },
-            f"measured {format_number(cost)} USD per million inferences",
-        )
-    if "peak_memory_mb" in metrics:
-        memory = metrics["peak_memory_mb"]
-        text.item(
-            1,
-            {
-                "metric": "peak_memory_mb",
-                "max": round_up(memory * MEMORY_HEADROOM),
-                "level": "warn",
-            },
-            f"measured {format_number(memory)} MB peak",
-        )
+    measured = (
+        ("latency_ms.p95", LATENCY_HEADROOM, "ms here; set your target, then level: error"),
+        ("usd_per_million", LATENCY_HEADROOM, "USD per million inferences"),
+        ("peak_memory_mb", MEMORY_HEADROOM, "MB peak"),
+    )
+    for metric, headroom, unit in measured:
+        if metric in metrics:
+            value = metrics[metric]
+            text.item(
+                1,
+                {"metric": metric, "max": round_up(value * headroom), "level": "warn"},
+                f"measured {format_number(value)} {unit}",
+            )
 
 
 def measured_lines(report: Mapping[str, Any]) -> list[str]:
