@@ -179,3 +179,13 @@ def test_without_matplotlib_the_page_still_has_its_tables_and_says_how_to_get_ch
     page = html_report.render_model(json.loads((gated / "report.json").read_text()))
     assert "pip install onnx-gate[html]" in page and "<svg" not in page
     assert "Candidates and the decision log" in page and "Search order" in page
+
+
+def test_a_run_that_errors_still_gets_a_page_saying_so(tmp_path, gate_cli, browser):
+    (tmp_path / "p.yaml").write_text("version: 1\nmodel: {path: missing.onnx}\n")
+    result = gate_cli("run", tmp_path / "p.yaml", "-o", tmp_path / "out", "-q")
+    assert result.exit_code == 2
+    page = tmp_path / "out" / "report.html"
+    assert _open(browser, page) == []
+    text = browser.execute_script("return document.body.innerText")
+    assert "ERROR" in text and "missing.onnx" in text

@@ -56,7 +56,11 @@ def test_a_policy_with_several_models_gates_each_and_gives_one_verdict(
     assert report["message"] == "3 model(s): 1 fail, 2 pass (beta)"
     for name in ("alpha", "beta", "gamma"):
         assert load_report(out / "models" / name)["name"] == name
+        assert f"onnx-gate: {name} " in (out / "models" / name / "report.html").read_text()
     assert (out / "models/alpha/model.onnx").is_file()
+    # The suite's page: one row per model, each linking its own page.
+    page = (out / "report.html").read_text()
+    assert '<a href="models/beta/report.html">beta</a>' in page and "3 models" in page
     # beta's own budgets replaced the policy's: its row points at its own line.
     [beta_row] = [row for row in report["budgets"] if row["model"] == "beta"][:1]
     lines = policy.read_text().splitlines()
