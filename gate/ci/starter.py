@@ -38,7 +38,7 @@ POLICY_SUFFIXES = (".yaml", ".yml", ".json")
 DATA_FILES = {
     "calibration": ("calibration.npz", "for static quantisation: representative inputs"),
     "validation": ("validation.npz", "what candidates are judged on"),
-    "labels": ("labels.npy", "the validation samples' true classes: enables accuracy_drop"),
+    "labels": ("labels.npy", "the validation samples' ground truth: accuracy against it"),
 }
 LATENCY_HEADROOM = 1.5
 """A shared CI runner is slower and noisier than a quiet one: budgets start this far above
@@ -204,8 +204,8 @@ def _budgets(text: PolicyText, report: Mapping[str, Any] | None) -> None:
     floor = next((row for row in rows if row.get("line") is None), None)
     if floor is not None:
         op = "min" if floor["op"] == ">=" else "max"
-        text.note(1, "the task's default accuracy floor against the original; with labels,")
-        text.note(1, "accuracy_drop (max 0.01, say) holds candidates to the truth instead")
+        text.note(1, "the task's default accuracy floor, agreement with the original; with")
+        text.note(1, "data.labels a budget on accuracy against the truth can replace it")
         text.item(1, {"metric": floor["metric"], op: floor["threshold"]})
     else:
         text.item(1, {"metric": "cosine_similarity", "min": 0.99}, "agreement with the original")
