@@ -26,6 +26,13 @@ output_dir_option = click.option(
     help="Where report.json, summary.md and the chosen model.onnx are written.",
 )
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+trust_model_option = click.option(
+    "--trust-model",
+    is_flag=True,
+    help="Let exporters load model files by running code stored in them (pickle, joblib, a "
+    ".py factory, a .pt2, Keras), as model.trusted: true does (init writes it so). Only for "
+    "files you made.",
+)
 allow_path_option = click.option(
     "--allow-path",
     "allowed_paths",
@@ -104,12 +111,7 @@ def _run_and_exit(
     type=click.Path(file_okay=False, path_type=Path),
     help="The previous stage's output folder.",
 )
-@click.option(
-    "--trust-model",
-    is_flag=True,
-    help="Let exporters load model files by running code stored in them (pickle, joblib, "
-    "a .py factory), as model.trusted: true does. Only for files you made.",
-)
+@trust_model_option
 @allow_path_option
 def run(
     policy: Path,
@@ -217,12 +219,7 @@ def _example_inputs(values: tuple[str, ...]) -> dict[str, dict[str, object]] | N
     metavar="NAME=SHAPE[:DTYPE]",
     help="For a PyTorch .py factory: an input to trace with, e.g. x=1x3x224x224 (repeatable).",
 )
-@click.option(
-    "--trust-model",
-    is_flag=True,
-    help="The model is a framework file whose loading runs code (pickle, joblib, .py, .pt2, "
-    "Keras): allowed, and written as model.trusted: true. Only for files you made.",
-)
+@trust_model_option
 @click.option("--force", is_flag=True, help="Replace an existing policy file.")
 @quiet_option
 @allow_path_option
