@@ -3,6 +3,7 @@
 
     python3 bench/choice_stability.py --model demo --runs 10
     python3 bench/fetch_models.py --only magika && python3 bench/choice_stability.py --model magika
+    python3 bench/choice_stability.py --model magika --runs 10 --finals 3   # the default only
 
 Runs the same policy (``candidates: auto``) ``--runs`` times with ``selection.final: 3``
 and ``--runs`` times with ``selection.final: 0``, the two interleaved so that both see
@@ -127,12 +128,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["demo", "magika"], default="demo")
     parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument(
+        "--finals", default="3,0", help="selection.final values to compare (3: the default)"
+    )
     args = parser.parse_args()
+    finals = [int(value) for value in args.finals.split(",")]
     folder = Path(tempfile.mkdtemp(prefix="choice-stability-"))
     policy = (demo_policy if args.model == "demo" else magika_policy)(folder)
-    runs: dict[int, list[dict[str, Any]]] = {3: [], 0: []}
+    runs: dict[int, list[dict[str, Any]]] = {final: [] for final in finals}
     for index in range(args.runs):
-        order = (3, 0) if index % 2 == 0 else (0, 3)
+        order = finals if index % 2 == 0 else finals[::-1]
         for final in order:
             runs[final].append(run_once(folder, policy, final, f"final{final}-{index}"))
     with np.load(folder / "validation.npz") as data:

@@ -101,6 +101,41 @@ def photos(size: int) -> np.ndarray:
     return np.stack([np.asarray(i, np.float32).transpose(2, 0, 1) / 255 for i in images])
 
 
+def people_photos(size: int) -> np.ndarray:
+    """Photos of people: matplotlib's Grace Hopper, and the group photo and the portrait
+    that ship in insightface 0.7.3's sdist, with the group photo's halves and quarters
+    (a detector needs people to find; skimage's photos give it two boxes in all)."""
+    import tarfile
+
+    import matplotlib
+    from PIL import Image
+
+    hopper = Path(matplotlib.__file__).parent / "mpl-data" / "sample_data" / "grace_hopper.jpg"
+    images = [Image.open(hopper)]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+             "insightface==0.7.3", "-d", tmp], check=True,
+        )  # fmt: skip
+        with tarfile.open(next(Path(tmp).glob("insightface-*.tar.gz"))) as archive:
+            for name in ("t1.jpg", "Tom_Hanks_54745.png"):
+                member = f"insightface-0.7.3/insightface/data/images/{name}"
+                images.append(Image.open(io.BytesIO(archive.extractfile(member).read())))
+    group = images[1]
+    width, height = group.size
+    halves = [(0, 0, width // 2, height), (width // 2, 0, width, height)]
+    quarters = [
+        (x, y, x + width // 2, y + height // 2) for x in (0, width // 2) for y in (0, height // 2)
+    ]
+    images += [group.crop(box) for box in halves + quarters]
+    return np.stack(
+        [
+            np.asarray(i.convert("RGB").resize((size, size)), np.float32).transpose(2, 0, 1) / 255
+            for i in images
+        ]
+    )
+
+
 def text_lines() -> np.ndarray:
     from PIL import Image, ImageDraw, ImageFont
 
@@ -124,6 +159,36 @@ def turned_lines() -> np.ndarray:
         for turned in (small, small.rotate(180)):
             lines.append((np.asarray(turned, np.float32).transpose(2, 0, 1) / 255 - 0.5) / 0.5)
     return np.stack(lines)
+
+
+def document_pages(size: int, imagenet: bool, pages: int = 6) -> np.ndarray:
+    """Pages of text (the sentences below, DejaVu Sans on white) turned by 0, 90, 180 and
+    270 degrees: what a document-orientation classifier is for. Scaled to [0, 1], and
+    normalised with ImageNet's mean and deviation where the model expects it."""
+    import textwrap
+
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(FONT, 22)
+    texts = sentences()
+    mean, deviation = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    samples = []
+    for page in range(pages):
+        image = Image.new("RGB", (600, 800), "white")
+        draw = ImageDraw.Draw(image)
+        y = 30
+        for paragraph in texts[page * 7 : (page + 1) * 7]:
+            for line in textwrap.wrap(paragraph, 44):
+                draw.text((30, y), line, fill="black", font=font)
+                y += 28
+            y += 14
+        for quarter in range(4):
+            turned = image.rotate(90 * quarter, expand=True).resize((size, size))
+            pixels = np.asarray(turned, np.float32) / 255
+            if imagenet:
+                pixels = (pixels - mean) / deviation
+            samples.append(pixels.transpose(2, 0, 1).astype(np.float32))
+    return np.stack(samples)
 
 
 def sentences() -> list[str]:
@@ -201,15 +266,38 @@ def images(name: str, make) -> dict[str, np.ndarray]:  # one image input, batch 
     return {name: make()[:, None]}
 
 
-def run_gate(folder: Path, model: Path, data: dict[str, np.ndarray], task: str) -> dict:
-    np.savez(folder / "validation.npz", **data)
-    calibration = {
+def mirrored(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Calibration data: the inputs and their mirror images (reversed audio, mirrored
+    images), so the validation samples are not all the quantiser saw."""
+    return {
         name: np.concatenate([array, array[..., ::-1]])
         if array.dtype.kind == "f" and name != "state"
         else np.concatenate([array, array])
         for name, array in data.items()
-    }  # the inputs mirrored (reversed audio, mirrored images) as calibration
-    np.savez(folder / "calibration.npz", **calibration)
+    }
+
+
+def magika_bytes(files: int = 32, side: int = 1024) -> dict[str, np.ndarray]:
+    """The first and last 1024 bytes of files of the Python standard library (source,
+    data, images, archives), padded with 256 as magika pads short files."""
+    import sysconfig
+
+    root = Path(sysconfig.get_paths()["stdlib"])
+    chosen: list[Path] = []
+    for suffix in (".py", ".txt", ".json", ".html", ".xml", ".png", ".gif", ".wav", ".zip", ".cfg"):
+        chosen += sorted(p for p in root.rglob(f"*{suffix}") if p.stat().st_size > 64)[:4]
+    rows = []
+    for path in chosen[:files]:
+        content = path.read_bytes()
+        begin = list(content.lstrip()[:side])
+        end = list(content.rstrip()[-side:])
+        rows.append(begin + [256] * (side - len(begin)) + [256] * (side - len(end)) + end)
+    return {"bytes": np.asarray(rows, np.int32)[:, None]}
+
+
+def run_gate(folder: Path, model: Path, data: dict[str, np.ndarray], task: str) -> dict:
+    np.savez(folder / "validation.npz", **data)
+    np.savez(folder / "calibration.npz", **mirrored(data))
     policy = {
         "version": 1,
         "model": {"path": str(model)},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ CALIBRATION = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percenti
 COMPUTE_OPS = ["MatMul", "Conv", "Gemm"]
 HISTOGRAM_MAX_PARAMETERS = 10_000_000
 FULL_CORRECTION_MAX_LAYERS = 60  # a calibration pass per layer
+TAIL_RISK_KEPT = 0.6  # with a decoding tail, a variant quantising it keeps 60% of its odds
 
 
 def _quantize(
@@ -240,6 +242,14 @@ def _propose(context: SearchContext) -> list[Proposal]:
             0.3, "static",
         ),
         Proposal(
+            "static-qdq-mm-pc",
+            {**base, "op_types_to_quantize": COMPUTE_OPS, "per_channel": True},
+            expected * 0.93,
+            "only the compute-heavy operators, with per-channel weight scales: activations, "
+            "residual Adds and normalisations stay in float",
+            0.25, "static",
+        ),
+        Proposal(
             "static-qdq-pc", {**base, "per_channel": True}, expected * 0.97,
             "per-channel weight scales: better accuracy where channels differ in range",
             0.3, "static",
@@ -292,13 +302,28 @@ def _propose(context: SearchContext) -> list[Proposal]:
             )
         )  # fmt: skip
     if context.decode_tail:
+        # A detector's tail concatenates pixel boxes with 0-1 scores: one int8 scale for
+        # both loses the scores, so every variant that quantises it is riskier.
+        proposals = [
+            p
+            if "op_types_to_quantize" in p.options
+            else replace(p, accuracy_risk=1.0 - (1.0 - p.accuracy_risk) * TAIL_RISK_KEPT)
+            for p in proposals
+        ]
+        tail = {"nodes_to_exclude": list(context.decode_tail)}
         proposals.append(
             Proposal(
-                "static-qdq-tail", {**base, "nodes_to_exclude": list(context.decode_tail)},
-                expected * 0.98,
+                "static-qdq-tail", {**base, **tail}, expected * 0.98,
                 f"static QDQ with the {len(context.decode_tail)} decoding nodes after the last "
                 "compute operator (Sigmoid, Concat, Mul: boxes and scores) left in float",
-                0.35, "static",
+                0.3, "static",
+            )
+        )  # fmt: skip
+        proposals.append(
+            Proposal(
+                "static-qdq-pc-tail", {**base, **tail, "per_channel": True}, expected * 0.96,
+                "per-channel weight scales, with the decoding tail left in float",
+                0.25, "static",
             )
         )  # fmt: skip
     # Histogram calibration holds every activation of every sample: bounded to small models.

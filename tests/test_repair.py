@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import onnx
 import yaml
 from conftest import candidate, load_report
@@ -195,6 +196,18 @@ def test_a_detectors_decoding_tail_is_proposed_left_in_float(tmp_path, gate_cli)
     trials, _ = propose(get_host(), context, SearchSettings())
     [placed] = [t for t in trials if t.name == "static-qdq-tail"]
     assert placed.recipe.quantize["nodes_to_exclude"] == list(tail)
+    [per_channel] = [t for t in trials if t.name == "static-qdq-pc-tail"]
+    assert per_channel.recipe.quantize["nodes_to_exclude"] == list(tail)
+    assert per_channel.recipe.quantize["per_channel"] is True
+    # Quantising the tail puts boxes and scores under one int8 scale: the search tries the
+    # variants that leave it in float before those that quantise it.
+    by_name = {t.name: t for t in trials}
+    assert by_name["static-qdq"].accuracy_risk > by_name["static-qdq-tail"].accuracy_risk
+    best = max(
+        (t for t in trials if t.recipe.quantize and t.recipe.quantize["plugin"] == "static"),
+        key=lambda t: t.value(1.05),
+    )
+    assert best.name.endswith("-tail"), best.name
     # An MLP has no decoding tail, and is not offered the variant.
     mlp = search_context(shifted_mlp(tmp_path / "mlp"), {}, "CPUExecutionProvider", True, "all")
     assert mlp.decode_tail == ()
@@ -364,6 +377,17 @@ def test_a_fallback_that_made_it_worse_steps_back_to_its_parent():
     # Two nodes excluded, like a earlier child would be: names never collide.
     taken = {"int8-x2"}
     assert fallback_trial(root, [(("c", "d"), 1.0)], 1.5, taken).name == "int8-x2b"
+
+    # A placement variant's own exclusions (the decoding tail) stay excluded in its fallbacks.
+    tail = Trial(
+        Recipe("int8-tail", {}, {"plugin": "static", "nodes_to_exclude": ["concat", "sig"]}),
+        "proposed",
+        1.5,
+    )
+    child = fallback_trial(tail, [(("sig",), 0.5), (("conv",), 0.4)], 1.5)
+    assert child is not None and child.recipe.quantize is not None
+    assert child.recipe.quantize["nodes_to_exclude"] == ["concat", "sig", "conv"]
+    assert child.excluded_nodes == ("concat", "sig", "conv") and child.name == "int8-tail-x3"
 
     # "Less accurate" is the first error-level accuracy budget's metric, either way round.
     policy = None
@@ -543,3 +567,89 @@ def test_reverted_layers_can_keep_int8_weights_for_a_smaller_file(tmp_path, gate
     assert int8["metrics"]["size_mb"] < floats["metrics"]["size_mb"] * 0.7
     assert int8["metrics"]["cosine_similarity"] >= 0.99, int8["metrics"]  # the budget
     assert int8["status"] == "passed", int8["outcome"]
+
+
+def test_a_candidate_just_short_of_its_budget_reverts_a_little():
+    """The fallback's step follows how far the candidate is from passing: a detector at
+    mAP 0.949 against a 0.95 floor keeps a few nodes in float, one at 0.24 halves its
+    error, so a near miss does not give back most of its speedup."""
+    from types import SimpleNamespace
+
+    from gate.policy.loading import Budget, Recipe
+    from gate.report.model import CandidateEntry
+    from gate.run.scoring import Scoreboard
+    from gate.run.search import Trial, fallback_coverage, fallback_trial
+
+    budget = Budget("det_map50_95", ">=", 0.95, "error", "default")
+    scores = Scoreboard(SimpleNamespace(waivers=[], name="p"), [budget])  # type: ignore[arg-type]
+    for name, value in (("original", 1.0), ("near", 0.949), ("far", 0.24), ("fine", 0.97)):
+        entry = CandidateEntry(name=name, recipe={}, session={}, notes=[])
+        entry.metrics["det_map50_95"] = value
+        scores.entries[name] = entry
+    assert scores.shortfall("near") == pytest.approx(0.001 / 0.051)
+    assert scores.shortfall("far") == pytest.approx(0.71 / 0.76)
+    assert scores.shortfall("fine") is None  # it passes
+    assert fallback_coverage(scores.shortfall("near")) == 0.1
+    assert fallback_coverage(scores.shortfall("far")) == 0.5
+    assert fallback_coverage(None) == 0.5  # nothing to tell by: halve the error
+
+    diffuse = [((f"conv{i}",), 1.0) for i in range(20)]  # twenty equal error sources
+    root = Trial(Recipe("int8", {}, {"plugin": "static"}), "proposed", 1.8)
+    near = fallback_trial(root, diffuse, 1.8, coverage=fallback_coverage(0.02))
+    far = fallback_trial(root, diffuse, 1.8, coverage=fallback_coverage(0.93))
+    assert near is not None and far is not None
+    assert len(near.excluded_nodes) == 2 and len(far.excluded_nodes) == 10
+    assert "10% of its quantisation error" in near.reason
+
+
+def test_a_fallback_chain_stops_when_going_on_cannot_pay():
+    """A chain that buys little accuracy for much speed is stopped before it spends the
+    search's trials, and a fallback's own outcome does not write off its family."""
+    from types import SimpleNamespace
+
+    from gate.policy.loading import Budget, Recipe, SearchSettings
+    from gate.report.model import CandidateEntry
+    from gate.run.scoring import Scoreboard
+    from gate.run.search import Search, Trial
+    from gate.run.trials import SearchLoop
+    from gate.stats import Estimate
+
+    budget = Budget("det_map50_95", ">=", 0.95, "error", "default")
+    scores = Scoreboard(SimpleNamespace(waivers=[], name="p"), [budget])  # type: ignore[arg-type]
+    measured = {  # name: (mAP, speedup), as nudenet's tail chain on real photos measured
+        "tail": (0.902, 1.79), "tail-x140": (0.925, 1.07),
+        "fast": (0.32, 1.79), "fast-x26": (0.846, 1.27),
+        "flat": (0.90, 1.8), "flat-x10": (0.90, 1.6),
+    }  # fmt: skip
+    for name, (value, speedup) in measured.items():
+        entry = CandidateEntry(name=name, recipe={}, session={}, notes=[])
+        entry.metrics["det_map50_95"] = value
+        scores.entries[name] = entry
+        scores.estimates[name] = {"speedup": Estimate(speedup, speedup * 0.98, speedup * 1.02, 100)}
+    search = Search([], SearchSettings(), True, to_beat=1.05)
+    trials = SimpleNamespace(scores=scores)
+
+    def verdict(child: str, parent: str) -> str | None:
+        recipe = Recipe(child, {}, {"plugin": "static"})
+        return SearchLoop._cannot_pass_in_time(  # type: ignore[arg-type]
+            trials, search, Trial(recipe, "fallback"), Trial(Recipe(parent, {}, {}), "proposed")
+        )
+
+    # 0.72x of speed for 0.023 of mAP; 0.025 still to go: it would pass at about 0.29x.
+    assert "would reach the budget at about 0.29x" in verdict("tail-x140", "tail")
+    # 0.52x for 0.526 of mAP, 0.104 to go: about 1.17x, still worth a try.
+    assert verdict("fast-x26", "fast") is None
+    assert "bought no accuracy" in verdict("flat-x10", "flat")
+
+    # A fallback missing its budget leaves its family's odds alone; a proposal does not.
+    sibling = Trial(Recipe("other", {}, {"plugin": "static"}), "proposed", 1.4, 0.3,
+                    families=("static",))  # fmt: skip
+    root = Trial(Recipe("root", {}, {"plugin": "static"}), "proposed", 1.4, 0.3,
+                 families=("static",))  # fmt: skip
+    queue = Search([sibling], SearchSettings(), True, to_beat=1.05)
+    retry = Trial(Recipe("root-x3", {}, {"plugin": "static"}), "fallback", 1.3, 0.5,
+                  families=("static",), parent="root")  # fmt: skip
+    queue.observe(retry, "accuracy", 1.2)
+    assert sibling.accuracy_risk == 0.3
+    queue.observe(root, "accuracy", 1.5)
+    assert sibling.accuracy_risk == pytest.approx(0.65)

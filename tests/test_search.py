@@ -322,6 +322,19 @@ def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
     assert level.expected_speedup == before[1]
     # Fusion measured at half its promise: what the search tries next is no longer fused.
     assert not search.next_trial().name.startswith("transformer-fused")
+    # A quantiser that fails on the fused graph: its other variants there go last, while
+    # the same quantiser on the unfused graph keeps its odds.
+    plain = [t for t in search.waiting if t.name.startswith("dynamic")]
+    fused_left = [t for t in search.waiting if t.name.startswith("transformer-fused+dynamic")]
+    assert plain and len(fused_left) >= 2
+    risks = {t.name: t.accuracy_risk for t in search.waiting}
+    failed = fused_left[0]
+    search.waiting.remove(failed)
+    search.observe(failed, "failed", None)
+    for t in fused_left[1:]:
+        assert 1 - t.accuracy_risk == pytest.approx((1 - risks[t.name]) * 0.1)
+    assert all(t.accuracy_risk == risks[t.name] for t in plain)
+    assert "now tried last" in search.log[-1]
 
 
 def test_built_models_onnxruntime_rejects_or_crashes_on_fail_alone(

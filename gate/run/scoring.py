@@ -108,6 +108,34 @@ class Scoreboard:
             return False
         return mine < theirs if budget.op == ">=" else mine > theirs
 
+    def accuracy_of(self, name: str) -> tuple[float, float] | None:
+        """``name``'s value of the accuracy budget's metric, signed so that higher is
+        better, and how far it is above the budget's threshold (negative: short of it)."""
+        budget = self.accuracy_budget()
+        value = self.entries[name].metrics.get(budget.metric) if budget is not None else None
+        if budget is None or value is None:
+            return None
+        sign = 1.0 if budget.op == ">=" else -1.0
+        return sign * value, sign * (value - budget.threshold)
+
+    def shortfall(self, name: str) -> float | None:
+        """How far ``name`` is from passing its accuracy budgets, as the share of its loss
+        (from the original's own value of each metric) it must win back; the largest over
+        the error-level accuracy budgets it misses, None when that cannot be told."""
+        original = self.entries.get("original")
+        shares = []
+        for result in self.evaluate_so_far(name):
+            budget = result.budget
+            if budget.level != "error" or result.passed or budget.metric in MEASURED_METRICS:
+                continue
+            ideal = original.metrics.get(budget.metric) if original is not None else None
+            if ideal is None or result.actual is None:
+                continue
+            loss = abs(ideal - result.actual)
+            if loss > 0:
+                shares.append(min(abs(budget.threshold - result.actual) / loss, 1.0))
+        return max(shares) if shares else None
+
     def speedups(self) -> dict[str, Estimate]:
         return {name: e["speedup"] for name, e in self.estimates.items() if "speedup" in e}
 

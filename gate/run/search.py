@@ -33,9 +33,13 @@ PRIOR_SPREAD = 0.35
 """How far off a plugin's expected speedup may be: the sd of its log (about +-35%)."""
 LEARNING_CLAMP = (0.25, 4.0)
 """A measurement moves its family's expectations by at most this factor."""
-FALLBACK_COVERAGE = 0.5
-"""Each fallback excludes the fewest nodes that add this share of the remaining error."""
+FALLBACK_COVERAGE = (0.1, 0.5)
+"""Each fallback excludes the fewest nodes that add a share of the remaining error: twice
+the share of its accuracy loss the candidate must win back, within these bounds (a
+candidate just short of its budget reverts a little, one far off halves its error)."""
 MIN_BUILD_SECONDS = 30.0
+COMBINATION_FAILED = 0.1
+"""After a rewrite + quantiser combination fails, its siblings keep this share of their odds."""
 
 
 def search_context(
@@ -111,6 +115,13 @@ class Trial:
     def name(self) -> str:
         return self.recipe.name
 
+    @property
+    def kept_in_float(self) -> tuple[str, ...]:
+        """Nodes its quantiser leaves alone: its recipe's own ``nodes_to_exclude`` (a
+        placement variant's decoding tail, a policy's list) and what fallbacks added."""
+        own = (self.recipe.quantize or {}).get("nodes_to_exclude") or ()
+        return tuple(dict.fromkeys((*own, *self.excluded_nodes)))
+
     def value(self, to_beat: float) -> float:
         """Expected improvement over the speedup ``to_beat``, times the chance of keeping accuracy.
 
@@ -138,6 +149,13 @@ class Trial:
         if self.parent:
             described.update(parent=self.parent, excluded_nodes=list(self.excluded_nodes))
         return described
+
+
+def _same_combination(one: Trial, other: Trial) -> bool:
+    """Both quantise with the same plugin after the same rewrite."""
+    return one.recipe.rewrite == other.recipe.rewrite and (one.recipe.quantize or {}).get(
+        "plugin"
+    ) == (other.recipe.quantize or {}).get("plugin")
 
 
 @dataclass
@@ -340,7 +358,23 @@ class Search:
             return
         if outcome == "passed" and speedup is not None:
             self.to_beat = max(self.to_beat, speedup)
-        if not self.auto or not trial.families:
+        if not self.auto:
+            return
+        if outcome == "failed" and trial.recipe.rewrite and trial.recipe.quantize:
+            # A quantiser that cannot build on a rewritten graph (ORT's static quantiser on
+            # some fused graphs) fails the same way in its other variants there.
+            same = [t for t in self.waiting if _same_combination(t, trial)]
+            for other in same:
+                other.accuracy_risk = 1.0 - (1.0 - other.accuracy_risk) * COMBINATION_FAILED
+            if same:
+                self.log.append(
+                    f"{trial.name} failed: {len(same)} other {trial.recipe.quantize['plugin']} "
+                    f"candidate(s) on the same rewrite are now tried last"
+                )
+            return
+        if not trial.families or trial.origin == "fallback":
+            # A fallback's outcome speaks for its own chain, which the fallback rules
+            # follow; counting it against the family too would write off every sibling.
             return
         factor = 1.0
         if speedup is not None and trial.expected_speedup:
@@ -450,20 +484,29 @@ def known_worse(
     return worse
 
 
+def fallback_coverage(shortfall: float | None) -> float:
+    """The share of its remaining error a fallback reverts, from how far the candidate
+    is from passing (:meth:`gate.run.scoring.Scoreboard.shortfall`; None: half)."""
+    low, high = FALLBACK_COVERAGE
+    return high if shortfall is None else min(max(2.0 * shortfall, low), high)
+
+
 def fallback_trial(
     parent: Trial,
     ranking: Sequence[tuple[tuple[str, ...], float]],
     measured_speedup: float,
     taken: Collection[str] = (),
+    coverage: float = FALLBACK_COVERAGE[1],
 ) -> Trial | None:
     """The parent's recipe with more nodes excluded, or None when nothing is left to exclude.
 
     ``ranking`` is (nodes, error they add) worst first, measured on the parent's
-    own model. The fewest groups that add half of the error are excluded on top
-    of what the parent excludes: each step halves what is left.
+    own model. The fewest groups that add ``coverage`` of the error are excluded on
+    top of what the parent keeps in float: at the most, each step halves what is left.
     """
     assert parent.recipe.quantize is not None
-    already = set(parent.excluded_nodes)
+    kept = parent.kept_in_float
+    already = set(kept)
     ranking = [(nodes, error) for nodes, error in ranking if error > 0 and set(nodes) - already]
     if not ranking:
         return None
@@ -473,9 +516,9 @@ def fallback_trial(
     for nodes, error in ranking:
         chosen += [node for node in nodes if node not in already and node not in chosen]
         covered += error
-        if covered >= FALLBACK_COVERAGE * total:
+        if covered >= coverage * total:
             break
-    excluded = (*parent.excluded_nodes, *chosen)
+    excluded = (*kept, *chosen)
     root = parent.parent or parent.name
     quantize = {**parent.recipe.quantize, "nodes_to_exclude": list(excluded)}
     name = base = f"{root}-x{len(excluded)}"

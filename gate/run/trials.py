@@ -25,6 +25,7 @@ from gate.run.scoring import Judge
 from gate.run.search import (
     Search,
     Trial,
+    fallback_coverage,
     fallback_trial,
     known_worse,
     propose,
@@ -196,6 +197,29 @@ class SearchLoop:
         self.rankings[name] = [(source.nodes, source.added) for source in ranking]
         return self.rankings[name]
 
+    def _cannot_pass_in_time(self, search: Search, trial: Trial, parent: Trial) -> str | None:
+        """Why going on from ``trial`` cannot pay, from what its last step bought: the speed
+        it cost per unit of accuracy, carried on to the budget, leaves it no faster than
+        what it must beat (or the step bought no accuracy at all); None: it may pay."""
+        mine, theirs = self.scores.accuracy_of(trial.name), self.scores.accuracy_of(parent.name)
+        speeds = [self.scores.estimates.get(t.name, {}).get("speedup") for t in (trial, parent)]
+        if mine is None or theirs is None or speeds[0] is None or speeds[1] is None:
+            return None
+        gained, short = mine[0] - theirs[0], -mine[1]
+        cost = speeds[1].point - speeds[0].point
+        if short <= 0 or cost <= 0:
+            return None
+        if gained <= 0:
+            return f"keeping more in float than {parent.name} bought no accuracy"
+        projected = speeds[0].point - cost / gained * short
+        if projected < search.to_beat:
+            return (
+                f"its last step cost {cost:.2f}x of speed for {gained:.3g} of accuracy; at that "
+                f"rate it would reach the budget at about {max(projected, 0.0):.2f}x, short of "
+                f"the {search.to_beat:.2f}x it must beat"
+            )
+        return None
+
     def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
         """Queue the candidate again with the nodes that lost the most accuracy left in float."""
         name, quantize = candidate.name, trial.recipe.quantize
@@ -211,13 +235,24 @@ class SearchLoop:
         parent = self.trials.get(trial.derived_from or "")
         ranked = self.rankings.get(parent.name) if parent is not None else None
         if parent is not None and ranked and self.scores.less_accurate(name, parent.name):
+            if parent.name in self.made_worse:
+                search.log.append(
+                    f"{name}: no accuracy fallback: a second revert from {parent.name} lost "
+                    "accuracy too, so its loss is not where the error ranking finds it"
+                )
+                return
             worse = self.made_worse.setdefault(parent.name, set())
-            worse |= set(trial.excluded_nodes) - set(parent.excluded_nodes)
+            worse |= set(trial.kept_in_float) - set(parent.kept_in_float)
             base, groups = parent, step_back(ranked, worse)
             search.log.append(
                 f"{name} lost more accuracy than {parent.name}: stepping back to {parent.name}, "
                 f"the {len(worse)} node(s) that made it worse quantised again"
             )
+        if groups is None and parent is not None:
+            hopeless = self._cannot_pass_in_time(search, trial, parent)
+            if hopeless:
+                search.log.append(f"{name}: no accuracy fallback: {hopeless}")
+                return
         if groups is None:
             groups = self._rank(search, trial, candidate)
             if groups is None:
@@ -232,6 +267,7 @@ class SearchLoop:
             groups,
             measured.point if measured is not None else base.expected_speedup or 1.0,
             set(self.trials),
+            fallback_coverage(self.scores.shortfall(base.name)),
         )
         if child is None:
             search.log.append(
