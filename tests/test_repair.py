@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import onnx
+import pytest
 import yaml
 from conftest import candidate, load_report
 
