@@ -620,6 +620,7 @@ def test_a_fallback_chain_stops_when_going_on_cannot_pay():
         "tail": (0.902, 1.79), "tail-x140": (0.925, 1.07),
         "fast": (0.32, 1.79), "fast-x26": (0.846, 1.27),
         "flat": (0.90, 1.8), "flat-x10": (0.90, 1.6),
+        "still": (0.833, 1.04), "still-x6": (0.833, 1.05),
     }  # fmt: skip
     for name, (value, speedup) in measured.items():
         entry = CandidateEntry(name=name, recipe={}, session={}, notes=[])
@@ -640,6 +641,8 @@ def test_a_fallback_chain_stops_when_going_on_cannot_pay():
     # 0.52x for 0.526 of mAP, 0.104 to go: about 1.17x, still worth a try.
     assert verdict("fast-x26", "fast") is None
     assert "bought no accuracy" in verdict("flat-x10", "flat")
+    # The same accuracy at no measurable cost (ppocr_rec's reverts): still no progress.
+    assert "bought no accuracy" in verdict("still-x6", "still")
 
     # A fallback missing its budget leaves its family's odds alone; a proposal does not.
     sibling = Trial(Recipe("other", {}, {"plugin": "static"}), "proposed", 1.4, 0.3,

@@ -207,10 +207,12 @@ class SearchLoop:
             return None
         gained, short = mine[0] - theirs[0], -mine[1]
         cost = speeds[1].point - speeds[0].point
-        if short <= 0 or cost <= 0:
+        if short <= 0:
             return None
         if gained <= 0:
             return f"keeping more in float than {parent.name} bought no accuracy"
+        if cost <= 0:
+            return None
         projected = speeds[0].point - cost / gained * short
         if projected < search.to_beat:
             return (
