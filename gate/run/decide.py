@@ -576,11 +576,16 @@ def require_budget_metrics(policy: Policy, produced: Mapping[str, float], output
 # -- the head-to-head final -----------------------------------------------------
 
 
+SIZE_TIE = 0.01
+"""Files within 1% of each other's size are equal to the tie order: two builds of the same
+arithmetic differ by a few hundred bytes of names, which must not pick the slower one."""
+
+
 @dataclass(frozen=True)
 class TieBreak:
     """What separates two candidates neither of which is surely faster, in order: the
     accuracy metric (the first error-level accuracy budget's, oriented by its operator),
-    then fewer quantised operators, then the smaller file."""
+    then fewer quantised operators, then the smaller file (by more than ``SIZE_TIE``)."""
 
     metric: str | None
     higher_is_better: bool
@@ -610,7 +615,11 @@ class TieBreak:
                 f"{self.quantised_ops[loser]})"
             )
         held_size, challenging_size = self.size_mb.get(holder), self.size_mb.get(challenger)
-        if held_size is not None and challenging_size is not None and held_size != challenging_size:
+        if (
+            held_size is not None
+            and challenging_size is not None
+            and abs(held_size - challenging_size) > SIZE_TIE * max(held_size, challenging_size)
+        ):
             winner, loser = (
                 (challenger, holder) if challenging_size < held_size else (holder, challenger)
             )
