@@ -302,14 +302,6 @@ def _propose(context: SearchContext) -> list[Proposal]:
             )
         )  # fmt: skip
     if context.decode_tail:
-        # A detector's tail concatenates pixel boxes with 0-1 scores: one int8 scale for
-        # both loses the scores, so every variant that quantises it is riskier.
-        proposals = [
-            p
-            if "op_types_to_quantize" in p.options
-            else replace(p, accuracy_risk=1.0 - (1.0 - p.accuracy_risk) * TAIL_RISK_KEPT)
-            for p in proposals
-        ]
         tail = {"nodes_to_exclude": list(context.decode_tail)}
         proposals.append(
             Proposal(
@@ -343,6 +335,15 @@ def _propose(context: SearchContext) -> list[Proposal]:
                 0.35, "static",
             )
         )  # fmt: skip
+    if context.decode_tail:
+        # A detector's tail concatenates pixel boxes with 0-1 scores: one int8 scale for
+        # both loses the scores, so every variant that quantises it is riskier.
+        proposals = [
+            p
+            if "op_types_to_quantize" in p.options or "nodes_to_exclude" in p.options
+            else replace(p, accuracy_risk=1.0 - (1.0 - p.accuracy_risk) * TAIL_RISK_KEPT)
+            for p in proposals
+        ]
     return proposals
 
 

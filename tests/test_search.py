@@ -293,7 +293,7 @@ def test_fusion_skips_a_graph_it_cannot_fuse(classifier, gate_cli, tmp_path):
 
 def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
     from gate.policy.loading import SearchSettings
-    from gate.run.search import Search, propose, search_context
+    from gate.run.search import Search, Trial, propose, search_context
     from gate.run.testbed import fingerprint
 
     model = tiny_transformer(tmp_path / "t.onnx")
@@ -334,7 +334,12 @@ def test_auto_on_a_transformer_proposes_fusion_and_fused_quantisation(tmp_path):
     for t in fused_left[1:]:
         assert 1 - t.accuracy_risk == pytest.approx((1 - risks[t.name]) * 0.1)
     assert all(t.accuracy_risk == risks[t.name] for t in plain)
-    assert "now tried last" in search.log[-1]
+    assert "far less likely to be tried" in search.log[-1]
+    # A fallback that fails says nothing of its siblings: its own exclusions may be why.
+    risks = {t.name: t.accuracy_risk for t in search.waiting}
+    retry = Trial(failed.recipe, "fallback", 1.2, 0.5, parent=failed.name)
+    search.observe(retry, "failed", None)
+    assert {t.name: t.accuracy_risk for t in search.waiting} == risks
 
 
 def test_built_models_onnxruntime_rejects_or_crashes_on_fail_alone(

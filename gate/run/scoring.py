@@ -126,7 +126,12 @@ class Scoreboard:
         shares = []
         for result in self.evaluate_so_far(name):
             budget = result.budget
-            if budget.level != "error" or result.passed or budget.metric in MEASURED_METRICS:
+            if (
+                budget.level != "error"
+                or result.passed
+                or result.waiver is not None
+                or budget.metric in MEASURED_METRICS
+            ):
                 continue
             ideal = original.metrics.get(budget.metric) if original is not None else None
             if ideal is None or result.actual is None:

@@ -360,7 +360,12 @@ class Search:
             self.to_beat = max(self.to_beat, speedup)
         if not self.auto:
             return
-        if outcome == "failed" and trial.recipe.rewrite and trial.recipe.quantize:
+        if (
+            outcome == "failed"
+            and trial.recipe.rewrite
+            and trial.recipe.quantize
+            and trial.origin != "fallback"  # its own exclusions may be what broke it
+        ):
             # A quantiser that cannot build on a rewritten graph (ORT's static quantiser on
             # some fused graphs) fails the same way in its other variants there.
             same = [t for t in self.waiting if _same_combination(t, trial)]
@@ -369,7 +374,7 @@ class Search:
             if same:
                 self.log.append(
                     f"{trial.name} failed: {len(same)} other {trial.recipe.quantize['plugin']} "
-                    f"candidate(s) on the same rewrite are now tried last"
+                    f"candidate(s) on the same rewrite are now far less likely to be tried"
                 )
             return
         if not trial.families or trial.origin == "fallback":

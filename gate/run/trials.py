@@ -23,6 +23,7 @@ from gate.run.load import LoadedModel
 from gate.run.runtime import Target
 from gate.run.scoring import Judge
 from gate.run.search import (
+    FALLBACK_COVERAGE,
     Search,
     Trial,
     fallback_coverage,
@@ -59,6 +60,7 @@ class SearchLoop:
         """Every trial built so far, by name (a fallback's parent is looked up here)."""
         self.rankings: dict[str, list[tuple[tuple[str, ...], float]]] = {}
         self.made_worse: dict[str, set[str]] = {}
+        self.full_steps: set[str] = set()  # fallbacks whose next step reverts the most
         """Per fallback parent, the nodes whose revert lost accuracy: never reverted again."""
         self.calibration_file = work / "calibration.npz"
         self.isolate = self._isolation()
@@ -198,21 +200,27 @@ class SearchLoop:
         return self.rankings[name]
 
     def _cannot_pass_in_time(self, search: Search, trial: Trial, parent: Trial) -> str | None:
-        """Why going on from ``trial`` cannot pay, from what its last step bought: the speed
-        it cost per unit of accuracy, carried on to the budget, leaves it no faster than
-        what it must beat (or the step bought no accuracy at all); None: it may pay."""
+        """Why going on from ``trial`` cannot pay, from what its last step bought: nothing
+        (after a full step: a small one is retried at full size), or speed at a rate per
+        unit of accuracy that, carried on to the budget, leaves it no faster than what it
+        must beat; None: it may pay."""
         mine, theirs = self.scores.accuracy_of(trial.name), self.scores.accuracy_of(parent.name)
-        speeds = [self.scores.estimates.get(t.name, {}).get("speedup") for t in (trial, parent)]
-        if mine is None or theirs is None or speeds[0] is None or speeds[1] is None:
+        if mine is None or theirs is None:
             return None
         gained, short = mine[0] - theirs[0], -mine[1]
-        cost = speeds[1].point - speeds[0].point
         if short <= 0:
             return None
         if gained <= 0:
+            if self._step_coverage(parent.name) < FALLBACK_COVERAGE[1]:
+                # A near miss on a coarse metric (top-1 on few inputs, mAP on few boxes) can
+                # measure the same after a small step: take a full one before giving up.
+                self.full_steps.add(trial.name)
+                return None
             return f"keeping more in float than {parent.name} bought no accuracy"
-        if cost <= 0:
-            return None
+        speeds = [self.scores.estimates.get(t.name, {}).get("speedup") for t in (trial, parent)]
+        if speeds[0] is None or speeds[1] is None or speeds[1].low <= speeds[0].high:
+            return None  # untimed (the build stage), or the speed it cost is within noise
+        cost = speeds[1].point - speeds[0].point
         projected = speeds[0].point - cost / gained * short
         if projected < search.to_beat:
             return (
@@ -221,6 +229,12 @@ class SearchLoop:
                 f"the {search.to_beat:.2f}x it must beat"
             )
         return None
+
+    def _step_coverage(self, name: str) -> float:
+        """The share of its error the next fallback of ``name`` reverts."""
+        if name in self.full_steps:
+            return FALLBACK_COVERAGE[1]
+        return fallback_coverage(self.scores.shortfall(name))
 
     def _fallback(self, search: Search, trial: Trial, candidate: Candidate) -> None:
         """Queue the candidate again with the nodes that lost the most accuracy left in float."""
@@ -269,7 +283,7 @@ class SearchLoop:
             groups,
             measured.point if measured is not None else base.expected_speedup or 1.0,
             set(self.trials),
-            fallback_coverage(self.scores.shortfall(base.name)),
+            self._step_coverage(base.name),
         )
         if child is None:
             search.log.append(
